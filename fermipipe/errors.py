@@ -1,0 +1,33 @@
+"""Exceptions shared by the whole package.
+
+Every error a user can cause carries enough context (tool, file, what is wrong) to be shown
+as one line, without a traceback from deep inside astropy.
+"""
+
+from __future__ import annotations
+
+
+class FermipipeError(Exception):
+    """Base class of all errors raised on purpose by fermipipe."""
+
+
+class ConfigError(FermipipeError):
+    """The pipeline configuration is invalid (shown as one line, exit code 2)."""
+
+
+class ToolError(FermipipeError):
+    """A tool (native or Fermitools) failed because of its input or parameters."""
+
+    def __init__(self, tool: str, message: str, file: str | None = None) -> None:
+        self.tool = tool
+        self.file = file
+        self.detail = message
+        where = f" ({file})" if file else ""
+        super().__init__(f"{tool}{where}: {message}")
+
+
+class EmptyProductError(ToolError):
+    """The Fermitools' 'empty' outcomes: no GTIs, zero FT2 rows for the filter, no events.
+
+    The pipeline records such a file as ``empty`` (not failed) and leaves it out of merges.
+    """

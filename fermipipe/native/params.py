@@ -1,0 +1,165 @@
+"""Fermitools-style parameters for the native tools.
+
+Mirrors what the Fermitools' parameter (.par) files give a tool: each parameter has a name, a
+kind and a default; values arrive as ``key=value`` strings (or already typed, from a pipeline
+config). ``INDEF`` means "not given" and becomes ``None``; booleans accept yes/no/true/false/
+y/n/1/0 like APE does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fermipipe.errors import ToolError
+
+Kind = Literal["file", "str", "real", "int", "bool"]
+
+_TRUE = {"yes", "y", "true", "t", "1"}
+_FALSE = {"no", "n", "false", "f", "0"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a tool, as in its .par file."""
+
+    name: str
+    kind: Kind
+    default: Any = None  # None = INDEF / no default
+    choices: tuple[str, ...] | None = None  # case-insensitive, for enumerated strings
+    required: bool = False  # mode "a" with no usable default
+
+
+@dataclass
+class ToolOutcome:
+    """What a native tool reports back to its caller."""
+
+    outputs: list[str] = field(default_factory=list)
+    n_rows: int | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _convert(tool: str, spec: ParamSpec, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.upper() == "INDEF" or (text == "" and spec.kind in ("real", "int")):
+            return None
+    else:
+        text = str(raw)
+    try:
+        if spec.kind == "real":
+            return float(raw) if not isinstance(raw, str) else float(text)
+        if spec.kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, int):
+                return raw
+            value = float(text)
+            if value != int(value):
+                raise ValueError
+            return int(value)
+        if spec.kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ToolError(tool, f"parameter {spec.name}={raw!r} is not a valid {spec.kind}") from None
+    # file / str
+    if spec.choices is not None:
+        for choice in spec.choices:
+            if text.upper() == choice.upper():
+                return choice
+        raise ToolError(
+            tool,
+            f"parameter {spec.name}={raw!r} must be one of {', '.join(spec.choices)}",
+        )
+    return text
+
+
+def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any], tool: str) -> dict[str, Any]:
+    """Type-convert ``given`` against ``specs``, filling defaults.
+
+    Unknown names are an error with a "did you mean" suggestion; a required parameter that is
+    missing is an error naming it.
+    """
+    by_name = {s.name.lower(): s for s in specs}
+    out: dict[str, Any] = {s.name: s.default for s in specs}
+    for key, raw in given.items():
+        spec = by_name.get(key.lower())
+        if spec is None:
+            close = difflib.get_close_matches(key.lower(), by_name, n=1)
+            hint = f" (did you mean {by_name[close[0]].name}?)" if close else ""
+            raise ToolError(tool, f"unknown parameter {key!r}{hint}")
+        out[spec.name] = _convert(tool, spec, raw)
+    for spec in specs:
+        if spec.required and out[spec.name] in (None, ""):
+            raise ToolError(tool, f"parameter {spec.name} is required")
+    return out
+
+
+def parse_argv(args: Iterable[str], tool: str) -> dict[str, str]:
+    """Parse command-line ``key=value`` words (Fermitools syntax) into a dict of strings."""
+    out: dict[str, str] = {}
+    for word in args:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ToolError(tool, f"argument {word!r} is not of the form name=value")
+        if key in out:
+            raise ToolError(tool, f'parameter "{key}" duplicated on command line')
+        out[key] = value
+    return out
+
+
+def is_none(value: str | None) -> bool:
+    """True for the Fermitools' 'no file' spellings: empty, NONE, INDEF (any case)."""
+    return value is None or value.strip().upper() in ("", "NONE", "INDEF")
+
+
+def _looks_like_fits(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(6) == b"SIMPLE"
+    except OSError:
+        return False
+
+
+def expand_file_list(value: str, tool: str, param: str) -> list[str]:
+    """Resolve a file parameter that may name a list of files.
+
+    Follows the dataSubselector convention (spec §1.1): a leading ``@`` is stripped; if the
+    name is a FITS file it is one file, otherwise it is a text list, one name per line, blank
+    lines and ``#`` comments skipped. Relative names in a list are taken relative to the
+    current directory, as the Fermitools do. Environment variables are expanded. Gzipped FITS
+    (``.gz``) count as FITS.
+    """
+    name = os.path.expandvars(value.strip())
+    if name.startswith("@"):
+        name = name[1:]
+    path = Path(name)
+    if not path.exists():
+        raise ToolError(tool, f"{param}: file not found", file=name)
+    if name.endswith(".gz") or _looks_like_fits(path):
+        return [name]
+    files: list[str] = []
+    for line in path.read_text().splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        files.append(os.path.expandvars(entry))
+    if not files:
+        raise ToolError(tool, f"{param}: file list is empty", file=name)
+    for entry in files:
+        if not Path(entry).exists():
+            raise ToolError(tool, f"{param}: file in list {name} not found", file=entry)
+    return files
