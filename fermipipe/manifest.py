@@ -1,0 +1,145 @@
+"""Manifests: what went into a merged product.
+
+Every merged product carries its manifest twice: as a JSON sidecar ``<product>.manifest.json``
+(complete, for scripts and for incremental merges) and in its FITS header (a summary: counts,
+config hash and one HISTORY line per input), so the provenance travels with the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fermipipe import __version__
+
+
+@dataclass(frozen=True)
+class ManifestInput:
+    """One per-file product that went into a merge."""
+
+    file_id: str  # the weekly input it came from, e.g. lat_photon_weekly_w100_p305_v001
+    source: str  # the raw input file name
+    sha256: str  # content hash of the raw input file
+    key: str  # cache key of the per-file product (changes with any upstream change)
+    tstart: float | None = None
+    tstop: float | None = None
+
+
+@dataclass
+class Manifest:
+    product: str
+    strategy: str
+    config_hash: str
+    tool_versions: dict[str, str]
+    inputs: list[ManifestInput]
+    left_out: dict[str, str] = field(default_factory=dict)  # file_id → "failed: …"/"empty"
+    fermipipe_version: str = __version__
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        raw["inputs"] = [ManifestInput(**item) for item in raw["inputs"]]
+        return cls(**raw)
+
+    def input_keys(self) -> set[str]:
+        return {item.key for item in self.inputs}
+
+
+def sidecar_path(product: Path) -> Path:
+    return product.with_name(product.name + ".manifest.json")
+
+
+def read_manifest(product: Path) -> Manifest | None:
+    """The manifest beside ``product``, or None when absent or unreadable."""
+    try:
+        return Manifest.from_json(sidecar_path(product).read_text())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def write_manifest(product: Path, manifest: Manifest) -> Path:
+    """Write the JSON sidecar atomically."""
+    path = sidecar_path(product)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
+    """Header cards summarising the manifest (keyword, value, comment); HISTORY as value."""
+    cards: list[tuple[str, object, str]] = [
+        ("FPVERS", manifest.fermipipe_version, "fermipipe version that made this product"),
+        ("FPSTRAT", manifest.strategy, "merge strategy"),
+        ("FPCONFIG", manifest.config_hash[:16], "hash of the pipeline config (prefix)"),
+        ("FPNINPUT", len(manifest.inputs), "number of merged inputs"),
+        ("FPNLEFT", len(manifest.left_out), "inputs left out (failed or empty)"),
+        ("FPMANIF", sidecar_path(Path(manifest.product)).name, "JSON manifest sidecar"),
+    ]
+    for item in manifest.inputs:
+        cards.append(("HISTORY", f"fermipipe input {item.source} sha256={item.sha256[:16]}", ""))
+    for file_id, why in manifest.left_out.items():
+        cards.append(("HISTORY", f"fermipipe left out {file_id}: {why}"[:400], ""))
+    return cards
+
+
+@dataclass(frozen=True)
+class IncrementalPlan:
+    """How to bring a merged product up to date."""
+
+    mode: str  # "up_to_date", "incremental" or "full"
+    add: tuple[ManifestInput, ...]
+    reason: str
+
+
+def plan_incremental(
+    previous: Manifest | None,
+    current: Sequence[ManifestInput],
+    *,
+    strategy: str,
+    config_hash: str,
+    additive: bool,
+) -> IncrementalPlan:
+    """Decide whether a merged product can be updated by adding only the new inputs.
+
+    Allowed only for sums (``additive``) when the previous product provably covers exactly a
+    subset of the current inputs: every input it lists is still current (same cache key), it
+    was made by the same strategy and config, and it left nothing out.
+    """
+    if previous is None:
+        return IncrementalPlan("full", tuple(current), "no previous manifest")
+    if previous.strategy != strategy or previous.config_hash != config_hash:
+        return IncrementalPlan("full", tuple(current), "config or strategy changed")
+    current_keys = {item.key for item in current}
+    old_keys = previous.input_keys()
+    if old_keys == current_keys and not previous.left_out:
+        return IncrementalPlan("up_to_date", (), "inputs unchanged")
+    if not additive:
+        return IncrementalPlan("full", tuple(current), "strategy is not a sum")
+    if previous.left_out:
+        return IncrementalPlan("full", tuple(current), "previous product left inputs out")
+    if not old_keys <= current_keys:
+        return IncrementalPlan("full", tuple(current), "an input changed or disappeared")
+    new = tuple(item for item in current if item.key not in old_keys)
+    return IncrementalPlan("incremental", new, f"adding {len(new)} new input(s)")
+
+
+def merged_manifest(previous: Manifest, added: Iterable[ManifestInput]) -> Manifest:
+    """The manifest of ``previous`` + ``added`` (inputs kept in time order)."""
+    inputs = sorted(
+        [*previous.inputs, *added], key=lambda i: i.tstart if i.tstart is not None else 0.0
+    )
+    return Manifest(
+        product=previous.product,
+        strategy=previous.strategy,
+        config_hash=previous.config_hash,
+        tool_versions=dict(previous.tool_versions),
+        inputs=inputs,
+        left_out={},
+    )

@@ -1,0 +1,154 @@
+"""The staging area: a per-run work folder on the RAM disk (or on disk as a fallback).
+
+Lifecycle, owned by the products subflow:
+1. :func:`cleanup_orphans` removes folders left by runs that were killed (their owner process
+   is gone), so a crash never leaks RAM-disk memory for long.
+2. :func:`choose_workdir` checks ``MemAvailable`` and the free space of the RAM-disk path
+   against the estimated need and falls back to a disk folder, with a reason, when either is
+   short.
+3. :class:`StagingArea` creates the folder with an owner marker and removes it on exit —
+   success, failure, Ctrl-C or cancellation — unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = ".fermipipe-owner.json"
+PREFIX = "fermipipe-"
+GIB = 1024**3
+
+
+def mem_available() -> int:
+    """Bytes of ``MemAvailable`` from /proc/meminfo (0 if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def free_space(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+@dataclass(frozen=True)
+class WorkdirChoice:
+    root: Path
+    on_ram_disk: bool
+    reason: str  # why this root was chosen (logged; a warning when falling back)
+
+
+def choose_workdir(
+    *,
+    ram_disk_enabled: bool,
+    ram_disk_path: Path | None,
+    min_ram_gb: float,
+    need_bytes: int,
+    fallback: Path,
+) -> WorkdirChoice:
+    """Pick the RAM disk when it is enabled and has room, else the disk fallback."""
+    if not ram_disk_enabled or ram_disk_path is None:
+        return WorkdirChoice(fallback, False, "RAM disk disabled in config")
+    avail = mem_available()
+    space = free_space(ram_disk_path)
+    want_mem = max(int(min_ram_gb * GIB), need_bytes)
+    if space < need_bytes:
+        return WorkdirChoice(
+            fallback,
+            False,
+            f"RAM disk skipped: {ram_disk_path} has {space / GIB:.1f} GiB free < needed "
+            f"{need_bytes / GIB:.1f} GiB; using {fallback}",
+        )
+    if avail < want_mem:
+        return WorkdirChoice(
+            fallback,
+            False,
+            f"RAM disk skipped: MemAvailable {avail / GIB:.1f} GiB < needed "
+            f"{want_mem / GIB:.1f} GiB; using {fallback}",
+        )
+    return WorkdirChoice(Path(ram_disk_path), True, f"RAM disk {ram_disk_path}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_orphans(root: Path) -> list[Path]:
+    """Remove staging folders under ``root`` whose owner process on this host is gone."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    host = socket.gethostname()
+    for folder in root.glob(f"{PREFIX}*"):
+        marker = folder / MARKER
+        try:
+            owner = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            # A folder without a readable marker that is older than a minute was left by a
+            # run killed while creating it.
+            try:
+                if time.time() - folder.stat().st_mtime < 60:
+                    continue
+            except OSError:
+                continue
+            owner = {"host": host, "pid": -1}
+        if owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+class StagingArea:
+    """A run's private work folder; removed on exit unless ``keep``."""
+
+    def __init__(self, root: Path, *, keep: bool = False, label: str = "run") -> None:
+        self.root = Path(root)
+        self.keep = keep
+        self.path = self.root / f"{PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> StagingArea:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir()
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        (self.path / MARKER).write_text(json.dumps(owner))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def stage(self, src: Path, subdir: str = "") -> Path:
+        """Copy ``src`` into the area (atomically) and return the copy's path."""
+        dest_dir = self.path / subdir if subdir else self.path
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / Path(src).name
+        tmp = dest_dir / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        return dest
