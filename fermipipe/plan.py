@@ -3,15 +3,106 @@
 This module's dataclasses are the contract between the config/plan layer and the runner and
 Prefect layers (``tasks/``, ``flows/``). Data flows one way: config → plan → tasks → products.
 Nothing here runs anything.
+
+Public API
+----------
+``build_plan(cfg, *, only_steps=None, workdir=None, fermitools=None,
+allow_missing_tools=False) -> Plan``
+    Discover the input files (sorted glob of ``input.pattern`` in ``input.directory``; none →
+    ConfigError naming both), render every step for every file, the merges and the
+    post-processing steps. ``fermitools`` is the located installation
+    (``fermipipe.fermitools.locate(...)``) or None. Engine per step = the step's ``engine``,
+    else the config's: ``auto`` → Fermitools when installed, else native. A step whose tool
+    has no native version while no Fermitools are installed (or ``engine: native``) is a
+    ConfigError naming the step — raised here, before anything runs. ``allow_missing_tools``
+    (for ``--dry-run`` on a machine without Fermitools) turns that error into a
+    ``Plan.warnings`` entry and plans the step for the Fermitools engine.
+    ``only_steps``: names of steps, merges and post-processing steps to keep (others are left
+    out of the plan; unknown name → ConfigError). ``workdir``: where per-file intermediates
+    go (``<workdir>/<file_id>/``); default ``cfg.output.workdir``.
+``render_dry_run(plan) -> str``
+    Every command for every file, then merges and post-processing, as text.
+``prepare(config_path, *, dry_run=False, only_steps=None, workdir=None) -> (cfg, install, plan)``
+    load_config + fermitools.locate(cfg.fermitools.prefix) + build_plan: all validation in
+    one call, before any work (ConfigError → print one line, exit code 2).
+``tool_invocation(step, file_id, engine, tool, params, *, inputs, outputs, timeout)``
+    An Invocation built like the planner's (e.g. a pairwise gtltsum for a merge).
+``discover_inputs(cfg) -> list[Path]``, ``stem_of(path)``, ``week_of(name)``,
+``format_param(value)``, ``resolve_engine(...)``, ``expand_command(template, values)``.
+
+Engines of per-file and post-processing invocations:
+- structured steps (``tool`` + ``params``): ``native`` (params) or ``fermitools`` (argv =
+  ``[tool, "k=v", …, "mode=h", "clobber=yes"]``, no shell);
+- existing-form ``command`` templates: if the command is one tool with ``key=value`` words
+  and no shell syntax, it becomes ``native`` (tool with a native version, engine resolved to
+  native) or ``fermitools`` (argv, ``mode=h`` forced, ``clobber=yes`` unless given); else
+  ``shell``: the template with every substituted value shell-quoted for its position (bare,
+  inside '…' or "…"), so a file called ``a b;c'd.fits`` is one word.
+
+File placement: every per-file output is ``<workdir>/<file_id>/<name>`` when a merge reads
+it or the step cleans it up; any other per-file output is a product kept in
+``<output.directory>/<name>``. Merged products and post-processing outputs are in
+``<output.directory>``. ``FilePlan.cleanup`` lists files to delete once that file's chain
+succeeded; ``Plan.cleanup`` files to delete once the merges succeeded (cleaned-up merge
+inputs); ``FilePlan.keep`` (source, destination) pairs of merge inputs not cleaned up, to
+copy from the workdir to the output directory (the workdir may be a RAM disk). With
+``only_steps``, only outputs of the steps that run are ever cleaned up or kept.
+
+Fields added to the original contract (none renamed or removed): ``Invocation.params_digest``
+(property: sha256 of tool + parameters with paths replaced by their roles, for cache keys),
+``FilePlan.keep``, ``FilePlan.week``, ``MergePlan.inputs`` (per-file paths, file order),
+``MergePlan.timeout``, ``Plan.cleanup``, ``Plan.warnings``, ``Plan.engines`` (step → engine).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import shlex
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Literal
+
+from fermipipe.config import (
+    EngineChoice,
+    PipelineConfig,
+    PostStepConfig,
+    StepConfig,
+    glob_files,
+    placeholders,
+    structured_output_params,
+)
+from fermipipe.errors import ConfigError, ToolError
+from fermipipe.native import NATIVE_TOOLS
+
+if TYPE_CHECKING:
+    from fermipipe.fermitools import FermitoolsInstall
 
 Engine = Literal["native", "fermitools", "shell"]
+
+#: Tools with a native implementation (the registry imports no numerical code).
+NATIVE_TOOL_NAMES: frozenset[str] = frozenset(NATIVE_TOOLS)
+
+#: HEASoft ftools a Fermitools chain commonly calls (Fermitools names all start with "gt").
+HEASOFT_TOOLS: frozenset[str] = frozenset(
+    {
+        "farith", "fcarith", "fimgtrim", "fimgmerge", "ftmerge", "fmerge", "fselect",
+        "ftselect", "fcopy", "ftcopy", "fthedit", "fparkey", "fkeypar", "fverify", "ftverify",
+        "ftlist", "fdump", "fstruct", "ftpixcalc", "ftmgtime", "fappend", "fextract", "fcalc",
+        "ftcalc", "fsumrows", "ftimgcalc", "fmodhead", "ftdiff",
+    }
+)  # fmt: skip
+_FERMI_TOOL = re.compile(r"^gt[a-z0-9]+$")
+_WEEK = re.compile(r"_w(\d{3,4})_")
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def is_fermitools_tool(name: str) -> bool:
+    """True if ``name`` is a Fermitools (gt*) or HEASoft ftools program."""
+    return bool(_FERMI_TOOL.match(name)) or name in HEASOFT_TOOLS
 
 
 @dataclass(frozen=True)
@@ -48,6 +139,33 @@ class Invocation:
             return shlex.join(self.argv)
         return shlex.join([self.tool or self.step, *(f"{k}={v}" for k, v in self.params.items())])
 
+    @property
+    def params_digest(self) -> str:
+        """sha256 of what the step does, independent of where its files are.
+
+        Covers the engine-independent description: tool, parameters (or the shell command),
+        with every input/output path replaced by its role (``<in:name>``/``<out:name>``), so
+        the digest is the same in any workdir; the cache adds the inputs' content hashes.
+        """
+        swaps = sorted(
+            [(str(p), f"<in:{n}>") for n, p in self.inputs.items()]
+            + [(str(p), f"<out:{n}>") for n, p in self.outputs.items()],
+            key=lambda item: -len(item[0]),
+        )
+
+        def neutral(text: str) -> str:
+            for path, token in swaps:
+                text = text.replace(path, token)
+                text = text.replace(shlex.quote(path), token)
+            return text
+
+        if self.engine == "shell" and self.shell is not None:
+            body: object = neutral(self.shell)
+        else:
+            body = sorted((k, neutral(v)) for k, v in self.params.items())
+        blob = json.dumps({"step": self.step, "tool": self.tool, "body": body}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class FilePlan:
@@ -57,6 +175,10 @@ class FilePlan:
     input: Path
     chain: tuple[Invocation, ...]
     cleanup: tuple[Path, ...] = ()  # intermediates removed after the chain (unless kept)
+    #: (workdir file, destination) pairs: merge inputs the user keeps (no cleanup), copied
+    #: to the output directory after the merges (the workdir may be a RAM disk).
+    keep: tuple[tuple[Path, Path], ...] = ()
+    week: str | None = None  # the NNN of a `_wNNN_` in the input name
 
 
 @dataclass(frozen=True)
@@ -69,6 +191,9 @@ class MergePlan:
     strategy: Literal["image_sum", "hierarchical", "ftmerge"]
     tool: str | None = None  # pairwise tool for hierarchical, e.g. gtltsum
     engine: Engine = "native"
+    #: Per-file paths of ``output_name`` in file order (the flow leaves out failed/empty files).
+    inputs: tuple[Path, ...] = ()
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,3 +203,768 @@ class Plan:
     post: tuple[Invocation, ...]
     workdir: Path  # intermediates (RAM disk or disk)
     outdir: Path  # merged products and kept per-file products
+    #: Files to delete once the merges succeeded (merge inputs whose step asked for cleanup).
+    cleanup: tuple[Path, ...] = ()
+    #: Problems tolerated by ``allow_missing_tools`` (dry run without Fermitools).
+    warnings: tuple[str, ...] = ()
+    #: Step name → its engine, for reports.
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def stem_of(path: PurePath | str) -> str:
+    """File name without ``.fits``/``.fits.gz``/``.fit``/``.fts`` (any case) or its suffix."""
+    name = PurePath(path).name
+    lower = name.lower()
+    for ext in (".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".gz"):
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return PurePath(name).stem or name
+
+
+def week_of(name: str) -> str | None:
+    """The ``NNN`` of ``_wNNN_`` in a file name (FSSC weekly files: ``..._w010_p305_...``)."""
+    match = _WEEK.search(PurePath(name).name)
+    return match.group(1) if match else None
+
+
+def format_param(value: object) -> str:
+    """A parameter value as the Fermitools read it: yes/no, INDEF, plain numbers."""
+    if value is None:
+        return "INDEF"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # 1e6 → "1000000" (what a user types), 0.025 → "0.025"; repr keeps full precision.
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    return str(value)
+
+
+def _substitute_raw(template: str, values: Mapping[str, str]) -> str:
+    """Plain substitution (argv words, file names): no quoting."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return m.group(0)[0]
+        return values[m.group(1)]
+
+    return _FIELD.sub(repl, template)
+
+
+def _quote_in(state: str | None, value: str) -> str:
+    """``value`` written so the shell reads it back verbatim in quote state ``state``."""
+    if state is None:
+        return shlex.quote(value)
+    if state == "'":
+        return value.replace("'", "'\\''")
+    return re.sub(r'([\\"$`])', r"\\\1", value)  # inside "…"
+
+
+_SHELL_SPECIAL = set("|&;<>()$`*?[")
+
+
+def expand_command(template: str, values: Mapping[str, str]) -> tuple[str, list[str] | None]:
+    """Substitute placeholders in a shell command template.
+
+    Returns ``(shell, words)``: ``shell`` is the command with every value quoted for the
+    place it stands in (bare, '…' or "…"); ``words`` is the argv the shell would build when
+    the command is one plain command (no pipes, redirections, ``;``, ``&&``, ``$``, globs,
+    comments), else None. Raises ValueError on an unterminated quote.
+    """
+    shell: list[str] = []
+    words: list[str] = []
+    cur: list[str] | None = None
+    simple = True
+    state: str | None = None
+    i, n = 0, len(template)
+    while i < n:
+        m = _FIELD.match(template, i)
+        if m:
+            if m.group(1) is None:  # {{ or }}: a literal brace
+                text = m.group(0)[0]
+                shell.append(text)
+                cur = (cur or []) + [text]
+            else:
+                value = values[m.group(1)]
+                shell.append(_quote_in(state, value))
+                cur = [value] if cur is None else cur + [value]
+            i = m.end()
+            continue
+        c = template[i]
+        nxt = template[i + 1] if i + 1 < n else ""
+        if state is None:
+            if c in " \t\n":
+                if cur is not None:
+                    words.append("".join(cur))
+                    cur = None
+                shell.append(c)
+            elif c in "'\"":
+                state = c
+                cur = cur or []
+                shell.append(c)
+            elif c == "\\":
+                shell.append(c + nxt)
+                if nxt == "\n":  # line continuation
+                    if cur is not None:
+                        words.append("".join(cur))
+                        cur = None
+                else:
+                    cur = (cur or []) + [nxt]
+                i += 2
+                continue
+            else:
+                if c in _SHELL_SPECIAL or (cur is None and c in "#~"):
+                    simple = False
+                cur = (cur or []) + [c]
+                shell.append(c)
+        elif state == "'":
+            shell.append(c)
+            if c == "'":
+                state = None
+            else:
+                cur = (cur or []) + [c]
+        else:  # inside "…"
+            if c == "\\" and nxt in '\\"$`\n':
+                shell.append(c + nxt)
+                if nxt != "\n":
+                    cur = (cur or []) + [nxt]
+                i += 2
+                continue
+            shell.append(c)
+            if c == '"':
+                state = None
+            else:
+                if c in "$`":
+                    simple = False
+                cur = (cur or []) + [c]
+        i += 1
+    if state is not None:
+        raise ValueError(f"unterminated {state} quote")
+    if cur is not None:
+        words.append("".join(cur))
+    return "".join(shell), (words if simple and words else None)
+
+
+def discover_inputs(cfg: PipelineConfig) -> list[Path]:
+    """The input files: sorted glob of ``input.pattern`` in ``input.directory``."""
+    directory = cfg.input.directory
+    where = f"{cfg.source}: input"
+    if not directory.is_dir():
+        raise ConfigError(f"{where}.directory: directory not found: {directory}")
+    try:
+        files = glob_files(directory, cfg.input.pattern)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.pattern: {exc}") from None
+    if not files:
+        raise ConfigError(f"{where}.pattern: no file matches {cfg.input.pattern!r} in {directory}")
+    return files
+
+
+def _file_ids(files: Iterable[Path]) -> list[str]:
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for path in files:
+        base = stem_of(path)
+        count = seen.get(base, 0) + 1
+        seen[base] = count
+        ids.append(base if count == 1 else f"{base}-{count}")
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    cfg: PipelineConfig
+    install: FermitoolsInstall | None
+    allow_missing: bool
+    warnings: list[str]
+
+    def fail(self, where: str, message: str) -> None:
+        text = f"{self.cfg.source}: {where}: {message}"
+        if self.allow_missing:
+            if text not in self.warnings:
+                self.warnings.append(text)
+            return
+        raise ConfigError(text)
+
+
+def _install_has(install: FermitoolsInstall | None, tool: str) -> bool:
+    return install is not None and install.has_tool(tool)
+
+
+def resolve_engine(
+    requested: EngineChoice,
+    tool: str,
+    install: FermitoolsInstall | None,
+) -> tuple[Literal["native", "fermitools"], str | None]:
+    """Pick native or Fermitools for ``tool``; return (engine, problem or None).
+
+    ``auto`` → Fermitools when the installation has the tool, else native when there is a
+    native version. A problem (no native version and no Fermitools, ``native`` for a tool
+    without one, ``fermitools`` without an installation) is returned as text; the caller
+    decides whether it is an error.
+    """
+    native_ok = tool in NATIVE_TOOL_NAMES
+    # HEASoft ftools often come from a separate HEASoft install on PATH, not the Fermitools.
+    have = _install_has(install, tool) or (tool in HEASOFT_TOOLS and shutil.which(tool) is not None)
+    if requested == "native":
+        if native_ok:
+            return "native", None
+        return "fermitools", f"{tool} has no native version (engine: native)"
+    if requested == "fermitools":
+        if have:
+            return "fermitools", None
+        where = f"in the Fermitools at {install.prefix}" if install is not None else ""
+        return "fermitools", (
+            f"engine fermitools but {tool} was not found {where}".rstrip()
+            if install is not None
+            else "engine fermitools but no Fermitools installation was found (set "
+            "fermitools.prefix, $FERMI_DIR or $CONDA_PREFIX, or put the tools on PATH)"
+        )
+    if have:
+        return "fermitools", None
+    if native_ok:
+        return "native", None
+    if install is None:
+        return "fermitools", (
+            f"{tool} has no native version and no Fermitools installation was found (set "
+            "fermitools.prefix, $FERMI_DIR or $CONDA_PREFIX, or put the tools on PATH)"
+        )
+    return (
+        "fermitools",
+        f"{tool} has no native version and is not in the Fermitools at {install.prefix}",
+    )
+
+
+def _fermitools_argv(tool: str, params: Mapping[str, str]) -> tuple[str, ...]:
+    """argv for a Fermitools run: never prompt (mode=h), overwrite (clobber=yes unless set).
+
+    A user's ``mode`` is replaced: a prompt would hang a pipeline (spec §11, HEASoft
+    scripting practice).
+    """
+    words = [f"{k}={v}" for k, v in params.items() if k not in ("mode", "clobber")]
+    return (tool, *words, "mode=h", f"clobber={params.get('clobber', 'yes')}")
+
+
+def _check_par_names(
+    ctx: _Ctx, where: str, tool: str, params: Mapping[str, str], *, per_key: bool
+) -> None:
+    """Parameter names a Fermitools run would reject, caught before anything runs: checked
+    against the installation's ``<tool>.par`` when it has one (APE names, any case)."""
+    if ctx.install is None:
+        return
+    names = ctx.install.par_names(tool)
+    if not names:
+        return
+    known = {n.lower(): n for n in names}
+    for key in params:
+        if key.lower() not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key.lower(), sorted(known), n=1)
+            hint = f" (did you mean {known[close[0]]!r}?)" if close else ""
+            location = f"{where}.params.{key}" if per_key else where
+            ctx.fail(location, f"{tool} has no parameter {key!r}{hint}")
+
+
+def _shell_tools(shell: str) -> list[str]:
+    """Program names that look like Fermitools/ftools anywhere in a shell command."""
+    try:
+        lexer = shlex.shlex(shell, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    except ValueError:
+        tokens = shell.split()
+    return [PurePath(t).name for t in tokens if is_fermitools_tool(PurePath(t).name)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering one step
+# --------------------------------------------------------------------------------------------
+
+
+def _render_step(
+    ctx: _Ctx,
+    where: str,
+    step_cfg: StepConfig | PostStepConfig,
+    *,
+    file_id: str,
+    values: Mapping[str, str],
+    file_roles: Mapping[str, Path],
+    outputs: dict[str, Path],
+    timeout: float | None,
+    max_parallel: int | None,
+) -> Invocation:
+    """One Invocation from a step (or post step) config and the placeholder values.
+
+    ``values``: placeholder → text; ``file_roles``: placeholder → Path for those naming files
+    (becoming Invocation.inputs when used); ``outputs``: this step's output paths.
+    """
+    name = step_cfg.name
+    requested: EngineChoice = step_cfg.engine or ctx.cfg.engine
+    label = f"{where} (step {name!r})"
+
+    if step_cfg.tool is not None:
+        tool = step_cfg.tool
+        out_params = structured_output_params(step_cfg, where=where, source=ctx.cfg.source)
+        params: dict[str, str] = {}
+        inputs: dict[str, Path] = {}
+        for key, raw in step_cfg.inputs.items():
+            text = _substitute_raw(raw, values)
+            params[key] = text
+            inputs[key] = Path(text)
+        # Order of a typical command line: input files, output files, then the parameters.
+        for out, param in out_params.items():
+            if param not in step_cfg.params:
+                params[param] = str(outputs[out])
+        for key, raw in step_cfg.params.items():
+            if isinstance(raw, str):
+                params[key] = _substitute_raw(raw, values)
+                for used in placeholders(raw):
+                    if used in file_roles and used not in outputs:
+                        inputs.setdefault(key, file_roles[used])
+            else:
+                params[key] = format_param(raw)
+        engine, problem = resolve_engine(requested, tool, ctx.install)
+        if problem:
+            ctx.fail(label, problem)
+        if engine == "native":
+            return Invocation(
+                name,
+                file_id,
+                "native",
+                tool,
+                params,
+                None,
+                None,
+                inputs,
+                dict(outputs),
+                timeout,
+                max_parallel,
+            )
+        _check_par_names(ctx, where, tool, params, per_key=True)
+        return Invocation(
+            name,
+            file_id,
+            "fermitools",
+            tool,
+            params,
+            _fermitools_argv(tool, params),
+            None,
+            inputs,
+            dict(outputs),
+            timeout,
+            max_parallel,
+        )
+
+    # Existing form: a shell command template.
+    assert step_cfg.command is not None
+    try:
+        shell, words = expand_command(step_cfg.command, values)
+    except ValueError as exc:
+        raise ConfigError(f"{ctx.cfg.source}: {where}.command: {exc}") from None
+    inputs = {
+        used: file_roles[used]
+        for used in placeholders(step_cfg.command)
+        if used in file_roles and used not in outputs
+    }
+    if words is None:
+        # Shell syntax: it runs through /bin/sh. Any Fermitools program in it still needs
+        # an installation (native versions only run single plain tool commands).
+        for tool in _shell_tools(shell):
+            engine, problem = resolve_engine("fermitools", tool, ctx.install)
+            if problem:
+                ctx.fail(label, f"the shell command runs {tool}: {problem}")
+        if step_cfg.engine == "native":
+            ctx.fail(label, "engine native, but the command uses shell syntax")
+        return Invocation(
+            name,
+            file_id,
+            "shell",
+            None,
+            {},
+            None,
+            shell,
+            inputs,
+            dict(outputs),
+            timeout,
+            max_parallel,
+        )
+    first = words[0]
+    tool = PurePath(first).name
+    if is_fermitools_tool(tool):
+        engine, problem = resolve_engine(requested, tool, ctx.install)
+        if problem:
+            ctx.fail(label, problem)
+        try:
+            params = _parse_words(tool, words[1:])
+        except ToolError as exc:
+            if engine == "native":
+                raise ConfigError(f"{ctx.cfg.source}: {where}.command: {exc.detail}") from None
+            # Positional arguments (ftools style): run it as written, through the shell.
+            return Invocation(
+                name,
+                file_id,
+                "shell",
+                tool,
+                {},
+                None,
+                shell,
+                inputs,
+                dict(outputs),
+                timeout,
+                max_parallel,
+            )
+        if engine == "native":
+            return Invocation(
+                name,
+                file_id,
+                "native",
+                tool,
+                params,
+                None,
+                None,
+                inputs,
+                dict(outputs),
+                timeout,
+                max_parallel,
+            )
+        _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
+        argv = _fermitools_argv(words[0], params)
+        return Invocation(
+            name,
+            file_id,
+            "fermitools",
+            tool,
+            params,
+            argv,
+            None,
+            inputs,
+            dict(outputs),
+            timeout,
+            max_parallel,
+        )
+    if step_cfg.engine == "native":
+        ctx.fail(label, f"engine native, but {first!r} is not a tool with a native version")
+    return Invocation(
+        name, file_id, "shell", None, {}, None, shell, inputs, dict(outputs), timeout, max_parallel
+    )
+
+
+def _parse_words(tool: str, words: list[str]) -> dict[str, str]:
+    from fermipipe.native.params import parse_argv
+
+    return parse_argv(words, tool)
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------
+
+
+def _select(cfg: PipelineConfig, only: list[str] | None) -> tuple[set[str], set[str], set[str]]:
+    steps = [s.name for s in cfg.steps]
+    merges = [m.name for m in cfg.merging]
+    posts = [p.name for p in cfg.post_processing]
+    if only is None:
+        return set(steps), set(merges), set(posts)
+    known = set(steps) | set(merges) | set(posts)
+    for name in only:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{cfg.source}: --only: no step, merge or post-processing step named {name!r}{hint}"
+            )
+    chosen = set(only)
+    return chosen & set(steps), chosen & set(merges), chosen & set(posts)
+
+
+def build_plan(
+    cfg: PipelineConfig,
+    *,
+    only_steps: list[str] | None = None,
+    workdir: Path | None = None,
+    fermitools: FermitoolsInstall | None = None,
+    allow_missing_tools: bool = False,
+) -> Plan:
+    """Render the whole run (see the module docstring). Raises ConfigError before any work."""
+    ctx = _Ctx(cfg, fermitools, allow_missing_tools, [])
+    work = Path(workdir) if workdir is not None else cfg.output.workdir
+    outdir = cfg.output.directory
+    files = discover_inputs(cfg)
+    ids = _file_ids(files)
+    keep_steps, keep_merges, keep_posts = _select(cfg, only_steps)
+
+    merged_outputs = {m.output_name for m in cfg.merging}
+    cleanup_of = {out for s in cfg.steps for out in s.cleanup_outputs}
+    common = {k: str(v) for k, v in cfg.common_files.items()}
+    common_roles = dict(cfg.common_files)
+    dirs = {"output_dir": str(outdir), "config_dir": str(cfg.base_dir)}
+
+    file_plans: list[FilePlan] = []
+    per_output_paths: dict[str, list[Path]] = {}
+    after_merge_cleanup: list[Path] = []
+    kept_names: dict[Path, str] = {}  # product path in outdir → file that writes it
+    engines: dict[str, Engine] = {}
+
+    for path, file_id in zip(files, ids, strict=True):
+        week = week_of(path.name)
+        name_values = {"stem": stem_of(path)}
+        if week is not None:
+            name_values["week"] = week
+        values: dict[str, str] = {"input": str(path), **name_values, **dirs, **common}
+        roles: dict[str, Path] = {"input": path, **common_roles}
+        chain: list[Invocation] = []
+        cleanup: list[Path] = []
+        keep: list[tuple[Path, Path]] = []
+        for i, step in enumerate(cfg.steps):
+            where = f"steps[{i}]"
+            selected = step.name in keep_steps
+            outputs: dict[str, Path] = {}
+            for out, template in step.outputs.items():
+                missing = [p for p in placeholders(template) if p not in name_values]
+                if missing:
+                    raise ConfigError(
+                        f"{cfg.source}: {where}.outputs.{out}: {{{missing[0]}}} is not defined "
+                        f"for {path.name} (no _wNNN_ in its name)"
+                    )
+                fname = _substitute_raw(template, name_values)
+                if out in merged_outputs or out in cleanup_of:
+                    target = work / file_id / fname
+                    if out in merged_outputs and out not in cleanup_of and selected:
+                        keep.append((target, outdir / fname))
+                else:
+                    target = outdir / fname
+                if out not in merged_outputs or out not in cleanup_of:
+                    owner = kept_names.get(outdir / fname)
+                    if owner is not None and owner != file_id:
+                        raise ConfigError(
+                            f"{cfg.source}: {where}.outputs.{out}: file name {template!r} is the "
+                            f"same for inputs {owner!r} and {file_id!r}; put {{stem}} in it"
+                        )
+                    kept_names[outdir / fname] = file_id
+                outputs[out] = target
+                if out in cleanup_of and selected:  # only what this run writes is deleted
+                    (after_merge_cleanup if out in merged_outputs else cleanup).append(target)
+                per_output_paths.setdefault(out, []).append(target)
+            for used in placeholders(step.command or "") + [
+                p
+                for v in (*step.params.values(), *step.inputs.values())
+                if isinstance(v, str)
+                for p in placeholders(v)
+            ]:
+                if used == "week" and week is None:
+                    raise ConfigError(
+                        f"{cfg.source}: {where}: {{week}} is not defined for {path.name} "
+                        "(no _wNNN_ in its name)"
+                    )
+            step_values = {**values, **{k: str(v) for k, v in outputs.items()}}
+            step_roles = {**roles, **outputs}
+            # A step left out by only_steps does not run: its engine cannot be a problem.
+            inv = _render_step(
+                ctx if selected else _Ctx(cfg, fermitools, True, []),
+                where,
+                step,
+                file_id=file_id,
+                values=step_values,
+                file_roles=step_roles,
+                outputs=outputs,
+                timeout=step.timeout or cfg.resources.timeout,
+                max_parallel=step.max_parallel,
+            )
+            engines[step.name] = inv.engine
+            values.update({k: str(v) for k, v in outputs.items()})
+            roles.update(outputs)
+            if selected:
+                chain.append(inv)
+        file_plans.append(FilePlan(file_id, path, tuple(chain), tuple(cleanup), tuple(keep), week))
+
+    merges: list[MergePlan] = []
+    post_values: dict[str, str] = {**common, **dirs}
+    post_roles: dict[str, Path] = dict(common_roles)
+    for i, merge in enumerate(cfg.merging):
+        target = outdir / merge.output_file
+        engine: Engine = "native"
+        if merge.strategy == "ftmerge" and merge.engine == "fermitools":
+            # Only on explicit request: ftmerge keeps the first file's GTI (spec §8), so the
+            # native concatenation with a GTI union is the default.
+            engine, problem = resolve_engine("fermitools", "ftmerge", fermitools)
+            if problem and merge.name in keep_merges:
+                ctx.fail(f"merging[{i}] (merge {merge.name!r})", problem)
+        if merge.tool is not None:
+            engine, problem = resolve_engine(merge.engine or cfg.engine, merge.tool, fermitools)
+            if problem and merge.name in keep_merges:
+                ctx.fail(f"merging[{i}] (merge {merge.name!r})", problem)
+        post_values[merge.name] = str(target)
+        post_roles[merge.name] = target
+        if merge.name in keep_merges:
+            merges.append(
+                MergePlan(
+                    merge.name,
+                    merge.output_name,
+                    target,
+                    merge.strategy,
+                    merge.tool,
+                    engine,
+                    tuple(per_output_paths.get(merge.output_name, ())),
+                    merge.timeout or cfg.resources.timeout,
+                )
+            )
+
+    posts: list[Invocation] = []
+    for i, post in enumerate(cfg.post_processing):
+        outputs = {out: outdir / template for out, template in post.outputs.items()}
+        values = {**post_values, **{k: str(v) for k, v in outputs.items()}}
+        inv = _render_step(
+            ctx if post.name in keep_posts else _Ctx(cfg, fermitools, True, []),
+            f"post_processing[{i}]",
+            post,
+            file_id="post",
+            values=values,
+            file_roles={**post_roles, **outputs},
+            outputs=outputs,
+            timeout=post.timeout or cfg.resources.timeout,
+            max_parallel=None,
+        )
+        engines[post.name] = inv.engine
+        post_values.update({k: str(v) for k, v in outputs.items()})
+        post_roles.update(outputs)
+        if post.name in keep_posts:
+            posts.append(inv)
+
+    return Plan(
+        tuple(file_plans),
+        tuple(merges),
+        tuple(posts),
+        work,
+        outdir,
+        tuple(after_merge_cleanup),
+        tuple(ctx.warnings),
+        engines,
+    )
+
+
+def render_dry_run(plan: Plan) -> str:
+    """Human-readable listing of everything the plan would run, in order."""
+    lines: list[str] = []
+    n_steps = max((len(f.chain) for f in plan.files), default=0)
+    lines.append(
+        f"# fermipipe plan: {len(plan.files)} input file(s) x {n_steps} step(s), "
+        f"{len(plan.merges)} merge(s), {len(plan.post)} post-processing step(s)"
+    )
+    lines.append(f"# workdir: {plan.workdir}")
+    lines.append(f"# products: {plan.outdir}")
+    for warning in plan.warnings:
+        lines.append(f"# WARNING: {warning}")
+    for fp in plan.files:
+        lines.append("")
+        week = f" week {fp.week}" if fp.week else ""
+        lines.append(f"## file {fp.file_id}{week}: {fp.input}")
+        for inv in fp.chain:
+            lines.append(f"[{inv.engine}] {inv.render()}")
+        for src, dst in fp.keep:
+            lines.append(
+                f"# keep after the merges: {shlex.quote(str(src))} -> {shlex.quote(str(dst))}"
+            )
+        if fp.cleanup:
+            lines.append("# then delete: " + " ".join(shlex.quote(str(p)) for p in fp.cleanup))
+    if plan.merges:
+        lines.append("")
+        lines.append("## merges")
+        for merge in plan.merges:
+            how = merge.strategy + (f" with {merge.tool}" if merge.tool else "")
+            lines.append(
+                f"[{merge.engine}] {merge.name}: {how} of {len(merge.inputs)} x "
+                f"{{{merge.output_name}}} -> {merge.output}"
+            )
+            for path in merge.inputs:
+                lines.append(f"#   {path}")
+    if plan.cleanup:
+        lines.append(
+            "# after the merges delete: " + " ".join(shlex.quote(str(p)) for p in plan.cleanup)
+        )
+    if plan.post:
+        lines.append("")
+        lines.append("## post-processing")
+        for inv in plan.post:
+            lines.append(f"[{inv.engine}] {inv.render()}")
+    return "\n".join(lines) + "\n"
+
+
+def tool_invocation(
+    step: str,
+    file_id: str,
+    engine: Literal["native", "fermitools"],
+    tool: str,
+    params: Mapping[str, object],
+    *,
+    inputs: Mapping[str, Path] | None = None,
+    outputs: Mapping[str, Path] | None = None,
+    timeout: float | None = None,
+    max_parallel: int | None = None,
+) -> Invocation:
+    """An Invocation of ``tool`` built the way the planner builds them (for merges: e.g. one
+    pairwise gtltsum ``infile1=a infile2=b outfile=c``): values formatted Fermitools-style,
+    and for the Fermitools engine an argv ending in ``mode=h clobber=yes``."""
+    text = {k: format_param(v) for k, v in params.items()}
+    argv = _fermitools_argv(tool, text) if engine == "fermitools" else None
+    return Invocation(
+        step,
+        file_id,
+        engine,
+        tool,
+        text,
+        argv,
+        None,
+        dict(inputs or {}),
+        dict(outputs or {}),
+        timeout,
+        max_parallel,
+    )
+
+
+def prepare(
+    config_path: str | Path,
+    *,
+    dry_run: bool = False,
+    only_steps: list[str] | None = None,
+    workdir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[PipelineConfig, FermitoolsInstall | None, Plan]:
+    """Everything the flow needs before any work: load and validate the config, locate the
+    Fermitools (config prefix, $FERMI_DIR, $CONDA_PREFIX, PATH) and build the plan.
+
+    Raises ConfigError (one line, exit code 2) for any problem. ``dry_run`` tolerates tools
+    that cannot run here (reported in ``Plan.warnings``) so the plan can still be shown.
+    """
+    from fermipipe.config import load_config
+    from fermipipe.fermitools import locate
+
+    cfg = load_config(config_path)
+    try:
+        install = locate(cfg.fermitools.prefix, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+    plan = build_plan(
+        cfg,
+        only_steps=only_steps,
+        workdir=workdir,
+        fermitools=install,
+        allow_missing_tools=dry_run,
+    )
+    return cfg, install, plan
