@@ -1,0 +1,160 @@
+"""Atomic output files, FITS checksums and the FILENAME keyword (spec 1.5).
+
+Every tool output is written to a hidden temporary name in the destination directory and
+renamed over the final name with ``os.replace`` only when complete, so a crash or a
+concurrent reader never sees a half-written product. All outputs carry CHECKSUM/DATASUM on
+every HDU and the primary ``FILENAME`` = basename of the output (FitsUtil::writeChecksums).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from fermipipe.fits.keywords import set_card
+
+__all__ = [
+    "add_checksums",
+    "atomic_output",
+    "checksum_words",
+    "encode_checksum",
+    "set_filename",
+    "write_hdul_atomic",
+]
+
+FILENAME_COMMENT = "name of this file"
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary name is ``.<name>.tmp-<pid>-<random>`` in the same directory (same file
+    system, so ``os.replace`` is atomic). On any exception the temporary file is removed and
+    the exception propagates; ``path`` is then untouched. The body must create the file.
+    """
+    final = Path(path)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic_output: nothing was written to {tmp} for {final}")
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+# ---------------------------------------------------------------------- checksums
+
+
+def checksum_words(data: bytes | bytearray | memoryview | np.ndarray, start: int = 0) -> int:
+    """32-bit ones'-complement sum of big-endian words (the FITS checksum algorithm).
+
+    ``data`` length must be a multiple of 4 (FITS blocks are). ``start`` continues a running
+    sum, so large data can be summed block by block.
+    """
+    buf = np.frombuffer(memoryview(data).cast("B"), dtype=">u4")
+    # Sum in uint64: with < 2**32 words the total fits; then fold the carries.
+    total = int(buf.sum(dtype=np.uint64)) + start
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+_EXCLUDE = frozenset(b":;<=>?@[\\]^_`")
+
+
+def encode_checksum(value: int, complement: bool = True) -> str:
+    """The 16-character ASCII encoding of a 32-bit checksum (FITS checksum convention)."""
+    if complement:
+        value = ~value & 0xFFFFFFFF
+    asc = [0] * 16
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        quotient, remainder = divmod(byte, 4)
+        ch = [quotient + 0x30 + remainder] + [quotient + 0x30] * 3
+        while True:
+            changed = False
+            for j in range(0, 4, 2):
+                if ch[j] in _EXCLUDE or ch[j + 1] in _EXCLUDE:
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+                    changed = True
+            if not changed:
+                break
+        for j in range(4):
+            asc[4 * j + i] = ch[j]
+    # Rotate right by one character.
+    out = asc[15:] + asc[:15]
+    return bytes(out).decode("ascii")
+
+
+def set_filename(header: fits.Header, name: str) -> None:
+    """Set primary ``FILENAME`` (in place if present, else appended)."""
+    set_card(header, "FILENAME", os.path.basename(name), FILENAME_COMMENT)
+
+
+def add_checksums(
+    path_or_hdul: str | os.PathLike[str] | fits.HDUList,
+    *,
+    filename: str | None = None,
+    set_filename_key: bool = True,
+) -> None:
+    """FILENAME on the primary, then CHECKSUM/DATASUM on every HDU.
+
+    For a path the file is updated in place (use on the temporary file inside
+    :func:`atomic_output`, passing the *final* name as ``filename``). For an HDUList the
+    headers are updated in memory; ``filename`` defaults to ``hdul.filename()``.
+    Spec 1.5 sets FILENAME after the checksums, but tip refreshes them on close, so the
+    final state — valid checksums that cover FILENAME — is the same.
+    """
+    if isinstance(path_or_hdul, fits.HDUList):
+        hdul = path_or_hdul
+        name = filename or hdul.filename()
+        if set_filename_key and name:
+            set_filename(hdul[0].header, name)
+        for hdu in hdul:
+            hdu.add_checksum()
+        return
+    path = Path(path_or_hdul)
+    with fits.open(path, mode="update", memmap=True) as hdul:
+        if set_filename_key:
+            set_filename(hdul[0].header, filename or path.name)
+        for hdu in hdul:
+            hdu.add_checksum()
+        hdul.flush(output_verify="silentfix")
+
+
+def write_hdul_atomic(
+    hdul: fits.HDUList,
+    path: str | os.PathLike[str],
+    *,
+    filename_key: bool = True,
+    checksum: bool = True,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``hdul`` to ``path`` atomically with FILENAME and checksums.
+
+    ``overwrite=False`` refuses an existing ``path`` (FileExistsError) — the Fermitools'
+    clobber=no.
+    """
+    final = Path(path)
+    if not overwrite and final.exists():
+        raise FileExistsError(f"{final} exists and clobber/overwrite is off")
+    if filename_key:
+        set_filename(hdul[0].header, final.name)
+    with atomic_output(final) as tmp:
+        hdul.writeto(tmp, checksum=checksum, output_verify="silentfix")
+    return final
