@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import healpy as hp
 import numpy as np
 from astropy.io import fits
 
@@ -36,10 +35,9 @@ from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.dates import met_to_date, utc_now_date, write_date_keywords
 from fermipipe.fits.dss import Cut, GtiCut, RangeCut, read_dss_file, write_dss_time_only
 from fermipipe.fits.gti import Gti, gti_hdu, union
-from fermipipe.fits.keywords import make_card
+from fermipipe.fits.keywords import make_card, set_card
 from fermipipe.fits.table import FitsFile, RawTable, write_fits
 from fermipipe.native import ENGINE_VERSION
-from fermipipe.native.ltcube_kernel import PixelBlocks, accumulate, radec_to_unit
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, is_none, resolve
 
 __all__ = [
@@ -126,6 +124,10 @@ class CubeGrid:
         healpy pix2ang gives (θ, φ); RA = φ·180/π in [0, 360), Dec = 90 − θ·180/π, and the
         vector is built from RA/Dec like astro::SkyDir (checked bit-exact on both references).
         """
+        import healpy as hp  # imported here: healpy pulls in matplotlib (~1 s)
+
+        from fermipipe.native.ltcube_kernel import radec_to_unit
+
         theta, phi = hp.pix2ang(self.nside, np.arange(self.npix), nest=True)
         ra = phi * 180.0 / math.pi
         dec = 90.0 - theta * 180.0 / math.pi
@@ -271,6 +273,8 @@ def iter_ft2_chunks(
     chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[Ft2Chunk]:
     """The contributing rows of one FT2 file, in file order, ``chunk_rows`` at a time."""
+    from fermipipe.native.ltcube_kernel import radec_to_unit
+
     table = _open_ft2(path, sctable, phibins)
     # %.20g of a double reads back as the same double, so the filter compares with
     # exactly gtimin − 60 and gtimax + 60 computed in double.
@@ -341,6 +345,9 @@ def compute_livetime(
 
     Memory: the two accumulators (npix × ncells, 4 or 8 bytes) plus one chunk of rows.
     """
+    # numba is imported on first use, so that reading PARAMS stays cheap.
+    from fermipipe.native.ltcube_kernel import PixelBlocks, accumulate
+
     if precision not in ("exact", "fast"):
         raise ToolError(TOOL, f"precision={precision!r} must be exact or fast")
     if not 0 <= zmin < zmax <= 180:
@@ -542,6 +549,29 @@ def cthetabounds_header(nbins: int, tstart: float, tstop: float) -> fits.Header:
     return header
 
 
+# Comments of the GTI HDU in the Likelihood livetime-cube template (differ from the FT1
+# template's in wording only).
+_GTI_COMMENTS = {
+    "TFORM1": "field data format: 8-byte DOUBLE",
+    "TFORM2": "field data format: 8-byte DOUBLE",
+    "DATE": "file creation date (UTC)",
+    "DATE-OBS": "start date/time of the obs. (UTC)",
+    "DATE-END": "end date/time of the obs. (UTC)",
+    "OBSERVER": "LAT PI",
+    "EXTNAME": "name of this binary table ext.",
+    "HDUCLAS1": "ext. contains good time intervals",
+    "HDUCLAS2": "ext. contains all science time",
+    "TSTART": "mission time of the obs. start",
+    "TSTOP": "mission time of the obs. end",
+    "MJDREFI": "Int. part of MJD of SC clock start",
+    "MJDREFF": "Frac. part of MJD of SC clock start",
+    "TIMEUNIT": "units for time-related keywords",
+    "CLOCKAPP": "clock drift correction applied?",
+    "GPS_OUT": "GPS time was unavailable at any time during this interval",
+    "TELAPSE": "time between first GTI START and last GTI STOP",
+}
+
+
 def gti_header_and_rows(gti: Gti, tstart: float, tstop: float) -> fits.BinTableHDU:
     """The merged GTI as a Fermitools GTI HDU (ONTIME, TELAPSE, date keywords)."""
     keys = {
@@ -552,7 +582,11 @@ def gti_header_and_rows(gti: Gti, tstart: float, tstop: float) -> fits.BinTableH
         "TSTART": tstart,
         "TSTOP": tstop,
     }
-    return gti_hdu(gti, keys)
+    hdu = gti_hdu(gti, keys)
+    for key, comment in _GTI_COMMENTS.items():
+        if key in hdu.header:
+            set_card(hdu.header, key, hdu.header[key], comment, replace_comment=True)
+    return hdu
 
 
 def _cube_rows(values: np.ndarray, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:

@@ -97,9 +97,12 @@ def _scan(path: str, tables: Sequence[str]) -> _CubeInfo:
         bounds_tab = ff.table("CTHETABOUNDS")
     except (KeyError, ValueError):
         raise ToolError(TOOL, "no CTHETABOUNDS table: not a livetime cube", path) from None
-    bounds = np.ascontiguousarray(bounds_tab.rows).astype(
-        [("CTHETA_MIN", "<f4"), ("CTHETA_MAX", "<f4")]
-    )
+    try:
+        bounds = np.stack(
+            [bounds_tab.column(c).astype(np.float32) for c in ("CTHETA_MIN", "CTHETA_MAX")]
+        )
+    except KeyError:
+        raise ToolError(TOOL, "CTHETABOUNDS lacks CTHETA_MIN/CTHETA_MAX", path) from None
     gti_info = next((h for h in ff.hdus[1:] if h.is_bintable and "GTI" in h.extname.upper()), None)
     if gti_info is None:
         raise ToolError(TOOL, "no GTI extension", path)
@@ -131,28 +134,21 @@ def _check_compatible(cubes: Sequence[_CubeInfo]) -> None:
             raise ToolError(
                 TOOL, f"COSBINS length {cube.ncells} differs from {ref.ncells} {where}", cube.path
             )
-    # Overlapping GTIs: every GTI is consolidated, so after sorting all intervals by start an
-    # overlap of positive length can only be between two different files. Touching
-    # intervals (stop == next start) are fine.
-    starts = np.concatenate([c.gti.start for c in cubes])
-    stops = np.concatenate([c.gti.stop for c in cubes])
-    owner = np.concatenate([np.full(len(c.gti), i) for i, c in enumerate(cubes)])
-    order = np.argsort(starts, kind="stable")
-    starts, stops, owner = starts[order], stops[order], owner[order]
-    if starts.size > 1:
-        run_max = np.maximum.accumulate(stops)
-        bad = np.flatnonzero(starts[1:] < run_max[:-1])
-        if bad.size:
-            k = int(bad[0]) + 1
-            j = int(np.flatnonzero(stops[:k] > starts[k])[0])
-            a, b = cubes[int(owner[j])], cubes[int(owner[k])]
+    # Overlapping GTIs (our addition): Gti.intersect drops zero-length pieces, so touching
+    # intervals (one cube's stop == the next one's start) are accepted.
+    seen = Gti.empty()
+    for i, cube in enumerate(cubes):
+        if len(seen & cube.gti):
+            j = next(j for j in range(i) if len(cubes[j].gti & cube.gti))
+            common = cubes[j].gti & cube.gti
             raise ToolError(
                 TOOL,
-                f"GTIs overlap: [{starts[j]!r}, {stops[j]!r}] of {a.path} and "
-                f"[{starts[k]!r}, {stops[k]!r}] of this file; summing would count that "
-                "livetime twice",
-                b.path,
+                f"GTIs overlap with those of {cubes[j].path} (first common interval "
+                f"[{common.start[0]!r}, {common.stop[0]!r}], {common.ontime:g} s in all); "
+                "summing would count that livetime twice",
+                cube.path,
             )
+        seen = seen | cube.gti
 
 
 def _first_cuts(path: str, table: str, gti: Gti) -> list[Cut]:
