@@ -1,20 +1,36 @@
-"""Native tools versus their reference implementations, timed as whole processes.
+"""Native tools as whole processes versus the issue's yardstick, fitscopy, on one week.
 
-Run: ``uv run python benchmarks/native.py [--tools gtselect] [--repeats 5] [--events 2000000]``
+Run: ``uv run python benchmarks/native.py [--tools gtselect,gtmktime,gtbin] [--repeats 5]
+[--events 2000000] [--workdir DIR]``
 
-Each tool has one ``bench_<tool>(workdir, args)`` function that prepares its inputs in a
-temporary directory and times the reference command and the native command side by side
-(alternately, so load changes hit both) through :func:`interleaved`/:func:`run_once`, which
-measure wall time and the peak RSS of the child (``os.wait4``). The issue targets are checked
-on the medians: native time <= 1.0x the reference and native peak RSS <= 2x the input file.
+The issue defines every speed target against one yardstick: the time of the whole process
+``fitscopy 'week.fits[EVENTS][<gtselect filter>]' out.fits`` on a generated week of
+``--events`` events (2M ≈ 196 MB), where the filter is exactly the string gtselect builds
+for :data:`GTSELECT_PARAMS` (spec 3.3). Targets, on medians of ``--repeats`` runs:
 
-Children run as in a normal installation: byte-code caching on (a private
-``PYTHONPYCACHEPREFIX`` in the work directory, so nothing is written into the repository or
-the venv, and ``PYTHONDONTWRITEBYTECODE`` removed), after one untimed warm-up run. Without a
-byte-code cache every native run would first recompile numpy/astropy (~0.4 s more).
+* ``python -m fermipipe.native gtselect`` on the week: ≤ 1.0 × fitscopy;
+* ``python -m fermipipe.native gtmktime`` on that selection (~45 % of the events) with the
+  week's FT2: ≤ 0.5 × fitscopy;
+* ``python -m fermipipe.native gtbin`` (all-sky 3600×1800 AIT CCUBE, 0.1°) on the gtmktime
+  output: ≤ 1.0 × fitscopy;
+* each: peak RSS ≤ 2 × the tool's input event file.
 
-Inputs come from ``fermipipe.synth.generate_week`` (realistic weekly FT1, ~45 % selected by the
-gtselect benchmark filter); ``--generator private`` uses the simple generator below instead.
+Procedure: the week (FT1 + FT2) is generated once with ``fermipipe.synth`` in a child
+process; the gtmktime and gtbin inputs are made once by the native tools (untimed). Then
+every command — fitscopy and the selected tools — runs once untimed (warm-up: page cache and
+byte-code), and ``--repeats`` rounds run them in turn (fitscopy, gtselect, gtmktime, gtbin,
+fitscopy, …) so load changes on the shared machine hit all alike. Wall time and the child's
+peak RSS come from ``/usr/bin/time``.
+
+Byte code: the environment sets ``PYTHONDONTWRITEBYTECODE=1``, under which every native run
+would recompile numpy and fermipipe first (~0.4 s). Children therefore run as in a normal
+installation — ``PYTHONDONTWRITEBYTECODE`` removed and a private ``PYTHONPYCACHEPREFIX`` in
+the work directory (nothing written into the repository or the venv) — and the warm-up run
+fills that cache before any timing.
+
+Outputs are checked outside the timing: gtselect's EVENTS rows byte-identical to fitscopy's,
+gtmktime's rows identical to ``fitscopy evfile[EVENTS][gtifilter("<its GTI>")]``, and the
+cube holding every event of [emin, emax).
 """
 
 from __future__ import annotations
@@ -27,16 +43,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
+TOOLS = ("gtselect", "gtmktime", "gtbin")
 
-# --------------------------------------------------------------------------------------------
-# Common timing helper
+GTSELECT_PARAMS = {"emin": "100", "emax": "100000", "zmax": "90", "evclass": "128", "evtype": "3"}
+#: The filter string gtselect builds for GTSELECT_PARAMS on a weekly file (spec 3.3); the
+#: yardstick copies the week through it with fitscopy.
+GTSELECT_FILTER = (
+    "((EVENT_CLASS&o200) != o0) && ((EVENT_TYPE&o3) != o0) && 100 < ENERGY && "
+    "ENERGY <= 100000 && 0 < ZENITH_ANGLE && ZENITH_ANGLE <= 90 && gtifilter()"
+)
+GTMKTIME_FILTER = "DATA_QUAL>0 && LAT_CONFIG==1"
+GTBIN_PARAMS = {
+    "algorithm": "CCUBE", "nxpix": "3600", "nypix": "1800", "binsz": "0.1", "proj": "AIT",
+    "coordsys": "CEL", "xref": "0", "yref": "0", "axisrot": "0",
+    "ebinalg": "LOG", "emin": "100", "emax": "100000", "enumbins": "1",
+}  # fmt: skip
+#: Time targets: native median / fitscopy median.
+TIME_TARGET = {"gtselect": 1.0, "gtmktime": 0.5, "gtbin": 1.0}
+RSS_TARGET = 2.0  # peak RSS / input event file size
+
+CHILD_ENV: dict[str, str] = {}
 
 
 @dataclass
@@ -44,8 +75,10 @@ class Timing:
     """Wall times (s) and peak RSS (bytes) of repeated runs of one command."""
 
     label: str
-    seconds: list[float]
-    max_rss: list[int]
+    argv: list[str]
+    seconds: list[float] = field(default_factory=list)
+    max_rss: list[int] = field(default_factory=list)
+    input_bytes: int = 0
 
     @property
     def median(self) -> float:
@@ -56,21 +89,20 @@ class Timing:
         return max(self.max_rss)
 
 
-CHILD_ENV: dict[str, str] = {}
+def run_once(argv: Sequence[str], outputs: Sequence[Path] = ()) -> tuple[float, int]:
+    """Run ``argv`` as a child; return (wall seconds, peak RSS bytes). Fails loudly.
 
-
-def run_once(argv: Sequence[str], cwd: Path | None = None) -> tuple[float, int]:
-    """Run ``argv`` as a child process; return (wall seconds, peak RSS bytes). Fails loudly.
-
-    The peak RSS comes from ``/usr/bin/time -f %M`` around the command: ``ru_maxrss`` of a
-    direct child would start from *this* process's high-water mark (fork/vfork + exec keeps
-    it), which is large once astropy is imported here.
+    ``outputs`` are deleted first (every run writes a fresh file). The peak RSS comes from
+    ``/usr/bin/time -f %M``: ``ru_maxrss`` of a direct child would start from this process's
+    high-water mark (fork + exec keeps it).
     """
+    for p in outputs:
+        p.unlink(missing_ok=True)
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         start = time.perf_counter()
         proc = subprocess.run(
             ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
-            cwd=cwd or REPO,
+            cwd=REPO,
             env=CHILD_ENV or None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -79,423 +111,216 @@ def run_once(argv: Sequence[str], cwd: Path | None = None) -> tuple[float, int]:
         )
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
-            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
+            raise RuntimeError(f"{argv[:3]} failed ({proc.returncode}): {proc.stderr.strip()}")
         kib = int(Path(rss.name).read_text().split()[-1])
     return elapsed, kib * 1024
 
 
-def interleaved(
-    pairs: Sequence[tuple[str, Sequence[str]]],
-    repeats: int,
-    before: Callable[[], None] | None = None,
-) -> list[Timing]:
-    """Time several commands alternately (A B A B …) so that load changes hit all alike."""
-    results = [Timing(label, [], []) for label, _ in pairs]
-    for _, argv in pairs:  # untimed warm-up: page cache, byte-code cache
-        if before is not None:
-            before()
-        run_once(argv)
-    for _ in range(repeats):
-        for (_, argv), result in zip(pairs, results, strict=True):
-            if before is not None:
-                before()
-            elapsed, peak = run_once(argv)
-            result.seconds.append(elapsed)
-            result.max_rss.append(peak)
-    return results
+def native(tool: str, *params: str) -> list[str]:
+    return [sys.executable, "-m", "fermipipe.native", tool, *params]
 
 
-def report(title: str, reference: Timing, native: Timing, input_bytes: int) -> dict[str, float]:
-    """Print one side-by-side block and return the key figures."""
-    ratio = native.median / reference.median
-    rss_ratio = native.peak_rss / input_bytes
-    print(f"\n== {title}  (input {input_bytes / 1e6:.1f} MB)")
-    for t in (reference, native):
-        runs = " ".join(f"{s:.2f}" for s in t.seconds)
-        print(
-            f"  {t.label:<10} median {t.median:6.2f} s  [{runs}]  peak RSS {t.peak_rss / 1e6:7.1f} MB"
-        )
-    print(f"  time ratio native/reference (medians): {ratio:.2f}  (target <= 1.0)")
-    print(f"  native peak RSS / input size:          {rss_ratio:.2f}  (target <= 2.0)")
-    return {"time_ratio": ratio, "rss_ratio": rss_ratio}
+def child_python(code: str, *args: str) -> str:
+    """Run Python code in a child (keeps numpy/astropy work out of this process)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, check=True, env=CHILD_ENV or None, cwd=REPO,
+    )  # fmt: skip
+    return proc.stdout
 
 
 # --------------------------------------------------------------------------------------------
-# Synthetic FT1 (23 Pass 8 columns), used when fermipipe.synth is not available
-
-_FT1_COLUMNS: list[tuple[str, str, str]] = [
-    ("ENERGY", "E", "MeV"),
-    ("RA", "E", "deg"),
-    ("DEC", "E", "deg"),
-    ("L", "E", "deg"),
-    ("B", "E", "deg"),
-    ("THETA", "E", "deg"),
-    ("PHI", "E", "deg"),
-    ("ZENITH_ANGLE", "E", "deg"),
-    ("EARTH_AZIMUTH_ANGLE", "E", "deg"),
-    ("TIME", "D", "s"),
-    ("EVENT_ID", "J", ""),
-    ("RUN_ID", "J", ""),
-    ("RECON_VERSION", "I", ""),
-    ("CALIB_VERSION", "3I", ""),
-    ("EVENT_CLASS", "32X", ""),
-    ("EVENT_TYPE", "32X", ""),
-    ("CONVERSION_TYPE", "I", ""),
-    ("LIVETIME", "D", "s"),
-    ("DIFRSP0", "E", ""),
-    ("DIFRSP1", "E", ""),
-    ("DIFRSP2", "E", ""),
-    ("DIFRSP3", "E", ""),
-    ("DIFRSP4", "E", ""),
-]
-_NUMPY = {"E": ">f4", "D": ">f8", "J": ">i4", "I": ">i2", "3I": (">i2", (3,)), "32X": ">u4"}
+# Inputs
 
 
-def generate_ft1(path: Path, n_events: int, seed: int = 1) -> None:
-    """Write a weekly-like P8R3 FT1 file (EVENTS + GTI) with ``n_events`` rows.
-
-    Values are drawn so that the benchmark filter keeps about half the events: energy
-    log-uniform 20 MeV–300 GeV, zenith uniform 0–115 deg, SOURCE bit set on 90 %.
-    """
-    from astropy.io import fits
-
-    rng = np.random.default_rng(seed)
-    tstart, tstop = 600000000.0, 600000000.0 + 7 * 86400.0
-    dtype = np.dtype([(name, _NUMPY[form]) for name, form, _ in _FT1_COLUMNS])
-    rows = np.zeros(n_events, dtype=dtype)
-    rows["ENERGY"] = 10 ** rng.uniform(np.log10(20.0), np.log10(3e5), n_events)
-    rows["RA"] = rng.uniform(0.0, 360.0, n_events)
-    rows["DEC"] = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n_events)))
-    rows["L"] = rng.uniform(0.0, 360.0, n_events)
-    rows["B"] = rng.uniform(-90.0, 90.0, n_events)
-    rows["THETA"] = rng.uniform(0.0, 80.0, n_events)
-    rows["PHI"] = rng.uniform(0.0, 360.0, n_events)
-    rows["ZENITH_ANGLE"] = rng.uniform(0.0, 115.0, n_events)
-    rows["EARTH_AZIMUTH_ANGLE"] = rng.uniform(0.0, 360.0, n_events)
-    rows["TIME"] = np.sort(rng.uniform(tstart, tstop, n_events))
-    rows["EVENT_ID"] = np.arange(n_events, dtype=np.int32)
-    rows["RUN_ID"] = (rows["TIME"] // 5400).astype(np.int32)
-    rows["RECON_VERSION"] = 0
-    rows["CALIB_VERSION"] = 1
-    source = rng.random(n_events) < 0.9
-    rows["EVENT_CLASS"] = np.where(source, 128 | 256 | 2048, 2048 | 4).astype(np.uint32)
-    psf = rng.integers(0, 4, n_events)
-    rows["EVENT_TYPE"] = (
-        (1 + (psf & 1)) | (4 << psf) | (64 << rng.integers(0, 4, n_events))
-    ).astype(np.uint32)
-    rows["CONVERSION_TYPE"] = psf & 1
-    rows["LIVETIME"] = rng.uniform(0.0, 10.0, n_events)
-
-    # GTI: 30-minute orbits-like pieces with gaps
-    starts = np.arange(tstart, tstop, 5760.0)
-    gti = np.zeros(len(starts), dtype=[("START", ">f8"), ("STOP", ">f8")])
-    gti["START"] = starts
-    gti["STOP"] = np.minimum(starts + 5000.0, tstop)
-
-    time_keys = [
-        ("TELESCOP", "GLAST"),
-        ("INSTRUME", "LAT"),
-        ("TSTART", tstart),
-        ("TSTOP", tstop),
-        ("MJDREFI", 51910),
-        ("MJDREFF", 7.428703703703703e-4),
-        ("TIMEUNIT", "s"),
-        ("TIMEZERO", 0.0),
-        ("TIMESYS", "TT"),
-        ("TIMEREF", "LOCAL"),
-    ]
-    primary = fits.Header()
-    primary["SIMPLE"] = True
-    primary["BITPIX"] = 8
-    primary["NAXIS"] = 0
-    primary["EXTEND"] = True
-    for key, value in time_keys:
-        primary[key] = value
-    primary["DATE-OBS"] = "2017-01-08T00:53:17.0000"
-    primary["DATE-END"] = "2017-01-15T00:53:17.0000"
-
-    cols = [fits.Column(name=n, format=f, unit=u or None) for n, f, u in _FT1_COLUMNS]
-    ev = fits.BinTableHDU.from_columns(cols, nrows=1).header
-    ev["NAXIS2"] = n_events
-    ev["EXTNAME"] = "EVENTS"
-    for key, value in time_keys:
-        ev[key] = value
-    ev["HDUCLASS"] = "OGIP"
-    ev["HDUCLAS1"] = "EVENTS"
-    ev["PASS_VER"] = "P8R3"
-    ev["NDSKEYS"] = 2
-    ev["DSTYP1"] = "BIT_MASK(EVENT_CLASS,128,P8R3)"
-    ev["DSUNI1"] = "DIMENSIONLESS"
-    ev["DSVAL1"] = "1:1"
-    ev["DSTYP2"] = "TIME"
-    ev["DSUNI2"] = "s"
-    ev["DSVAL2"] = "TABLE"
-    ev["DSREF2"] = ":GTI"
-
-    gcols = [fits.Column(name=n, format="D", unit="s") for n in ("START", "STOP")]
-    gh = fits.BinTableHDU.from_columns(gcols, nrows=1).header
-    gh["NAXIS2"] = len(gti)
-    gh["EXTNAME"] = "GTI"
-    for key, value in time_keys:
-        gh[key] = value
-    gh["ONTIME"] = float(np.sum(gti["STOP"] - gti["START"]))
-
-    def padded(data: bytes) -> bytes:
-        return data + b"\0" * (-len(data) % 2880)
-
-    with path.open("wb") as out:
-        for header, data in ((primary, b""), (ev, rows.tobytes()), (gh, gti.tobytes())):
-            out.write(header.tostring().encode("ascii"))
-            out.write(padded(data))
-
-
-# --------------------------------------------------------------------------------------------
-# gtselect
-
-GTSELECT_PARAMS = {"emin": "100", "emax": "100000", "zmax": "90", "evclass": "128", "evtype": "3"}
-
-
-def make_week(workdir: Path, args: argparse.Namespace) -> Path:
-    """A weekly FT1 file with ``args.events`` rows (synth generator unless --generator private)."""
-    if args.generator == "synth":
-        from fermipipe.synth import generate_week
-
-        ft1, _ft2 = generate_week(500, workdir / "synth", events=args.events)
-        return ft1
-    infile = workdir / "week.fits"
-    generate_ft1(infile, args.events)
-    return infile
-
-
-def bench_gtselect(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """fitscopy with gtselect's filter string versus ``python -m fermipipe.native gtselect``."""
-    infile = make_week(workdir, args)
-    size = infile.stat().st_size
-    out_ref = workdir / "ref.fits"
-    out_nat = workdir / "nat.fits"
-    # Exactly the filter string gtselect builds for these parameters (spec 3.3)
-    filt = (
-        "((EVENT_CLASS&o200) != o0) && ((EVENT_TYPE&o3) != o0) && 100 < ENERGY && "
-        "ENERGY <= 100000 && 0 < ZENITH_ANGLE && ZENITH_ANGLE <= 90 && gtifilter()"
-    )
-    reference = ["fitscopy", f"{infile}[EVENTS][{filt}]", str(out_ref)]
-    native = [
-        sys.executable,
-        "-m",
-        "fermipipe.native",
-        "gtselect",
-        f"infile={infile}",
-        f"outfile={out_nat}",
-        *(f"{k}={v}" for k, v in GTSELECT_PARAMS.items()),
-    ]
-
-    def clean() -> None:
-        for p in (out_ref, out_nat):
-            p.unlink(missing_ok=True)
-
-    ref, nat = interleaved([("fitscopy", reference), ("native", native)], args.repeats, clean)
-    # Same rows in both outputs (checked once, outside the timing)
-    run_once(reference)
-    run_once(native)
-    _check_same_rows(out_ref, out_nat, infile)
-    return report(f"gtselect ({args.events}-event week, {args.generator})", ref, nat, size)
-
-
-def _check_same_rows(a: Path, b: Path, infile: Path | None = None) -> None:
-    """Fail unless both outputs hold byte-identical EVENTS rows."""
-    from astropy.io import fits
-
-    with fits.open(a, memmap=True) as ha, fits.open(b, memmap=True) as hb:
-        ra, rb = ha["EVENTS"].data, hb["EVENTS"].data
-        same = len(ra) == len(rb) and np.asarray(ra).tobytes() == np.asarray(rb).tobytes()
-        if not same:
-            raise RuntimeError("native and fitscopy outputs differ")
-        if infile is None:
-            print(f"  rows: {len(ra)}, byte-identical in both outputs")
-            return
-        total = fits.getheader(infile, "EVENTS")["NAXIS2"]
-        print(f"  rows selected: {len(ra)} of {total} ({len(ra) / total:.0%}), byte-identical")
-
-
-# --------------------------------------------------------------------------------------------
-# gtmktime
-
-GTMKTIME_FILTER = "DATA_QUAL>0 && LAT_CONFIG==1"
-GTMKTIME_TARGET = 0.5  # native wall time <= 0.5x fitscopy with gtmktime's gtifilter copy
-
-_INPROCESS = """
-import sys, time
-from fermipipe.native import gtmktime
-params = dict(arg.split("=", 1) for arg in sys.argv[1:])
-t0 = time.perf_counter()
-gtmktime.run(params)
-print(time.perf_counter() - t0)
-"""
-
-
-def bench_gtmktime(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """fitscopy ``evfile[EVENTS][gtifilter("gti")]`` versus ``python -m fermipipe.native gtmktime``.
-
-    Input: a synthetic week (fermipipe.synth, ``--events`` rows, its ~20000-row FT2) passed
-    through native gtselect with the gtselect benchmark's parameters; that selection is the
-    gtmktime evfile. The reference is the copy cfitsio makes inside gtmktime: the event file
-    filtered by ``gtifilter()`` on a file holding the new GTI (here: the native output, whose
-    GTI extension is that GTI). Also prints the in-process time of ``gtmktime.run`` alone
-    (without interpreter start-up and imports).
-    """
-    # Generated in a child process: a child's ru_maxrss starts from the parent's peak RSS
-    # (vfork + exec keeps the old mm's high-water mark), so the parent must stay small.
-    gen = (
+def make_week(workdir: Path, events: int) -> tuple[Path, Path]:
+    """The synthetic week (FT1, FT2), generated once per work directory."""
+    code = (
         "import sys; from pathlib import Path; from fermipipe.synth import generate_week; "
         "print(*generate_week(500, Path(sys.argv[1]), events=int(sys.argv[2]), seed=1))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", gen, str(workdir), str(args.events)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    ft1, ft2 = (Path(p) for p in proc.stdout.split())
-    evfile = workdir / "mktime_in.fits"
-    run_once(
-        [sys.executable, "-m", "fermipipe.native", "gtselect", f"infile={ft1}",
-         f"outfile={evfile}", *(f"{k}={v}" for k, v in GTSELECT_PARAMS.items())]
-    )  # fmt: skip
-    size = evfile.stat().st_size
-    out_nat = workdir / "mktime_nat.fits"
-    out_ref = workdir / "mktime_ref.fits"
-    gtifile = workdir / "mktime_gti.fits"
-    params = [f"scfile={ft2}", f"filter={GTMKTIME_FILTER}", "roicut=no", f"evfile={evfile}"]
-    native = [sys.executable, "-m", "fermipipe.native", "gtmktime", *params,
-              f"outfile={out_nat}"]  # fmt: skip
-    run_once([*native[:-1], f"outfile={gtifile}"])  # the GTI file for the reference
-    reference = ["fitscopy", f'{evfile}[EVENTS][gtifilter("{gtifile}")]', str(out_ref)]
-
-    def clean() -> None:
-        for p in (out_ref, out_nat):
-            p.unlink(missing_ok=True)
-
-    ref, nat = interleaved([("fitscopy", reference), ("native", native)], args.repeats, clean)
-    inproc = []
-    for _ in range(args.repeats):
-        clean()
-        proc = subprocess.run(
-            [sys.executable, "-c", _INPROCESS, *params, f"outfile={out_nat}"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        inproc.append(float(proc.stdout.strip().splitlines()[-1]))
-    run_once(reference)
-    run_once(native)
-    _check_same_rows(out_ref, out_nat)
-    figures = report("gtmktime (gtselect output of the week, FT2 of the week)", ref, nat, size)
-    run_median = statistics.median(inproc)
-    print(f"  in-process gtmktime.run() median {run_median:.3f} s "
-          f"= {run_median / ref.median:.2f} x fitscopy")  # fmt: skip
-    verdict = "meets" if figures["time_ratio"] <= GTMKTIME_TARGET else "MISSES"
-    print(f"  gtmktime target: native/fitscopy <= {GTMKTIME_TARGET} -> {verdict}")
-    return {**figures, "run_ratio": run_median / ref.median}
+    stamp = workdir / f"week-{events}.txt"
+    if stamp.exists():
+        ft1, ft2 = (Path(p) for p in stamp.read_text().split())
+        if ft1.exists() and ft2.exists():
+            return ft1, ft2
+    t0 = time.perf_counter()
+    out = child_python(code, str(workdir / f"week-{events}"), str(events))
+    stamp.write_text(out)
+    ft1, ft2 = (Path(p) for p in out.split())
+    print(f"generated the week in {time.perf_counter() - t0:.0f} s: {ft1.name} "
+          f"({ft1.stat().st_size / 1e6:.1f} MB), {ft2.name}")  # fmt: skip
+    return ft1, ft2
 
 
 # --------------------------------------------------------------------------------------------
-# gtbin
+# Checks (outside the timing; astropy is imported in children only)
 
-GTBIN_PARAMS = {
-    "algorithm": "CCUBE", "nxpix": "3600", "nypix": "1800", "binsz": "0.1", "proj": "AIT",
-    "coordsys": "CEL", "xref": "0", "yref": "0", "axisrot": "0",
-    "ebinalg": "LOG", "emin": "100", "emax": "100000", "enumbins": "1",
-}  # fmt: skip
+_SAME_ROWS = """
+import sys
+import numpy as np
+from fermipipe.fits.table import open_table
+a, b = (open_table(p, "EVENTS") for p in sys.argv[1:3])
+same = a.nrows == b.nrows and np.asarray(a.rows).tobytes() == np.asarray(b.rows).tobytes()
+print(int(same), a.nrows)
+"""
 
-
-def bench_gtbin(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """fitscopy of the ``--events`` week with gtselect's filter versus native gtbin CCUBE.
-
-    The target of the gtbin issue: a whole ``python -m fermipipe.native gtbin`` process making
-    an all-sky 3600×1800 AIT counts cube (0.1°) from a week of ``--events``/2 events takes at
-    most the time fitscopy needs to copy the ``--events`` week through gtselect's filter,
-    with a peak RSS of at most twice the gtbin input file. Both inputs come from
-    fermipipe.synth (generated in a child, so that this process stays small).
-    """
-    gen = (
-        "import sys; from pathlib import Path; from fermipipe.synth import generate_week; "
-        "print(generate_week(500, Path(sys.argv[1]), events=int(sys.argv[2]), seed=int(sys.argv[3]))[0])"
-    )
-    files = []
-    for sub, n, seed in (("bin_week", args.events, 1), ("bin_half", args.events // 2, 2)):
-        proc = subprocess.run(
-            [sys.executable, "-c", gen, str(workdir / sub), str(n), str(seed)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        files.append(Path(proc.stdout.split()[-1]))
-    week, evfile = files
-    size = evfile.stat().st_size
-    out_ref = workdir / "bin_ref.fits"
-    out_nat = workdir / "bin_nat.fits"
-    filt = (
-        "((EVENT_CLASS&o200) != o0) && ((EVENT_TYPE&o3) != o0) && 100 < ENERGY && "
-        "ENERGY <= 100000 && 0 < ZENITH_ANGLE && ZENITH_ANGLE <= 90 && gtifilter()"
-    )
-    reference = ["fitscopy", f"{week}[EVENTS][{filt}]", str(out_ref)]
-    native = [
-        sys.executable, "-m", "fermipipe.native", "gtbin", f"evfile={evfile}",
-        f"outfile={out_nat}", *(f"{k}={v}" for k, v in GTBIN_PARAMS.items()),
-    ]  # fmt: skip
-
-    def clean() -> None:
-        for p in (out_ref, out_nat):
-            p.unlink(missing_ok=True)
-
-    ref, nat = interleaved([("fitscopy", reference), ("native", native)], args.repeats, clean)
-    run_once(native)
-    _check_cube(evfile, out_nat)
-    return report(
-        f"gtbin CCUBE 3600x1800 AIT, {args.events // 2} events (vs fitscopy of {args.events})",
-        ref, nat, size,
-    )  # fmt: skip
+_CUBE = """
+import sys
+import numpy as np
+from fermipipe.fits.table import FitsFile, open_table
+ev = open_table(sys.argv[1], "EVENTS")
+energy = ev.column("ENERGY").astype(np.float64)
+expected = int(np.sum((energy >= 100.0) & (energy < 100000.0)))
+ff = FitsFile(sys.argv[2])
+h = ff.hdus[0].header
+shape = tuple(int(h[f"NAXIS{i}"]) for i in range(h["NAXIS"], 0, -1))
+types = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+data = np.frombuffer(ff.data_bytes(0).tobytes(), dtype=types[int(h["BITPIX"])])
+print(int(data.sum(dtype=np.float64)), expected, *shape)
+"""
 
 
-def _check_cube(evfile: Path, cube: Path) -> None:
-    """The all-sky cube holds every event of [emin, emax) exactly once."""
-    from astropy.io import fits
+def check_same_rows(a: Path, b: Path, what: str) -> None:
+    same, n = child_python(_SAME_ROWS, str(a), str(b)).split()
+    if same != "1":
+        raise RuntimeError(f"{what}: native and fitscopy outputs differ")
+    print(f"  check {what}: {n} rows, byte-identical to fitscopy's")
 
-    with fits.open(evfile, memmap=True) as ev, fits.open(cube, memmap=True) as out:
-        energy = ev["EVENTS"].data["ENERGY"].astype(np.float64)
-        expected = int(np.sum((energy >= 100.0) & (energy < 100000.0)))
-        total = int(out[0].data.sum(dtype=np.int64))
-        shape = out[0].data.shape
-    if total != expected or shape != (1, 1800, 3600):
+
+def check_cube(evfile: Path, cube: Path) -> None:
+    total, expected, *shape = (int(x) for x in child_python(_CUBE, str(evfile), str(cube)).split())
+    if total != expected or tuple(shape) != (1, 1800, 3600):
         raise RuntimeError(f"gtbin cube holds {total} counts {shape}, expected {expected}")
-    print(f"  cube {shape}: {total} counts = events with 100 <= E < 100000 MeV")
+    print(f"  check gtbin: cube {tuple(shape)} holds {total} counts = events in [100, 1e5) MeV")
 
 
 # --------------------------------------------------------------------------------------------
 
-BENCHES: dict[str, Callable[[Path, argparse.Namespace], dict[str, float]]] = {
-    "gtselect": bench_gtselect,
-    "gtmktime": bench_gtmktime,
-    "gtbin": bench_gtbin,
-}
+
+def run_benchmark(workdir: Path, tools: Sequence[str], repeats: int, events: int) -> bool:
+    """Prepare, time, check and print the summary; True when every target is met."""
+    ft1, ft2 = make_week(workdir, events)
+    week_bytes = ft1.stat().st_size
+    sel = workdir / "selected.fits"  # gtmktime's input
+    mkt = workdir / "mktime.fits"  # gtbin's input
+    gtsel_params = [f"{k}={v}" for k, v in GTSELECT_PARAMS.items()]
+    mkt_params = [f"scfile={ft2}", f"filter={GTMKTIME_FILTER}", "roicut=no", f"evfile={sel}"]
+    if "gtmktime" in tools or "gtbin" in tools:
+        run_once(native("gtselect", f"infile={ft1}", f"outfile={sel}", *gtsel_params))
+    if "gtbin" in tools:
+        run_once(native("gtmktime", *mkt_params, f"outfile={mkt}"))
+
+    out = {name: workdir / f"out_{name}.fits" for name in ("fitscopy", *TOOLS)}
+    commands: dict[str, Timing] = {
+        "fitscopy": Timing(
+            "fitscopy", ["fitscopy", f"{ft1}[EVENTS][{GTSELECT_FILTER}]", str(out["fitscopy"])],
+            input_bytes=week_bytes,
+        ),
+        "gtselect": Timing(
+            "gtselect",
+            native("gtselect", f"infile={ft1}", f"outfile={out['gtselect']}", *gtsel_params),
+            input_bytes=week_bytes,
+        ),
+        "gtmktime": Timing(
+            "gtmktime", native("gtmktime", *mkt_params, f"outfile={out['gtmktime']}"),
+        ),
+        "gtbin": Timing(
+            "gtbin",
+            native("gtbin", f"evfile={mkt}", f"outfile={out['gtbin']}",
+                   *(f"{k}={v}" for k, v in GTBIN_PARAMS.items())),
+        ),
+    }  # fmt: skip
+    if sel.exists():
+        commands["gtmktime"].input_bytes = sel.stat().st_size
+    if mkt.exists():
+        commands["gtbin"].input_bytes = mkt.stat().st_size
+    order = ["fitscopy", *(t for t in TOOLS if t in tools)]
+
+    startup = Timing("python -c 'import numpy'", [sys.executable, "-c", "import numpy"])
+    print(f"warm-up run of every command (byte-code cache {CHILD_ENV['PYTHONPYCACHEPREFIX']})")
+    for name in order:
+        run_once(commands[name].argv, [out[name]])
+    run_once(startup.argv)
+    for r in range(repeats):
+        for name in order:
+            t = commands[name]
+            elapsed, peak = run_once(t.argv, [out[name]])
+            t.seconds.append(elapsed)
+            t.max_rss.append(peak)
+        elapsed, peak = run_once(startup.argv)
+        startup.seconds.append(elapsed)
+        startup.max_rss.append(peak)
+        print(f"  round {r + 1}: " + "  ".join(
+            f"{n} {commands[n].seconds[-1]:.2f}s" for n in order))  # fmt: skip
+
+    # output checks (untimed)
+    if "gtselect" in tools:
+        check_same_rows(out["fitscopy"], out["gtselect"], "gtselect")
+    if "gtmktime" in tools:
+        ref = workdir / "mktime_ref.fits"
+        run_once(["fitscopy", f'{sel}[EVENTS][gtifilter("{out["gtmktime"]}")]', str(ref)], [ref])
+        check_same_rows(ref, out["gtmktime"], "gtmktime")
+    if "gtbin" in tools:
+        check_cube(mkt, out["gtbin"])
+
+    # summary
+    yard = commands["fitscopy"]
+    print(f"\n== {events}-event week ({week_bytes / 1e6:.1f} MB), {repeats} rounds, medians; "
+          f"yardstick = fitscopy of the week with gtselect's filter")  # fmt: skip
+    head = f"{'command':<10} {'median s':>9} {'runs':<32} {'peak RSS':>9} {'input':>9}"
+    print(head + f" {'time/fitscopy':>14} {'RSS/input':>10}  result")
+    ok = True
+    for name in order:
+        t = commands[name]
+        runs = " ".join(f"{s:.2f}" for s in t.seconds)
+        line = (f"{name:<10} {t.median:9.2f} {runs:<32} {t.peak_rss / 1e6:7.0f}MB "
+                f"{t.input_bytes / 1e6:7.0f}MB")  # fmt: skip
+        if name == "fitscopy":
+            print(line)
+            continue
+        ratio = t.median / yard.median
+        rss = t.peak_rss / t.input_bytes
+        good = ratio <= TIME_TARGET[name] and rss <= RSS_TARGET
+        ok &= good
+        verdict = "PASS" if good else "FAIL"
+        print(f"{line} {ratio:6.2f} (<={TIME_TARGET[name]:.1f}) {rss:5.2f} (<=2)  {verdict}")
+    print(f"(interpreter + numpy start-up alone: median {startup.median:.2f} s = "
+          f"{startup.median / yard.median:.2f} x fitscopy)")  # fmt: skip
+    return ok
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tools", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    parser.add_argument(
+        "--tools", nargs="+", default=[",".join(TOOLS)],
+        help="tools to time, comma- or space-separated (default: all)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--events", type=int, default=2_000_000)
-    parser.add_argument("--generator", choices=["synth", "private"], default="synth")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
+    parser.add_argument(
+        "--workdir", type=Path, default=None,
+        help="keep the generated week and outputs here (reused by later runs); default: a "
+        "temporary directory",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    tools = [t for item in args.tools for t in item.split(",") if t]
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"unknown tools {unknown} (have {', '.join(TOOLS)})")
     if shutil.which("fitscopy") is None:
         print("fitscopy not found (Debian package libcfitsio-bin)", file=sys.stderr)
         return 2
-    failed = False
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir if args.workdir is not None else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         CHILD_ENV.clear()
         CHILD_ENV.update(os.environ)
         CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
-        CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+        CHILD_ENV["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
         CHILD_ENV["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
-        for tool in args.tools:
-            figures = BENCHES[tool](Path(tmp), args)
-            failed |= figures["time_ratio"] > 1.0 or figures["rss_ratio"] > 2.0
-    return 1 if failed else 0
+        ok = run_benchmark(workdir, tools, args.repeats, args.events)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 from astropy.io import fits
 
 from fermipipe.errors import EmptyProductError, ToolError
+from fermipipe.fits import table as fits_table
 from fermipipe.fits.dates import met_to_date
 from fermipipe.native import gtselect
 from fermipipe.native.evmerge import merge_event_files
@@ -122,7 +123,7 @@ def test_streaming_chunks_and_odd_row_size(
         hdul.writeto(plain)
     big, small = tmp_path / "big.fits", tmp_path / "small.fits"
     merge_event_files([src, plain], big)
-    monkeypatch.setattr(gtselect, "_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(fits_table, "CHUNK_BYTES", 1000)  # RawTable.read_chunks' default
     merge_event_files([src, plain], small)
     with fits.open(src) as ref, fits.open(big) as hb, fits.open(small) as hs:
         one = raw_rows(ref["EVENTS"])

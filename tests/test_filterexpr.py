@@ -270,3 +270,35 @@ def test_no_eval_of_python(cols):
     for expr in ("__import__('os').system('true')", "DATA_QUAL.__class__", "lambda: 1"):
         with pytest.raises(FilterError):
             run(expr, cols)
+
+
+def test_angsep_comparison_is_exact_at_the_boundary():
+    """``angsep(...) < r`` in a filter decides like cfitsio (libm) even for points a few ulps
+    from r — the same single implementation as gtselect's cone (fermipipe.fits.sphere)."""
+    from fermipipe.fits import sphere
+
+    rng = np.random.default_rng(11)
+    ra0, dec0, rad = 194.047, -5.78931, 75.0
+    theta = rng.uniform(0, 2 * np.pi, 5000)
+    d = np.radians(rad + rng.normal(0, 2e-14, theta.size))
+    d0, r0 = np.radians(dec0), np.radians(ra0)
+    dec_r = np.arcsin(np.sin(d0) * np.cos(d) + np.cos(d0) * np.sin(d) * np.cos(theta))
+    ra_r = r0 + np.arctan2(
+        np.sin(theta) * np.sin(d) * np.cos(d0), np.cos(d) - np.sin(d0) * np.sin(dec_r)
+    )
+    table = {"RA_ZENITH": np.degrees(ra_r), "DEC_ZENITH": np.degrees(dec_r)}
+    want = np.array(
+        [
+            sphere.angsep_scalar(a, b, ra0, dec0) < rad
+            for a, b in zip(table["RA_ZENITH"], table["DEC_ZENITH"], strict=True)
+        ]
+    )
+    assert 0.2 < want.mean() < 0.8  # really on the boundary
+    got = run(f"angsep(RA_ZENITH,DEC_ZENITH,{ra0},{dec0}) < {rad}", table)
+    np.testing.assert_array_equal(got, want)
+    # both operand orders, and the same decision as gtselect's cone mask
+    flipped = run(f"{rad} > angsep(RA_ZENITH,DEC_ZENITH,{ra0},{dec0})", table)
+    np.testing.assert_array_equal(flipped, want)
+    cone = sphere.angsep_below(table["RA_ZENITH"], table["DEC_ZENITH"], ra0, dec0, rad)
+    np.testing.assert_array_equal(cone, want)
+    assert angsep is sphere.angsep  # one implementation

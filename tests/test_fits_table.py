@@ -14,6 +14,7 @@ from fermipipe.fits.gti import read_gti
 from fermipipe.fits.table import (
     FitsFile,
     RawTable,
+    TruncatedTableError,
     dtype_from_header,
     open_table,
     read_hdus,
@@ -188,3 +189,50 @@ def test_truncated_and_trailing_bytes(shared_data: Path, tmp_path: Path) -> None
     junk = tmp_path / "junk.fits"
     junk.write_bytes(raw + b"\0" * 2880 + b"garbage" * 500)
     assert [h.extname for h in read_hdus(junk)] == ["PRIMARY", "EVENTS", "GTI"]
+
+
+def test_read_chunks_streams_the_rows(shared_data: Path, tmp_path: Path) -> None:
+    """read_chunks gives the rows in order, in chunks of the requested size, from a plain file
+    (ordinary reads, not the memmap) and from a gzipped one (in memory) alike."""
+    src = shared_data / FT1
+    plain = tmp_path / "plain.fits"
+    with fits.open(src) as hdul:
+        hdul.writeto(plain)
+    for path in (src, plain):
+        ev = open_table(path, "EVENTS")
+        itemsize = ev.dtype.itemsize
+        chunks = list(ev.read_chunks(chunk_bytes=200 * itemsize + 5))
+        assert [c.nrows for c in chunks[:-1]] == [200] * (len(chunks) - 1) and len(chunks) == 8
+        assert all(not isinstance(c.rows, np.memmap) for c in chunks) or path == src
+        assert np.array_equal(np.concatenate([c.rows for c in chunks]), ev.rows)
+        assert chunks[3].header is ev.header and chunks[3].column("ENERGY").shape == (200,)
+    # a file shortened after it was opened: a clear error, not short data
+    ev = open_table(plain, "EVENTS")
+    with open(plain, "r+b") as f:
+        f.truncate(ev.info.data_offset + 1000 * ev.dtype.itemsize)
+    with pytest.raises(TruncatedTableError, match="truncated inside table HDU 1"):
+        list(ev.read_chunks(chunk_bytes=300 * ev.dtype.itemsize))
+
+
+def test_values_like_astropy(shared_data: Path, tmp_path: Path) -> None:
+    """values(): logical columns as bool and TZERO unsigned integers like astropy."""
+    ft2 = open_table(shared_data / FT2, "SC_DATA")
+    with fits.open(shared_data / FT2) as hdul:
+        data = hdul["SC_DATA"].data
+        for name in ("IN_SAA", "LAT_CONFIG", "DATA_QUAL", "ROCK_ANGLE", "START", "LAT_MODE"):
+            got, want = ft2.values(name), np.asarray(data[name])
+            assert got.dtype == want.dtype.newbyteorder("="), name
+            assert np.array_equal(got, want), name
+    cols = [
+        fits.Column("U", "I", bzero=32768, array=np.array([0, 1, 65535], np.uint16)),
+        fits.Column("V", "J", bzero=2**31, array=np.array([0, 7, 2**32 - 1], np.uint32)),
+        fits.Column("F", "L", array=np.array([True, False, True])),
+    ]
+    path = tmp_path / "scaled.fits"
+    fits.BinTableHDU.from_columns(cols).writeto(path)
+    table = open_table(path, 1)
+    with fits.open(path) as hdul:
+        for name in "UVF":
+            want = np.asarray(hdul[1].data[name])
+            assert np.array_equal(table.values(name), want), name
+            assert table.values(name).dtype.kind == want.dtype.kind, name

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from fitscheck import assert_fitsverify
 
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.dss import read_dss_file
@@ -51,15 +52,6 @@ def p8v2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     ft1 = _gunzip(shared_data / "gammalib/p8v2/ft1.fits.gz", d / "ft1.fits")
     ft2 = _gunzip(shared_data / "gammalib/p8v2/ft2.fits.gz", d / "ft2.fits")
     return ft1, ft2
-
-
-def _fitsverify(path: Path) -> None:
-    if shutil.which("fitsverify") is None:
-        pytest.skip("fitsverify not installed")
-    proc = subprocess.run(
-        ["fitsverify", "-q", "-e", str(path)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0 and "verification OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 def _cards(header: fits.Header) -> list[tuple[str, object, str]]:
@@ -128,7 +120,7 @@ def test_roicut_yes_matches_fermitools_reference(p8v2, shared_data, tmp_path):
         for hdu in hdul:
             assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
             assert hdu._checksum_valid and hdu._datasum_valid
-    _fitsverify(out)
+    assert_fitsverify(out)
 
 
 def test_roicut_term_text_and_precedence(p8v2):
@@ -231,7 +223,7 @@ def test_roicut_no_reproduces_ft1_gti(p8v2, tmp_path):
             assert got[0].header.get(key) == src[0].header.get(key)
         assert got["GTI"].header["TELAPSE"] == src["GTI"].header["TELAPSE"]
     assert outcome.n_rows == 1507
-    _fitsverify(out)
+    assert_fitsverify(out)
 
 
 def test_overwrite_yes_uses_header_or_given_times(p8v2, tmp_path):
@@ -311,7 +303,7 @@ def test_2fhl_event_filtering_by_reference_gti(shared_data, tmp_path):
         assert got["GTI"].header["ONTIME"] == ref["GTI"].header["ONTIME"]
         for h_ref, h_out in zip(ref, got, strict=True):  # every keyword, in order
             assert _cards(h_ref.header) == _cards(h_out.header), h_ref.name
-    _fitsverify(out)
+    assert_fitsverify(out)
 
 
 # ------------------------------------------------------------------------------ the row walk
@@ -548,7 +540,7 @@ def test_zero_events_with_good_time_is_a_valid_file(p8v2, tmp_path):
         np.testing.assert_array_equal(got["GTI"].data["START"], [t1])
         np.testing.assert_array_equal(got["GTI"].data["STOP"], [t2])
         assert got["GTI"].header["ONTIME"] == t2 - t1
-    _fitsverify(out)
+    assert_fitsverify(out)
 
 
 def test_bad_inputs_are_tool_errors(p8v2, tmp_path):

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
-
-from astropy.io import fits
+from typing import TYPE_CHECKING, Any
 
 from fermipipe.fits.keywords import set_card
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+
+    from fermipipe.fits.header import Header
 
 __all__ = [
     "date_to_jd",
@@ -137,7 +140,7 @@ _COMMENTS = {
 
 
 def write_date_keywords(
-    header: fits.Header, tstart: float, tstop: float, *, now: float | None = None
+    header: Header | fits.Header, tstart: float, tstop: float, *, now: float | None = None
 ) -> None:
     """``Util::writeDateKeywords``: DATE (now), DATE-OBS, DATE-END, TSTART, TSTOP, and
     TELAPSE = TSTOP − TSTART only if TELAPSE already exists. Existing cards keep their place

@@ -17,14 +17,19 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti, read_gti
-from fermipipe.fits.keywords import make_card
+from fermipipe.fits.header import Card, Header
+from fermipipe.fits.keywords import append_card
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+
+    from fermipipe.fits.table import FitsFile
 
 __all__ = [
     "BitMaskCut",
@@ -291,7 +296,7 @@ def _parse_one(
 
 
 def read_dss(
-    header: fits.Header | Mapping[str, Any],
+    header: Header | fits.Header | Mapping[str, Any],
     *,
     columns: Iterable[str] | None = None,
     skip_time_ranges: bool = False,
@@ -332,42 +337,85 @@ def read_dss(
 
 
 def read_dss_file(
-    path: str | Path | fits.HDUList,
+    path: str | Path | FitsFile | fits.HDUList,
     extname: str = "EVENTS",
     *,
     check_columns: bool = True,
     skip_time_ranges: bool = False,
     tool: str = "fits",
 ) -> list[Cut]:
-    """Read the DSS of ``extname`` in a file, loading the GTI its ``TIME/TABLE`` refers to."""
-    owned = not isinstance(path, fits.HDUList)
-    hdul = fits.open(path, memmap=True) if owned else path
-    name = None if isinstance(path, fits.HDUList) else str(path)
-    try:
+    """Read the DSS of ``extname`` in a file, loading the GTI its ``TIME/TABLE`` refers to.
+
+    ``path`` may be a file name, an open :class:`~fermipipe.fits.table.FitsFile` (no astropy
+    import on these two paths) or an astropy HDUList.
+    """
+    from fermipipe.fits.table import FitsFile
+
+    if isinstance(path, FitsFile):
+        return _read_dss_fitsfile(path, extname, check_columns, skip_time_ranges, tool)
+    if isinstance(path, str | Path):
+        name = str(path)
         try:
-            hdu = hdul[extname]
-        except KeyError:
-            raise ToolError(tool, f"no {extname} extension", name) from None
-        header = hdu.header
-        cols = list(hdu.columns.names) if check_columns and hasattr(hdu, "columns") else None
-        cuts = read_dss(
-            header, columns=cols, skip_time_ranges=skip_time_ranges, tool=tool, file=name
-        )
-        out: list[Cut] = []
-        for cut in cuts:
-            if isinstance(cut, GtiCut):
-                try:
-                    gti_ext = hdul[cut.ext]
-                except KeyError:
-                    raise ToolError(
-                        tool, f"DSS refers to missing extension {cut.ext}", name
-                    ) from None
-                cut = GtiCut(read_gti(gti_ext, tool=tool, file=name), cut.ext)
-            out.append(cut)
-        return out
-    finally:
-        if owned:
-            hdul.close()
+            ff = FitsFile(path)
+        except (OSError, ValueError) as exc:
+            raise ToolError(tool, f"cannot read FITS file ({exc})", name) from None
+        with ff:
+            return _read_dss_fitsfile(ff, extname, check_columns, skip_time_ranges, tool)
+    return _read_dss_hdul(path, extname, check_columns, skip_time_ranges, tool)
+
+
+def _read_dss_fitsfile(
+    ff: FitsFile, extname: str, check_columns: bool, skip_time_ranges: bool, tool: str
+) -> list[Cut]:
+    name = str(ff.path)
+    try:
+        info = ff.hdu(extname)
+    except KeyError:
+        raise ToolError(tool, f"no {extname} extension", name) from None
+    cols: list[str] | None = None
+    if check_columns and info.is_bintable:
+        try:
+            cols = list(ff.table(info.index).columns)
+        except ValueError as exc:
+            raise ToolError(tool, f"unreadable {extname} table ({exc})", name) from None
+    cuts = read_dss(
+        info.header, columns=cols, skip_time_ranges=skip_time_ranges, tool=tool, file=name
+    )
+    out: list[Cut] = []
+    for cut in cuts:
+        if isinstance(cut, GtiCut):
+            try:
+                table = ff.table(cut.ext)
+            except KeyError:
+                raise ToolError(tool, f"DSS refers to missing extension {cut.ext}", name) from None
+            except ValueError as exc:
+                raise ToolError(tool, f"unreadable {cut.ext} extension ({exc})", name) from None
+            cut = GtiCut(read_gti(table, tool=tool, file=name), cut.ext)
+        out.append(cut)
+    return out
+
+
+def _read_dss_hdul(
+    hdul: fits.HDUList, extname: str, check_columns: bool, skip_time_ranges: bool, tool: str
+) -> list[Cut]:
+    name = hdul.filename()
+    try:
+        hdu = hdul[extname]
+    except KeyError:
+        raise ToolError(tool, f"no {extname} extension", name) from None
+    header = hdu.header
+    cols = list(hdu.columns.names) if check_columns and hasattr(hdu, "columns") else None
+    cuts = read_dss(header, columns=cols, skip_time_ranges=skip_time_ranges, tool=tool, file=name)
+    out: list[Cut] = []
+    for cut in cuts:
+        if isinstance(cut, GtiCut):
+            try:
+                gti_ext = hdul[cut.ext]
+            except KeyError:
+                raise ToolError(tool, f"DSS refers to missing extension {cut.ext}", name) from None
+            cut = GtiCut(read_gti(gti_ext, tool=tool, file=name), cut.ext)
+        out.append(cut)
+    return out
 
 
 # ---------------------------------------------------------------------- merging
@@ -511,14 +559,14 @@ def dss_entries(cut: Cut) -> tuple[str, str, str, str | None]:
 _dss_entries = dss_entries  # backwards-compatible private name (used by gtselect)
 
 
-def dss_cards(cuts: Iterable[Cut]) -> list[fits.Card]:
+def dss_cards(cuts: Iterable[Cut]) -> list[Card]:
     """The cards :func:`write_dss` appends (TIME ranges skipped, NDSKEYS last, no comment)."""
-    header = fits.Header()
+    header = Header()
     write_dss(header, cuts)
     return list(header.cards)
 
 
-def _remove_dss(header: fits.Header) -> None:
+def _remove_dss(header: Header | fits.Header) -> None:
     n = int(header.get("NDSKEYS", 0) or 0)
     for k in range(1, n + 1):
         for stem in ("DSTYP", "DSUNI", "DSVAL", "DSREF"):
@@ -529,20 +577,20 @@ def _remove_dss(header: fits.Header) -> None:
         del header["NDSKEYS"]
 
 
-def _append_entry(header: fits.Header, k: int, cut: Cut) -> None:
+def _append_entry(header: Header | fits.Header, k: int, cut: Cut) -> None:
     typ, uni, val, ref = dss_entries(cut)
-    header.append(make_card(f"DSTYP{k}", typ), end=True)
-    header.append(make_card(f"DSUNI{k}", uni), end=True)
-    header.append(make_card(f"DSVAL{k}", val), end=True)
+    append_card(header, f"DSTYP{k}", typ)
+    append_card(header, f"DSUNI{k}", uni)
+    append_card(header, f"DSVAL{k}", val)
     if ref is not None:
-        header.append(make_card(f"DSREF{k}", ref), end=True)
+        append_card(header, f"DSREF{k}", ref)
 
 
 def _is_time_range(cut: Cut) -> bool:
     return isinstance(cut, RangeCut) and cut.column.upper() == "TIME"
 
 
-def write_dss(header: fits.Header, cuts: Iterable[Cut]) -> None:
+def write_dss(header: Header | fits.Header, cuts: Iterable[Cut]) -> None:
     """``writeDssKeywords``: drop the old set, append cuts in order (TIME ranges skipped),
     then ``NDSKEYS`` last, without comment."""
     _remove_dss(header)
@@ -552,14 +600,14 @@ def write_dss(header: fits.Header, cuts: Iterable[Cut]) -> None:
             continue
         k += 1
         _append_entry(header, k, cut)
-    header.append(make_card("NDSKEYS", k), end=True)
+    append_card(header, "NDSKEYS", k)
 
 
-def write_dss_time_only(header: fits.Header, cuts: Iterable[Cut]) -> None:
+def write_dss_time_only(header: Header | fits.Header, cuts: Iterable[Cut]) -> None:
     """``writeDssTimeKeywords`` (gtltcube): ``NDSKEYS`` first, then only GTI/TIME cuts."""
     _remove_dss(header)
     timecuts = [c for c in cuts if isinstance(c, GtiCut) or _is_time_range(c)]
-    header.append(make_card("NDSKEYS", len(timecuts)), end=True)
+    append_card(header, "NDSKEYS", len(timecuts))
     for k, cut in enumerate(timecuts, start=1):
         _append_entry(header, k, cut)
 

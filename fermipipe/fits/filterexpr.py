@@ -14,7 +14,10 @@ on the FT2 table (spec §1.2, §4.2, §10). This module reproduces that subset w
 * the Fortran spellings ``.and. .or. .not. .eq. .ne. .lt. .le. .gt. .ge.`` (any case) and
   ``=>`` / ``=<``, which cfitsio's lexer also accepts;
 * functions ``ABS(x)`` and ``ANGSEP(ra1, dec1, ra2, dec2)`` (case-insensitive names, as
-  cfitsio upper-cases function names); angsep is the haversine of spec §1.2.
+  cfitsio upper-cases function names); angsep is the haversine of spec §1.2, computed by the
+  package's single implementation :mod:`fermipipe.fits.sphere`. When an angsep result is
+  compared directly, values within a few ulps of the other operand are recomputed with the C
+  library (``sphere.refine_near``), so the comparison decides exactly as cfitsio's.
 
 Types follow cfitsio: integer columns/constants are LONG (int64 arithmetic, C truncating
 division), float columns/reals are DOUBLE, logical columns and T/F are BOOLEAN. Mixed
@@ -43,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from fermipipe.errors import ToolError
+from fermipipe.fits.sphere import angsep, refine_near
 
 __all__ = [
     "Binary",
@@ -354,6 +358,7 @@ class _Val:
     data: Any
     kind: str  # "b", "i", "f"
     null: Any = None  # None (no nulls) or bool array/scalar
+    angsep_args: tuple[Any, Any, Any, Any] | None = None  # set on a bare ANGSEP(...) result
 
     def as_float(self) -> Any:
         return np.asarray(self.data, dtype=np.float64) if self.kind != "f" else self.data
@@ -463,6 +468,7 @@ class _Evaluator:
             raise self.fail(f"{op!r} cannot mix a logical value with a number", node)
         null = _or_null(a.null, b.null)
         if op in _COMPARE:
+            a, b = _exact_angsep(a, b), _exact_angsep(b, a)
             if a.kind == "i" and b.kind == "i":
                 # cfitsio compares LONGs as integers; exact, unlike float64 beyond 2**53.
                 return _Val(_COMPARE[op](a.data, b.data), "b", null)
@@ -517,7 +523,16 @@ class _Evaluator:
             null = _or_null(null, val.null)
         if node.name == "ABS":
             return _Val(np.abs(vals[0].data), vals[0].kind, null)
-        return _Val(angsep(*(v.as_float() for v in vals)), "f", null)
+        args = tuple(v.as_float() for v in vals)
+        return _Val(angsep(*args), "f", null, angsep_args=args)  # type: ignore[arg-type]
+
+
+def _exact_angsep(val: _Val, other: _Val) -> _Val:
+    """``val`` with its angsep values near ``other`` recomputed with libm (module docstring)."""
+    if val.angsep_args is None:
+        return val
+    data = refine_near(val.data, other.as_float(), val.angsep_args)
+    return _Val(data, "f", val.null)
 
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
@@ -533,25 +548,6 @@ _ARITH: dict[str, Callable[[Any, Any], Any]] = {
     "-": np.subtract,
     "*": np.multiply,
 }
-
-
-#: cfitsio's degree → radian factor, 4·atan(1)/180 (the same double as pi/180).
-_DEG = 4.0 * np.arctan(1.0) / 180.0
-
-
-def angsep(ra1: Any, dec1: Any, ra2: Any, dec2: Any) -> Any:
-    """cfitsio ``angsep`` (degrees in and out), vectorised, haversine of spec §1.2.
-
-    The operations follow cfitsio's ``angsep_calc`` order so results agree to the last bit:
-    differences taken in degrees then scaled (``(ra2 - ra1) * deg / 2``), ``a`` clipped to
-    [0, 1], the result divided by ``deg``.
-    """
-    ra1, dec1, ra2, dec2 = (np.asarray(v, dtype=np.float64) for v in (ra1, dec1, ra2, dec2))
-    sra = np.sin((ra2 - ra1) * _DEG / 2.0)
-    sdec = np.sin((dec2 - dec1) * _DEG / 2.0)
-    a = sdec * sdec + np.cos(dec1 * _DEG) * np.cos(dec2 * _DEG) * sra * sra
-    a = np.clip(a, 0.0, 1.0)
-    return 2.0 * np.arctan2(np.sqrt(a), np.sqrt(1.0 - a)) / _DEG
 
 
 def _column_map(columns: Any) -> dict[str, np.ndarray]:

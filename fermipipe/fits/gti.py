@@ -19,18 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from fermipipe.errors import ToolError
-from fermipipe.fits.keywords import make_card, set_card
+from fermipipe.fits.header import Card, Header
+from fermipipe.fits.keywords import set_card
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = [
     "Gti",
     "find_gti_hdu",
     "gti_hdu",
+    "gti_header_rows",
+    "gti_rows",
     "read_gti",
     "union",
     "update_gti_hdu",
@@ -365,37 +370,52 @@ def _coerce(kind: str, value: Any) -> Any:
     return str(value)
 
 
-def gti_hdu(gti: Gti, time_keys: Mapping[str, Any] | fits.Header | None = None) -> fits.BinTableHDU:
-    """A Fermitools-style GTI BinTableHDU (START/STOP 'D' in s, TLMIN 0, TLMAX 1e10).
+def _undefined(value: Any) -> bool:
+    # None (our Header, undefined value) or astropy's Undefined
+    return value is None or type(value).__name__ == "Undefined"
 
-    Keyword order and comments follow the Fermitools FT1 template. Values of TELESCOP, DATE,
-    DATE-OBS/END, TSTART/TSTOP, MJDREF*, TIME* … come from ``time_keys`` (typically the EVENTS
-    header) when present there, else template defaults; keys with no default and not given
-    are omitted. ONTIME is computed from ``gti``; TELAPSE = TSTOP − TSTART when both are
-    known, else the GTI span. Doubles are formatted like cfitsio (``%.15G``).
+
+def gti_rows(gti: Gti) -> np.ndarray:
+    """The GTI as big-endian START/STOP rows (the GTI table's raw data)."""
+    data = np.empty(len(gti), dtype=_GTI_DTYPE)
+    data["START"] = gti.start
+    data["STOP"] = gti.stop
+    return data
+
+
+def gti_header_rows(
+    gti: Gti, time_keys: Mapping[str, Any] | Header | fits.Header | None = None
+) -> tuple[Header, np.ndarray]:
+    """A Fermitools-style GTI extension as (header, rows), without astropy.
+
+    START/STOP 'D' in s, TLMIN 0, TLMAX 1e10. Keyword order and comments follow the
+    Fermitools FT1 template. Values of TELESCOP, DATE, DATE-OBS/END, TSTART/TSTOP, MJDREF*,
+    TIME* … come from ``time_keys`` (typically the EVENTS header) when present there, else
+    template defaults; keys with no default and not given are omitted. ONTIME is computed from
+    ``gti``; TELAPSE = TSTOP − TSTART when both are known, else the GTI span. Doubles are
+    formatted like cfitsio (``%.15G``). The rows are ready for ``table.write_fits``.
     """
     keys: Mapping[str, Any] = time_keys if time_keys is not None else {}
-    cards: list[fits.Card] = [
-        make_card("XTENSION", "BINTABLE", "binary table extension"),
-        make_card("BITPIX", 8, "8-bit bytes"),
-        make_card("NAXIS", 2, "2-dimensional binary table"),
-        make_card("NAXIS1", 16, "width of table in bytes"),
-        make_card("NAXIS2", len(gti), "number of rows in table"),
-        make_card("PCOUNT", 0, "size of special data area"),
-        make_card("GCOUNT", 1, "one data group (required keyword)"),
-        make_card("TFIELDS", 2, "number of fields in each row"),
-        make_card("TTYPE1", "START", "start time of good time intervals"),
-        make_card("TFORM1", "D", "data format of field: 8-byte DOUBLE"),
-        make_card("TTYPE2", "STOP", "stop time of good time intervals"),
-        make_card("TFORM2", "D", "data format of field: 8-byte DOUBLE"),
+    card = Card.from_value
+    cards: list[Card] = [
+        card("XTENSION", "BINTABLE", "binary table extension"),
+        card("BITPIX", 8, "8-bit bytes"),
+        card("NAXIS", 2, "2-dimensional binary table"),
+        card("NAXIS1", 16, "width of table in bytes"),
+        card("NAXIS2", len(gti), "number of rows in table"),
+        card("PCOUNT", 0, "size of special data area"),
+        card("GCOUNT", 1, "one data group (required keyword)"),
+        card("TFIELDS", 2, "number of fields in each row"),
+        card("TTYPE1", "START", "start time of good time intervals"),
+        card("TFORM1", "D", "data format of field: 8-byte DOUBLE"),
+        card("TTYPE2", "STOP", "stop time of good time intervals"),
+        card("TFORM2", "D", "data format of field: 8-byte DOUBLE"),
     ]
     values: dict[str, Any] = {}
     for key, kind, default, _comment in _GTI_TEMPLATE:
         if key in _GTI_FIXED:
             values[key] = default
-        elif (
-            key in keys and keys[key] is not None and not isinstance(keys[key], fits.card.Undefined)
-        ):
+        elif key in keys and not _undefined(keys[key]):
             values[key] = _coerce(kind, keys[key])
         elif default is not None:
             values[key] = default
@@ -406,20 +426,29 @@ def gti_hdu(gti: Gti, time_keys: Mapping[str, Any] | fits.Header | None = None) 
         values["TELAPSE"] = gti.telapse
     for key, _kind, _default, comment in _GTI_TEMPLATE:
         if key in values:
-            cards.append(make_card(key, values[key], comment))
+            cards.append(card(key, values[key], comment))
     for n in (1, 2):
-        cards.append(make_card(f"TUNIT{n}", "s", "physical unit of field"))
-        cards.append(make_card(f"TLMIN{n}", 0.0, "minimum value"))
-        cards.append(make_card(f"TLMAX{n}", 1e10, "maximum value"))
-    cards.append(make_card("EXTVER", 1, "auto assigned by template parser"))
-    data = np.empty(len(gti), dtype=_GTI_DTYPE)
-    data["START"] = gti.start
-    data["STOP"] = gti.stop
-    return _table_hdu(fits.Header(cards), data)
+        cards.append(card(f"TUNIT{n}", "s", "physical unit of field"))
+        cards.append(card(f"TLMIN{n}", 0.0, "minimum value"))
+        cards.append(card(f"TLMAX{n}", 1e10, "maximum value"))
+    cards.append(card("EXTVER", 1, "auto assigned by template parser"))
+    return Header(cards), gti_rows(gti)
+
+
+def gti_hdu(
+    gti: Gti, time_keys: Mapping[str, Any] | Header | fits.Header | None = None
+) -> fits.BinTableHDU:
+    """:func:`gti_header_rows` as an astropy BinTableHDU (imports astropy)."""
+    from astropy.io import fits
+
+    header, data = gti_header_rows(gti, time_keys)
+    return _table_hdu(fits.Header.fromstring(header.tostring()), data)
 
 
 def _table_hdu(header: fits.Header, data: np.ndarray) -> fits.BinTableHDU:
     """BinTableHDU from a complete header and raw rows, keeping the header's card order."""
+    from astropy.io import fits
+
     hdu = fits.BinTableHDU(data=data, header=header)
     # astropy may append/reorder column keywords; restore the given order and values.
     out = header.copy()
@@ -438,9 +467,7 @@ def update_gti_hdu(hdu: fits.BinTableHDU, gti: Gti) -> fits.BinTableHDU:
     """
     header = hdu.header.copy()
     set_card(header, "ONTIME", gti.ontime, "sum of GTI lengths")
-    data = np.empty(len(gti), dtype=_GTI_DTYPE)
-    data["START"] = gti.start
-    data["STOP"] = gti.stop
+    data = gti_rows(gti)
     names = [str(n).upper() for n in (hdu.columns.names if hdu.columns is not None else [])]
     if names != ["START", "STOP"] or any(
         str(f).upper() not in ("D", "1D") for f in hdu.columns.formats

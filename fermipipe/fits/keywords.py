@@ -4,66 +4,51 @@ The Fermitools write keywords through tip → cfitsio ``fits_update_key``. A dou
 cfitsio's ``ffd2e`` with 15 significant digits (``%.15G``), with a ``.`` added when the text
 would otherwise read as an integer (``86400.``, ``1.0E+38``). astropy would write ``repr()``
 (17 digits), so a value computed here would differ textually from the reference in the last
-digits. Building the card image ourselves (``fits.Card.fromstring``) makes astropy keep it
+digits. The card images are built here (:func:`fermipipe.fits.header.card_image`) and kept
 byte for byte.
+
+The helpers accept both header types: :class:`fermipipe.fits.header.Header` (the tools' own,
+no astropy import) and ``astropy.io.fits.Header`` (astropy is imported only for that).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from astropy.io import fits
+from fermipipe.fits.header import Card, Header, card_image, cfitsio_double, format_value
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = [
+    "append_card",
     "cfitsio_double",
     "make_card",
     "set_card",
 ]
 
-
-def cfitsio_double(value: float) -> str:
-    """Format a double like cfitsio ``ffd2e`` with 15 significant digits.
-
-    ``%.15G``; if the text has no ``.``: insert ``.0`` before an exponent, else append ``.``.
-    """
-    text = f"{float(value):.15G}"
-    if "." not in text and "N" not in text and "I" not in text:  # not NaN/INF
-        text = text.replace("E", ".0E") if "E" in text else text + "."
-    return text
-
-
-def _value_text(value: Any) -> str:
-    if isinstance(value, bool | np.bool_):
-        return f"{'T' if value else 'F':>20}"
-    if isinstance(value, str):
-        quoted = "'" + value.replace("'", "''").ljust(8) + "'"
-        return f"{quoted:<20}"
-    if isinstance(value, int | np.integer):
-        return f"{int(value):>20d}"
-    return f"{cfitsio_double(float(value)):>20}"
+_value_text = format_value  # backwards-compatible private name
 
 
 def make_card(key: str, value: Any, comment: str | None = None) -> fits.Card:
-    """A card ``KEY = value / comment`` with cfitsio value formatting, cut to 80 characters.
+    """An astropy ``Card`` ``KEY = value / comment`` with cfitsio value formatting, cut to 80
+    characters (imports astropy; the tools' own headers use :class:`Card.from_value`).
 
     Floats use :func:`cfitsio_double`; ints are written as integers; strings are padded to 8
     characters inside the quotes like cfitsio does. Over-long comments are truncated silently
     (cfitsio does the same; astropy would warn).
     """
-    image = f"{key.upper():<8}= {_value_text(value)}"
-    if comment:
-        image += " / " + comment
-    if len(image) > 80:
-        if len(image.split(" / ")[0]) > 80:
-            # Long string values: let astropy use its CONTINUE convention.
-            return fits.Card(key, value, comment)
-        image = image[:80]
-    return fits.Card.fromstring(image.ljust(80))
+    from astropy.io import fits
+
+    image = card_image(key, value, comment)
+    if image is None:
+        # Long string values: let astropy use its CONTINUE convention.
+        return fits.Card(key, value, comment)
+    return fits.Card.fromstring(image)
 
 
 def set_card(
-    header: fits.Header,
+    header: Header | fits.Header,
     key: str,
     value: Any,
     comment: str | None = None,
@@ -76,11 +61,26 @@ def set_card(
     keeps its position and its comment unless ``replace_comment``; ``comment`` is used when
     the card is new.
     """
+    if isinstance(header, Header):
+        if key in header and not replace_comment:
+            comment = None  # Header.set keeps the existing comment
+        header.set(key, value, comment)
+        return
     if key in header:
         if comment is None or not replace_comment:
             comment = header.comments[key]
         idx = header.index(key)
         del header[idx]
         header.insert(idx, make_card(key, value, comment))
+    else:
+        header.append(make_card(key, value, comment), end=True)
+
+
+def append_card(
+    header: Header | fits.Header, key: str, value: Any, comment: str | None = None
+) -> None:
+    """Append ``KEY = value`` at the very end (even when ``key`` exists), cfitsio formatting."""
+    if isinstance(header, Header):
+        header.append(Card.from_value(key, value, comment))
     else:
         header.append(make_card(key, value, comment), end=True)

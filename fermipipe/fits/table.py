@@ -1,13 +1,16 @@
 """Fast FITS binary-table access and writing without astropy's table machinery.
 
-Reading: the header blocks are parsed here (astropy only turns each header's bytes into a
-``fits.Header``); the rows of a BINTABLE are exposed as a numpy *structured, big-endian*
-memmap of the file — no copy, no scaling, no byte swapping until a caller converts a column.
-Gzipped files are decompressed into memory once.
+Reading: the header blocks are parsed here into :class:`fermipipe.fits.header.Header` (no
+astropy import: it costs more than a whole gtmktime run); the rows of a BINTABLE are exposed
+as a numpy *structured, big-endian* memmap of the file — no copy, no scaling, no byte swapping
+until a caller converts a column. :meth:`RawTable.read_chunks` streams the rows with ordinary
+reads instead, so a pass over a large table does not keep the file's pages resident.
+Gzipped files are decompressed into memory once (Python's gzip module).
 
 Writing: :func:`write_fits` takes headers and raw row bytes (e.g. ``table.rows[mask]``),
 writes header blocks + data + zero padding, fixes NAXIS2, sets primary FILENAME and
-computes CHECKSUM/DATASUM with numpy, into a temporary file renamed atomically.
+computes CHECKSUM/DATASUM with numpy, into a temporary file renamed atomically. Headers may
+be ours or astropy's; astropy HDU objects are serialised by astropy (imported only then).
 
 Why: gtselect on a 2M-row FT1 file is a mask on a few columns plus a copy of the selected
 raw rows; going through astropy Table/FITS_rec conversions costs several times the I/O.
@@ -23,20 +26,25 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-from astropy.io import fits
 
-from fermipipe.fits.keywords import make_card, set_card
+from fermipipe.fits.header import Header, as_header
+from fermipipe.fits.keywords import set_card
 from fermipipe.fits.writing import atomic_output, checksum_words, encode_checksum, set_filename
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = [
     "BLOCK",
+    "CHUNK_BYTES",
     "FitsFile",
     "HduInfo",
     "HduSpec",
     "RawTable",
+    "TruncatedTableError",
     "dtype_from_header",
     "open_table",
     "read_hdus",
@@ -45,6 +53,9 @@ __all__ = [
 ]
 
 BLOCK = 2880
+#: Default chunk size of :meth:`RawTable.read_chunks`: large enough for fast numpy, small
+#: enough to stay in the caches and keep the resident memory of a pass bounded.
+CHUNK_BYTES = 8 << 20
 _TFORM_RE = re.compile(r"^\s*(\d*)\s*([LXBIJKAEDCMPQ])(.*)$", re.I)
 _BASE = {
     "L": "S1",
@@ -57,6 +68,10 @@ _BASE = {
     "C": ">c8",
     "M": ">c16",
 }
+
+
+class TruncatedTableError(ValueError):
+    """The file ended inside a table's rows while they were being read."""
 
 
 def tform_dtype(tform: str) -> tuple[str, tuple[int, ...]]:
@@ -81,7 +96,7 @@ def tform_dtype(tform: str) -> tuple[str, tuple[int, ...]]:
     return base, (() if repeat == 1 else (repeat,))
 
 
-def dtype_from_header(header: fits.Header) -> np.dtype:
+def dtype_from_header(header: Header | fits.Header) -> np.dtype:
     """Structured big-endian dtype of a BINTABLE row (itemsize checked against NAXIS1)."""
     nfields = int(header.get("TFIELDS", 0))
     names: list[str] = []
@@ -107,7 +122,7 @@ class HduInfo:
     """Location of one HDU in a file: its header and where its data lie."""
 
     index: int
-    header: fits.Header
+    header: Header
     header_offset: int
     data_offset: int
     data_size: int  # bytes of data proper (rows + heap), without padding
@@ -127,7 +142,7 @@ class HduInfo:
         return str(self.header.get("XTENSION", "")).strip().upper() == "BINTABLE"
 
 
-def _data_size(header: fits.Header) -> int:
+def _data_size(header: Header | fits.Header) -> int:
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0:
         return 0
@@ -164,7 +179,7 @@ def _parse_headers(buf: memoryview | bytes, total: int, reader: Any) -> list[Hdu
                     break
         raw = b"".join(chunks)
         try:
-            header = fits.Header.fromstring(raw.decode("ascii"))
+            header = Header.fromstring(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"cannot parse FITS header at byte {start}: {exc}") from None
         if not hdus and "SIMPLE" not in header:
@@ -267,7 +282,7 @@ class RawTable:
     X columns as bytes. Convert with ``.astype(np.float64)`` etc. where needed.
     """
 
-    header: fits.Header
+    header: Header | fits.Header
     rows: np.ndarray
     info: HduInfo | None = None
     path: Path | None = None
@@ -359,6 +374,68 @@ class RawTable:
             if part.size:
                 yield part.view(self.dtype)
 
+    def read_chunks(self, chunk_bytes: int | None = None) -> Iterator[RawTable]:
+        """The rows as successive RawTables of about ``chunk_bytes`` (default: the module's
+        ``CHUNK_BYTES`` at call time) each, in file order.
+
+        For a memory-mapped table the rows are read with ordinary reads into fresh buffers:
+        touching the memmap would keep every page read so far resident (peak RSS ≈ the
+        file), while this keeps at most a chunk or two. Rows already in memory (gzipped
+        input, a slice, an array) are yielded as views. Each chunk is a contiguous
+        structured array owned by nobody else, so callers may keep or modify it.
+        A file shortened since it was opened raises :class:`TruncatedTableError`.
+        """
+        size = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        per_chunk = max(1, size // max(self.dtype.itemsize, 1))
+        rows = self.rows
+        is_file = isinstance(rows, np.memmap) and self.info is not None and self.path is not None
+        if not is_file or self.dtype.itemsize == 0:
+            for start in range(0, self.nrows, per_chunk):
+                yield self._sub(rows[start : start + per_chunk])
+            return
+        assert self.info is not None and self.path is not None
+        nrows, itemsize = self.nrows, self.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(self.info.data_offset)
+            for start in range(0, nrows, per_chunk):
+                n = min(per_chunk, nrows - start)
+                buf = bytearray(n * itemsize)
+                if fh.readinto(buf) != len(buf):
+                    raise TruncatedTableError(
+                        f"{self.path}: file is truncated inside table HDU {self.info.index}"
+                    )
+                yield self._sub(np.frombuffer(buf, dtype=self.dtype))
+
+    def _sub(self, rows: np.ndarray) -> RawTable:
+        return RawTable(self.header, rows, self.info, self.path)
+
+    def values(self, name: str) -> np.ndarray:
+        """A column as astropy would give it: L as bool, TSCAL/TZERO applied (integer
+        columns with the unsigned-integer TZERO stay integers), other values native-endian.
+        Bit (X) columns are returned raw (use :meth:`bits32`)."""
+        field_name = self._field(name)
+        n = self.columns.index(field_name) + 1
+        col = self.rows[field_name]
+        tform = str(self.header.get(f"TFORM{n}", ""))
+        m = _TFORM_RE.match(tform)
+        code = m.group(2).upper() if m else ""
+        if code == "L":
+            return col == b"T"
+        if code in ("X", "A"):
+            return col
+        zero = self.header.get(f"TZERO{n}")
+        scale = self.header.get(f"TSCAL{n}")
+        out = col.astype(col.dtype.newbyteorder("="))
+        if (scale in (None, 1)) and zero in (None, 0):
+            return out
+        unsigned = {"I": (np.uint16, 1 << 15), "J": (np.uint32, 1 << 31), "K": (np.uint64, 1 << 63)}
+        if scale in (None, 1) and code in unsigned and zero == unsigned[code][1]:
+            kind, offset = unsigned[code]
+            return (out.view(out.dtype.str.replace("i", "u")) ^ kind(offset)).astype(kind)
+        if code == "B" and scale in (None, 1) and zero == -128:
+            return (out.astype(np.int16) - 128).astype(np.int8)
+        return out * float(1 if scale is None else scale) + float(0 if zero is None else zero)
+
     def _check_mask(self, mask: np.ndarray) -> np.ndarray:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.nrows,):
@@ -387,12 +464,15 @@ def open_table(path: str | os.PathLike[str], ext: int | str = "EVENTS") -> RawTa
 
 # ---------------------------------------------------------------------- writing
 
-HduSpec = (
-    fits.PrimaryHDU
-    | fits.ImageHDU
-    | fits.BinTableHDU
-    | tuple[fits.Header, np.ndarray | bytes | memoryview | Iterable[Any] | None]
-)
+if TYPE_CHECKING:
+    HduSpec = (
+        fits.PrimaryHDU
+        | fits.ImageHDU
+        | fits.BinTableHDU
+        | tuple[Header | fits.Header, np.ndarray | bytes | memoryview | Iterable[Any] | None]
+    )
+else:
+    HduSpec = Any  # astropy HDU or (header, data); the precise alias needs astropy
 
 
 def _big_endian(a: np.ndarray) -> np.ndarray:
@@ -408,8 +488,10 @@ def _big_endian(a: np.ndarray) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder(">"))
 
 
-def _astropy_hdu_parts(hdu: Any, first: bool) -> tuple[fits.Header, bytes]:
+def _astropy_hdu_parts(hdu: Any, first: bool) -> tuple[Header, bytes]:
     """Serialise an astropy HDU with astropy and split it into header and data bytes."""
+    from astropy.io import fits
+
     bio = io.BytesIO()
     if first:
         if not isinstance(hdu, fits.PrimaryHDU):
@@ -472,13 +554,12 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
-def _header_bytes(header: fits.Header) -> bytes:
-    text = header.tostring(sep="", endcard=True, padding=True)
-    return text.encode("ascii")
+def _header_bytes(header: Header) -> bytes:
+    return header.tobytes()
 
 
 def _write_hdu(
-    f: BinaryIO, header: fits.Header, data: Any, *, checksum: bool, is_table_rows: bool
+    f: BinaryIO, header: Header, data: Any, *, checksum: bool, is_table_rows: bool
 ) -> None:
     """Header placeholder, data stream, padding; then the final header with NAXIS2 and sums."""
     header = header.copy()
@@ -550,7 +631,7 @@ def write_fits(
         for i, spec in enumerate(hdus):
             if isinstance(spec, tuple):
                 header, data = spec
-                header = header.copy()
+                header = as_header(header).copy()
             else:
                 header, data = _astropy_hdu_parts(spec, first=(i == 0))
             if i == 0:
@@ -564,8 +645,3 @@ def write_fits(
                 is_rows = False  # raw data with a heap: write as given
             _write_hdu(f, header, data, checksum=checksum, is_table_rows=is_rows)
     return final
-
-
-def header_card(key: str, value: Any, comment: str | None = None) -> fits.Card:
-    """Re-export of :func:`fermipipe.fits.keywords.make_card` for table builders."""
-    return make_card(key, value, comment)

@@ -13,11 +13,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
+from fermipipe.fits.header import Header
 from fermipipe.fits.keywords import set_card
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = [
     "add_checksums",
@@ -101,7 +105,7 @@ def encode_checksum(value: int, complement: bool = True) -> str:
     return bytes(out).decode("ascii")
 
 
-def set_filename(header: fits.Header, name: str) -> None:
+def set_filename(header: Header | fits.Header, name: str) -> None:
     """Set primary ``FILENAME`` (in place if present, else appended)."""
     set_card(header, "FILENAME", os.path.basename(name), FILENAME_COMMENT)
 
@@ -120,6 +124,8 @@ def add_checksums(
     Spec 1.5 sets FILENAME after the checksums, but tip refreshes them on close, so the
     final state — valid checksums that cover FILENAME — is the same.
     """
+    from astropy.io import fits
+
     if isinstance(path_or_hdul, fits.HDUList):
         hdul = path_or_hdul
         name = filename or hdul.filename()

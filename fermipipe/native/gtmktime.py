@@ -17,6 +17,10 @@ Behaviour (spec §4, dataSubselector:src/gtmaketime/gtmaketime.cxx):
    ``gtifilter``), the GTI rows replaced and ONTIME set; nothing else changes (TSTART/TSTOP,
    DATE*, DSS untouched — spec "Not done"); cfitsio's HISTORY cards, checksums, FILENAME.
 
+Start-up matters (the work itself takes a fraction of a second on a weekly file), so this
+module never imports astropy: headers are :mod:`fermipipe.fits.header`, tables
+:mod:`fermipipe.fits.table`, rows streamed with ``RawTable.read_chunks``.
+
 Checked against the Fermitools 2.4 roicut=yes reference: the FT2 filter holds only the user
 filter and the ROI term. An older gtmaketime.cxx also appended
 ``&& (START >= tmin) && (STOP <= tmax)``; with that term the p8v2 GTI would lose rows that
@@ -34,14 +38,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.dss import ConeCut, Cut, GtiCut, RangeCut, fmt_g6, read_dss_file
 from fermipipe.fits.filterexpr import FilterError, compile_filter
-from fermipipe.fits.gti import Gti, gti_hdu
+from fermipipe.fits.gti import Gti, gti_header_rows, gti_rows
+from fermipipe.fits.header import Header
 from fermipipe.fits.keywords import set_card
-from fermipipe.fits.table import FitsFile, RawTable, dtype_from_header, write_fits
+from fermipipe.fits.table import (
+    FitsFile,
+    RawTable,
+    TruncatedTableError,
+    dtype_from_header,
+    write_fits,
+)
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 
 TOOL = "gtmktime"
@@ -144,11 +154,10 @@ def walk_rows(
     return s[first], e[last]
 
 
-def _ft2_columns(hdu: fits.BinTableHDU, names: set[str]) -> dict[str, np.ndarray]:
-    """The FT2 columns a filter reads (those that exist; the evaluator reports the others)."""
-    data = hdu.data
-    have = {n.upper(): n for n in hdu.columns.names}
-    return {name: np.asarray(data.field(have[name])) for name in names if name in have}
+def _ft2_columns(table: RawTable, names: set[str]) -> dict[str, np.ndarray]:
+    """The FT2 columns a filter reads (those that exist; the evaluator reports the others),
+    with astropy's value conventions (L → bool, TZERO/TSCAL applied)."""
+    return {name: table.values(name) for name in names if table.has_column(name)}
 
 
 def ft2_gti(
@@ -164,27 +173,31 @@ def ft2_gti(
     gti = Gti.empty()
     for scfile in scfiles:
         try:
-            hdul = fits.open(scfile, memmap=True)
+            ff = FitsFile(scfile)
         except (OSError, ValueError) as exc:
             raise ToolError(TOOL, f"cannot open spacecraft file: {exc}", scfile) from None
-        with hdul:
+        with ff:
             try:
-                hdu = hdul[sctable]
+                info = ff.hdu(sctable)
             except KeyError:
                 raise ToolError(
                     TOOL, f"no {sctable} extension in spacecraft file", scfile
                 ) from None
-            if not isinstance(hdu, fits.BinTableHDU):
+            if not info.is_bintable:
                 raise ToolError(TOOL, f"{sctable} is not a binary table", scfile)
-            cols = _ft2_columns(hdu, {"START", "STOP"})
+            try:
+                table = ff.table(info.index)
+            except ValueError as exc:
+                raise ToolError(TOOL, f"unreadable {sctable} table ({exc})", scfile) from None
+            cols = _ft2_columns(table, {"START", "STOP"})
             if len(cols) != 2:
                 raise ToolError(TOOL, f"{sctable} lacks START/STOP columns", scfile)
-            nrows = len(cols["START"])
+            nrows = table.nrows
             if compiled is None:
                 mask = np.ones(nrows, dtype=bool)
             else:
                 try:
-                    mask = compiled(_ft2_columns(hdu, compiled.columns()), nrows=nrows)
+                    mask = compiled(_ft2_columns(table, compiled.columns()), nrows=nrows)
                 except FilterError as exc:
                     raise exc.with_context(TOOL, scfile) from None
             if not mask.any():
@@ -226,6 +239,7 @@ def write_filtered_events(
     *,
     evtable: str = "EVENTS",
     history: Sequence[str] = (),
+    fitsfile: FitsFile | None = None,
 ) -> FilterResult:
     """Copy ``evfile`` to ``outfile`` keeping the events inside ``gti`` (closed intervals).
 
@@ -234,10 +248,10 @@ def write_filtered_events(
     (rows replaced, ONTIME set in place; appended from the event header when absent, like
     dataSubselector ``Gti::writeExtension``). Rows are copied as raw bytes in chunks
     (fermipipe.fits.table), never through astropy tables. Checksums on every HDU, primary
-    FILENAME, atomic rename.
+    FILENAME, atomic rename. ``fitsfile``: ``evfile`` already open.
     """
     try:
-        ff = FitsFile(evfile)
+        ff = fitsfile if fitsfile is not None else FitsFile(evfile)
         events = ff.table(evtable)
     except KeyError:
         raise ToolError(TOOL, f"no {evtable} extension", evfile) from None
@@ -249,68 +263,49 @@ def write_filtered_events(
 
     ev_header = events.header.copy()
     for text in history:
-        ev_header.append(fits.Card("HISTORY", text), useblanks=False, end=True)
+        ev_header.add_history(text)
     gti_index = next(
         (h.index for h in ff.hdus[1:] if h.extname.upper() == "GTI" and h.is_bintable), None
     )
     hdus: list[Any] = []
     for info in ff.hdus:
         if events.info is not None and info.index == events.info.index:
-            hdus.append((ev_header, _selected_chunks(events, gti, counter)))
+            hdus.append((ev_header, _selected_chunks(events, gti, counter, evfile)))
         elif info.index == gti_index:
             hdus.append(_replaced_gti(info.header, gti, evfile))
         else:
             hdus.append((info.header, ff.data_bytes(info.index)))
     if gti_index is None:
-        hdus.append(gti_hdu(gti, events.header))
+        hdus.append(gti_header_rows(gti, events.header))
     write_fits(outfile, hdus, filename=os.path.basename(outfile))
     ff.close()
     return FilterResult(counter[0], len(gti), gti.ontime)
 
 
-_CHUNK_ROWS = 1 << 16
-
-
-def _row_blocks(events: RawTable) -> Iterator[np.ndarray]:
-    """The raw rows, ``_CHUNK_ROWS`` at a time.
-
-    A plain file is read with ordinary reads rather than through the memmap, so the page
-    cache does not count in our resident memory (peak RSS stays ~ one block above the
-    interpreter's); a gzipped input is already in memory and is sliced.
-    """
-    rows = events.rows
-    if not isinstance(rows, np.memmap) or events.info is None or events.path is None:
-        for i in range(0, rows.shape[0], _CHUNK_ROWS):
-            yield rows[i : i + _CHUNK_ROWS]
-        return
-    nrows = rows.shape[0]
-    with open(events.path, "rb") as f:
-        f.seek(events.info.data_offset)
-        for i in range(0, nrows, _CHUNK_ROWS):
-            count = min(_CHUNK_ROWS, nrows - i)
-            block = np.fromfile(f, dtype=rows.dtype, count=count)
-            if block.shape[0] != count:
-                raise ToolError(TOOL, "event table is truncated", str(events.path))
-            yield block
-
-
-def _selected_chunks(events: RawTable, gti: Gti, counter: list[int]) -> Iterator[np.ndarray]:
-    """The rows whose TIME lies in ``gti`` (closed intervals), input order, block by block.
+def _selected_chunks(
+    events: RawTable, gti: Gti, counter: list[int], evfile: str
+) -> Iterator[np.ndarray]:
+    """The rows whose TIME lies in ``gti`` (closed intervals), input order, chunk by chunk
+    (``RawTable.read_chunks``: ordinary reads, so the resident memory stays ~ one chunk).
 
     ``counter[0]`` accumulates the number of rows yielded.
     """
     name = next(n for n in events.columns if n.upper() == "TIME")
-    for block in _row_blocks(events):
-        keep = gti.contains(block[name].astype(np.float64))
-        n = int(np.count_nonzero(keep))
-        counter[0] += n
-        if n == block.shape[0]:
-            yield np.ascontiguousarray(block)
-        elif n:
-            yield block[keep]
+    try:
+        for chunk in events.read_chunks():
+            block = chunk.rows
+            keep = gti.contains(block[name].astype(np.float64))
+            n = int(np.count_nonzero(keep))
+            counter[0] += n
+            if n == block.shape[0]:
+                yield np.ascontiguousarray(block)
+            elif n:
+                yield block.take(np.flatnonzero(keep))
+    except TruncatedTableError as exc:
+        raise ToolError(TOOL, str(exc), evfile) from None
 
 
-def _replaced_gti(header: fits.Header, gti: Gti, evfile: str) -> tuple[fits.Header, np.ndarray]:
+def _replaced_gti(header: Header, gti: Gti, evfile: str) -> tuple[Header, np.ndarray]:
     """The GTI extension with its rows replaced and ONTIME set (TSTART/TSTOP untouched)."""
     names = [n.upper() for n in (dtype_from_header(header).names or ())]
     forms = [str(header.get(f"TFORM{n}", "")).strip().upper() for n in (1, 2)]
@@ -320,16 +315,13 @@ def _replaced_gti(header: fits.Header, gti: Gti, evfile: str) -> tuple[fits.Head
         )
     out = header.copy()
     set_card(out, "ONTIME", gti.ontime, "sum of GTI lengths")
-    data = np.empty(len(gti), dtype=[("START", ">f8"), ("STOP", ">f8")])
-    data["START"] = gti.start
-    data["STOP"] = gti.stop
-    return out, data
+    return out, gti_rows(gti)
 
 
 # ------------------------------------------------------------------------------ main
 
 
-def _header_time(header: fits.Header, key: str, evfile: str) -> float:
+def _header_time(header: Header, key: str, evfile: str) -> float:
     try:
         return float(header[key])
     except KeyError:
@@ -352,7 +344,8 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         raise ToolError(TOOL, "evfile: file not found", evfile)
     scfiles = expand_file_list(p["scfile"], TOOL, "scfile")
     try:
-        evheader = FitsFile(evfile).hdu(evtable).header
+        evff = FitsFile(evfile)  # opened once: header, DSS, GTI and the copy below
+        evheader = evff.hdu(evtable).header
     except KeyError:
         raise ToolError(TOOL, f"no {evtable} extension", evfile) from None
     except (OSError, ValueError) as exc:
@@ -360,7 +353,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     tmin = _header_time(evheader, "TSTART", evfile)
     tmax = _header_time(evheader, "TSTOP", evfile)
     # Column checking of the DSS follows apply_filter (spec §4.2: its only effect).
-    cuts = read_dss_file(evfile, evtable, check_columns=p["apply_filter"], tool=TOOL)
+    cuts = read_dss_file(evff, evtable, check_columns=p["apply_filter"], tool=TOOL)
 
     filter_text, messages = build_filter(p["filter"], cuts, p["roicut"])
 
@@ -400,7 +393,12 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         # memory (no temp file, so no collisions) and keep the name only for the HISTORY.
         gtifile = f"{outfile}_tempgti"
     result = write_filtered_events(
-        evfile, outfile, gti, evtable=evtable, history=history_cards(evfile, evtable, gtifile)
+        evfile,
+        outfile,
+        gti,
+        evtable=evtable,
+        history=history_cards(evfile, evtable, gtifile),
+        fitsfile=evff,
     )
     messages.append(
         f"gtmktime: {result.n_gti} GTIs, ONTIME {result.ontime!r} s, "

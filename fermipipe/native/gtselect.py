@@ -13,17 +13,16 @@ Flow (dataSubselector ``CutController`` + ``dataSubselector.cxx``, spec §3.2–
    GTI = union ∩ [tmin, tmax], ONTIME; TSTART/TSTOP/dates rewritten when a time cut exists or
    several inputs are merged; checksums on every HDU; FILENAME.
 
-Speed and memory: the EVENTS rows are never decoded into an astropy table. Headers and data
-locations come from :mod:`fermipipe.fits.table`; the raw rows are read in ~8 MB chunks as a
-structured big-endian numpy array, only the columns the cuts need are converted, and the
-selected raw bytes are streamed into :func:`fermipipe.fits.table.write_fits`, which computes the
-checksums on the fly. Memory stays at a few chunks whatever the input size or the number of
-inputs.
+Speed and memory: astropy is never imported (its import alone costs more than the selection).
+Headers (:mod:`fermipipe.fits.header`) and data locations come from :mod:`fermipipe.fits.table`;
+the raw rows are read in ~8 MB chunks (``RawTable.read_chunks``) as a structured big-endian
+numpy array, only the columns the cuts need are converted, and the selected raw bytes are
+streamed into :func:`fermipipe.fits.table.write_fits`, which computes the checksums on the
+fly. Memory stays at a few chunks whatever the input size or the number of inputs.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fermipipe.errors import EmptyProductError, ToolError
+from fermipipe.fits.sphere import angsep_below
+from fermipipe.fits.sphere import angsep_scalar as _angsep_scalar  # noqa: F401 - old name
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 
 if TYPE_CHECKING:
-    from astropy.io import fits
-
     from fermipipe.fits.dss import Cuts
     from fermipipe.fits.gti import Gti
+    from fermipipe.fits.header import Header
     from fermipipe.fits.table import FitsFile, RawTable
 
 TOOL = "gtselect"
@@ -124,38 +124,9 @@ class MaskTerm:
 Term = RangeTerm | ConeTerm | MaskTerm
 
 
-_DEG = 4.0 * math.atan(1.0) / 180.0  # cfitsio's degree → radian factor (eval.y)
-
-
-def _angsep_scalar(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """cfitsio ``angsep`` for one pair with C libm functions (Python's math module)."""
-    sra = math.sin((ra2 - ra1) * _DEG / 2.0)
-    sdec = math.sin((dec2 - dec1) * _DEG / 2.0)
-    a = sdec * sdec + math.cos(dec1 * _DEG) * math.cos(dec2 * _DEG) * sra * sra
-    a = min(max(a, 0.0), 1.0)
-    return 2.0 * math.atan2(math.sqrt(a), math.sqrt(1.0 - a)) / _DEG
-
-
-def cone_mask(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float, rad: float) -> np.ndarray:
-    """``angsep(RA,DEC,ra0,dec0) < rad`` exactly as cfitsio evaluates it (spec 1.2).
-
-    Same operation order as cfitsio's ``angsep_calc`` (degrees scaled by 4·atan(1)/180,
-    halved after scaling, haversine, clamp, 2·atan2/deg). numpy's float64 sin/cos/sqrt agree
-    bit for bit with libm but its atan2 can differ in the last ulp, so rows within a few
-    ulps of the radius are re-evaluated with libm to make the strict ``<`` decision exact.
-    (fermipipe.fits.filterexpr.angsep converts to radians first, which rounds differently.)
-    """
-    ra = np.asarray(ra, dtype=np.float64)
-    dec = np.asarray(dec, dtype=np.float64)
-    sra = np.sin((ra0 - ra) * _DEG / 2.0)
-    sdec = np.sin((dec0 - dec) * _DEG / 2.0)
-    a = sdec * sdec + np.cos(dec * _DEG) * np.cos(dec0 * _DEG) * sra * sra
-    np.clip(a, 0.0, 1.0, out=a)
-    sep = 2.0 * np.arctan2(np.sqrt(a), np.sqrt(1.0 - a)) / _DEG
-    inside = sep < rad
-    for i in np.flatnonzero(np.abs(sep - rad) <= 1e-12 * max(rad, 1.0)):
-        inside[i] = _angsep_scalar(float(ra[i]), float(dec[i]), ra0, dec0) < rad
-    return inside
+#: ``angsep(RA,DEC,ra0,dec0) < rad`` exactly as cfitsio evaluates it (spec 1.2): the package's
+#: single angsep implementation, :mod:`fermipipe.fits.sphere`.
+cone_mask = angsep_below
 
 
 def selection_mask(
@@ -209,8 +180,6 @@ def selection_mask(
 # ============================================================================================
 # gtselect proper
 # ============================================================================================
-
-_CHUNK_BYTES = 8 << 20  # rows are processed ~8 MB at a time: bounded memory, fast numpy
 
 
 @dataclass
@@ -453,43 +422,7 @@ def build_cuts(inputs: Sequence[_Input], p: Mapping[str, Any]) -> CutPlan:
 # ------------------------------------------------------------------ output
 
 
-def _history(header: fits.Header, text: str) -> None:
-    """Append HISTORY cards wrapped at 72 characters, as cfitsio ``ffphis`` does."""
-    from astropy.io import fits
-
-    for i in range(0, max(len(text), 1), 72):
-        header.append(fits.Card.fromstring(("HISTORY " + text[i : i + 72]).ljust(80)), end=True)
-
-
-def _iter_rows(ff: FitsFile, index: int, tool: str) -> Iterator[RawTable]:
-    """The rows of table HDU ``index`` as successive ~_CHUNK_BYTES RawTables.
-
-    Plain files are read with ordinary reads into fresh buffers rather than through a memmap,
-    so the process never holds more than a chunk or two of the input (a memmap would keep
-    every touched page resident); gzipped files are already decompressed in memory.
-    """
-    from fermipipe.fits.table import RawTable
-
-    full = ff.table(index)
-    info = ff.hdus[index]
-    dtype, nrows = full.dtype, full.nrows
-    per_chunk = max(1, _CHUNK_BYTES // max(dtype.itemsize, 1))
-    if not isinstance(full.rows, np.memmap):
-        for start in range(0, nrows, per_chunk):
-            yield RawTable(info.header, full.rows[start : start + per_chunk], info, ff.path)
-        return
-    del full
-    with open(ff.path, "rb") as fh:
-        fh.seek(info.data_offset)
-        for start in range(0, nrows, per_chunk):
-            n = min(per_chunk, nrows - start)
-            buf = bytearray(n * dtype.itemsize)
-            if fh.readinto(buf) != len(buf):
-                raise ToolError(tool, "file is truncated inside the event table", str(ff.path))
-            yield RawTable(info.header, np.frombuffer(buf, dtype=dtype), info, ff.path)
-
-
-def _gti_data(header: fits.Header, gti: Gti) -> np.ndarray:
+def _gti_data(header: Header, gti: Gti) -> np.ndarray:
     from fermipipe.fits.table import dtype_from_header
 
     rows = np.zeros(len(gti), dtype=dtype_from_header(header))
@@ -523,7 +456,7 @@ def write_event_product(
     from fermipipe.fits import dates as fdates
     from fermipipe.fits.dss import write_dss
     from fermipipe.fits.keywords import set_card
-    from fermipipe.fits.table import write_fits
+    from fermipipe.fits.table import TruncatedTableError, write_fits
 
     count = [0]
 
@@ -531,13 +464,16 @@ def write_event_product(
         for inp in inputs:
             with _open(inp.path, tool) as ff:
                 index = _events_index(ff, evtable, tool)
-                for chunk in _iter_rows(ff, index, tool):
-                    rows = chunk.rows
-                    if accept is not None:
-                        # take() on indices is ~5x faster than boolean indexing of records
-                        rows = rows.take(np.flatnonzero(accept(chunk, inp)))
-                    count[0] += len(rows)
-                    yield rows
+                try:
+                    for chunk in ff.table(index).read_chunks():
+                        rows = chunk.rows
+                        if accept is not None:
+                            # take() on indices is ~5x faster than boolean indexing of records
+                            rows = rows.take(np.flatnonzero(accept(chunk, inp)))
+                        count[0] += len(rows)
+                        yield rows
+                except TruncatedTableError as exc:
+                    raise ToolError(tool, str(exc), inp.path) from None
 
     with _open(inputs[0].path, tool) as first:
         ev_index = _events_index(first, evtable, tool)
@@ -553,10 +489,10 @@ def write_event_product(
                 fdates.write_date_keywords(header, *dates)
             if info.index == ev_index:
                 for text in cfitsio_history:
-                    _history(header, text)
+                    header.add_history(text)  # wrapped at 72 characters, as cfitsio ffphis
                 write_dss(header, cuts)
                 for text in history:
-                    _history(header, text)
+                    header.add_history(text)
                 hdus.append((header, stream()))
             elif info.index == gti_index:
                 set_card(header, "ONTIME", out_gti.ontime, "sum of GTI lengths")
