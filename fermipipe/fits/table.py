@@ -559,11 +559,17 @@ def _header_bytes(header: Header) -> bytes:
 
 
 def _write_hdu(
-    f: BinaryIO, header: Header, data: Any, *, checksum: bool, is_table_rows: bool
+    f: BinaryIO,
+    header: Header,
+    data: Any,
+    *,
+    checksum: bool,
+    is_table_rows: bool,
+    stamp: str | None = None,
 ) -> None:
     """Header placeholder, data stream, padding; then the final header with NAXIS2 and sums."""
     header = header.copy()
-    stamp = _now_iso()
+    stamp = stamp or _now_iso()
     if checksum:
         # Reserve the cards now so the header size is final before the data is written.
         set_card(header, "CHECKSUM", "0000000000000000", f"HDU checksum updated {stamp}")
@@ -612,6 +618,7 @@ def write_fits(
     filename: str | None = None,
     checksum: bool = True,
     overwrite: bool = True,
+    checksum_stamp: str | None = None,
 ) -> Path:
     """Write a FITS file from astropy HDUs and/or ``(header, data)`` pairs, atomically.
 
@@ -620,7 +627,9 @@ def write_fits(
     byte count (PCOUNT must be 0). For other HDUs the bytes must match the header's size.
     The primary gets FILENAME = basename (``filename`` or the path's); every HDU gets
     CHECKSUM/DATASUM (existing cards keep their place, new ones are appended). Headers passed
-    in are copied, never modified.
+    in are copied, never modified. ``checksum_stamp`` replaces the current time in the
+    CHECKSUM/DATASUM comments, for files whose bytes must be a function of their content
+    (cached intermediates such as spacecraft slices).
     """
     final = Path(path)
     if not overwrite and final.exists():
@@ -643,5 +652,7 @@ def write_fits(
             is_rows = str(header.get("XTENSION", "")).strip().upper() == "BINTABLE"
             if is_rows and int(header.get("PCOUNT", 0)) and isinstance(data, np.ndarray):
                 is_rows = False  # raw data with a heap: write as given
-            _write_hdu(f, header, data, checksum=checksum, is_table_rows=is_rows)
+            _write_hdu(
+                f, header, data, checksum=checksum, is_table_rows=is_rows, stamp=checksum_stamp
+            )
     return final
