@@ -156,7 +156,9 @@ class _Strict(BaseModel):
     @classmethod
     def _reject_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
-            allowed = set(cls.model_fields)
+            allowed = set(cls.model_fields) | {
+                f.alias for f in cls.model_fields.values() if f.alias is not None
+            }
             for key in data:
                 if key not in allowed:
                     hint = _did_you_mean(str(key), allowed)
@@ -261,14 +263,34 @@ class FermitoolsConfig(_Strict):
     prefix: Path | None = None
 
 
+class ClusterConfig(_Strict):
+    """``runner.cluster``: a Dask cluster the pipeline starts itself.
+
+    ``class`` is an importable class path, e.g. ``dask_jobqueue.SLURMCluster`` (extra
+    ``slurm``) or ``distributed.LocalCluster``; ``kwargs`` go to its constructor (queue,
+    cores, memory, walltime, job_extra_directives, ``resources`` …); ``adapt`` (``minimum``,
+    ``maximum`` workers) makes it scale with the work instead of a fixed size.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_path: str = Field(alias="class", min_length=3)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    adapt: dict[str, int] | None = None
+
+
 class RunnerConfig(_Strict):
-    """``runner``: the Prefect task runner. ``kind`` threads (default) or dask; for dask,
-    ``address`` of an existing scheduler or ``cluster`` options (validated here only as a
-    mapping; the runner helper interprets them)."""
+    """``runner``: where the tasks run.
+
+    ``kind: threads`` (default): a thread pool in the flow's process, ``resources.cores``
+    tools at once. ``kind: dask``: Prefect's DaskTaskRunner, on an existing scheduler
+    (``address: tcp://host:8786``) or on a ``cluster`` started for the run. Dask runs need a
+    real Prefect server (``PREFECT_API_URL``): workers cannot share the flow's ephemeral one.
+    """
 
     kind: Literal["threads", "dask"] = "threads"
     address: str | None = None
-    cluster: dict[str, Any] | None = None
+    cluster: ClusterConfig | None = None
 
 
 class CacheConfig(_Strict):
@@ -406,11 +428,14 @@ class StepConfig(_CommandOrTool):
     once the file's chain (or, for merged outputs, the merges) succeeded, unless
     --keep-intermediate; ``engine`` overrides the global engine; ``timeout`` in seconds;
     ``max_parallel`` caps how many invocations of this step run at once (below
-    ``resources.cores``, e.g. 4 for gtltcube).
+    ``resources.cores``, e.g. 4 for gtltcube); ``worker_resources`` (Dask runs only): the
+    abstract resources one invocation holds on a Dask worker, e.g. ``{memory: 4}``, so that a
+    worker started with ``--resources memory=16`` never runs more than four at once.
     """
 
     cleanup: bool | list[str] = False
     max_parallel: int | None = Field(default=None, ge=1)
+    worker_resources: dict[str, float] = Field(default_factory=dict)
 
     @property
     def cleanup_outputs(self) -> list[str]:
