@@ -1,0 +1,380 @@
+"""Merging per-file products into one: image sums, pairwise trees, event concatenation.
+
+* :func:`image_sum` — pixel sum of counts maps/cubes (primary image) or HEALPix ``SKYMAP``
+  tables, streaming: the accumulator plus one memory-mapped input, whatever their number.
+  Inputs whose WCS (or HEALPix grid) or EBOUNDS differ from the first are refused. The GTI is
+  the union of the inputs' GTIs; EXPOSURE and ONTIME keywords are summed.
+* :func:`next_level` / :func:`pair_invocation` — one level of a tree reduction with a pairwise
+  tool (gtltsum): the caller runs each level's independent pairs in parallel.
+* :func:`event_merge` — event lists concatenated with a GTI union: the native
+  ``fermipipe.native.evmerge`` or HEASoft's ``ftmerge``.
+* :func:`annotate` — records in a merged product which files were left out and why.
+
+Every product is written under a temporary name in its directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from fermipipe.errors import ToolError
+from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
+from fermipipe.fits.writing import atomic_output
+from fermipipe.plan import Engine, Invocation
+
+#: The keywords that define a celestial/energy image grid: two maps can be added pixel by
+#: pixel only if all of these agree exactly.
+_WCS_KEY = re.compile(
+    r"^(NAXIS\d*|CTYPE\d|CRPIX\d|CRVAL\d|CDELT\d|CROTA\d|CUNIT\d|PC\d_\d|CD\d_\d|PV\d_\d+"
+    r"|LONPOLE|LATPOLE|EQUINOX|RADESYS|RADECSYS|WCSAXES)$"
+)
+#: The keywords that define a HEALPix grid.
+_HPX_KEYS = ("NSIDE", "ORDERING", "COORDSYS", "INDXSCHM", "FIRSTPIX", "LASTPIX", "NAXIS2")
+_SUMMED_KEYS = ("EXPOSURE", "ONTIME")
+
+
+@dataclass
+class MergeInfo:
+    """What a merge did (for the run summary)."""
+
+    output: Path
+    inputs: int
+    left_out: dict[str, str] = field(default_factory=dict)  # file id → reason
+    ontime: float | None = None
+    exposure: float | None = None
+
+
+# ------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """``atomic_output`` into a directory made if needed (the output folder may be new)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        yield Path(tmp)
+
+
+def annotate(hdul: fits.HDUList, left_out: Mapping[str, str], n_inputs: int, how: str) -> None:
+    """Record the merge in the primary header: NMERGED, NLEFTOUT, one HISTORY per left-out file.
+
+    Left-out files are those that failed (``on_failure: skip``) or were empty; a user reading
+    the product must be able to tell it does not cover the whole data set.
+    """
+    header = hdul[0].header
+    header["NMERGED"] = (n_inputs, "number of files merged by fermipipe")
+    header["NLEFTOUT"] = (len(left_out), "input files left out of this merge")
+    header.add_history(f"fermipipe {how} of {n_inputs} files")
+    for file_id, reason in sorted(left_out.items()):
+        header.add_history(f"fermipipe left out {file_id}: {reason}")
+
+
+def _annotate_file(
+    path: Path, left_out: Mapping[str, str], n_inputs: int, how: str, name: str
+) -> None:
+    # astropy updates the CHECKSUM/DATASUM cards a file already has when it flushes.
+    with fits.open(path, mode="update") as hdul:
+        annotate(hdul, left_out, n_inputs, how)
+        if "FILENAME" in hdul[0].header:  # the tool wrote its scratch name there
+            hdul[0].header["FILENAME"] = name
+
+
+# ----------------------------------------------------------------------- image_sum
+
+
+def _grid_keys(header: fits.Header, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    if keys is None:
+        return {k: header[k] for k in header if _WCS_KEY.match(k)}
+    return {k: header.get(k) for k in keys}
+
+
+def _compare(kind: str, ref: Mapping[str, Any], other: Mapping[str, Any], path: Path) -> None:
+    for key in sorted(set(ref) | set(other)):
+        if ref.get(key) != other.get(key):
+            raise ToolError(
+                "image_sum",
+                f"{kind} differs from the first input: {key} = {other.get(key)!r}, "
+                f"expected {ref.get(key)!r}",
+                str(path),
+            )
+
+
+def _ebounds(hdul: fits.HDUList) -> tuple[np.ndarray, ...] | None:
+    if "EBOUNDS" not in hdul:
+        return None
+    data = hdul["EBOUNDS"].data
+    return tuple(np.asarray(data[c]).copy() for c in data.columns.names)
+
+
+def _skymap(hdul: fits.HDUList) -> fits.BinTableHDU | None:
+    for hdu in hdul[1:]:
+        if isinstance(hdu, fits.BinTableHDU) and (
+            hdu.name == "SKYMAP" or str(hdu.header.get("PIXTYPE", "")).upper() == "HEALPIX"
+        ):
+            return hdu
+    return None
+
+
+def _channels(hdu: fits.BinTableHDU) -> list[str]:
+    return [c for c in hdu.columns.names if c.upper().startswith("CHANNEL")]
+
+
+def _sum_keys(hdul: fits.HDUList, sums: dict[tuple[int, str], float]) -> None:
+    for i, hdu in enumerate(hdul):
+        for key in _SUMMED_KEYS:
+            value = hdu.header.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                sums[(i, key)] = sums.get((i, key), 0.0) + float(value)
+
+
+def image_sum(
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    left_out: Mapping[str, str] | None = None,
+) -> MergeInfo:
+    """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
+
+    The first input is the template: its headers are kept, its image (or CHANNEL columns)
+    becomes the accumulator, and every other input must have the same grid and EBOUNDS.
+    The GTI HDU gets the union of all GTIs (its ONTIME is then set to the sum of the inputs'
+    ONTIME, as are EXPOSURE keywords wherever the first input has them); TSTART/TSTOP become
+    min/max with DATE-OBS/DATE-END from the inputs that hold them.
+    """
+    left_out = dict(left_out or {})
+    if not inputs:
+        raise ToolError("image_sum", "no input files to merge", str(output))
+    paths = [Path(p) for p in inputs]
+    first = paths[0]
+    with fits.open(first) as hdul:
+        template = fits.HDUList([hdu.copy() for hdu in hdul])
+    sky = _skymap(template)
+    if sky is None and (template[0].data is None or template[0].header.get("NAXIS", 0) < 2):
+        raise ToolError(
+            "image_sum",
+            "neither a counts map/cube (primary image) nor a HEALPix SKYMAP",
+            str(first),
+        )
+    if sky is None:
+        ref_grid = _grid_keys(template[0].header)
+        dtype = template[0].data.dtype
+        acc = np.array(template[0].data, dtype=np.float64 if dtype.kind == "f" else np.int64)
+    else:
+        ref_grid = _grid_keys(sky.header, _HPX_KEYS)
+        names = _channels(sky)
+        acc_cols = {c: np.array(sky.data[c], dtype=np.float64) for c in names}
+        ref_pix = np.array(sky.data["PIX"]) if "PIX" in sky.columns.names else None
+    ref_ebounds = _ebounds(template)
+    gtis = []
+    sums: dict[tuple[int, str], float] = {}
+    tstarts: list[tuple[float, str | None]] = []
+    tstops: list[tuple[float, str | None]] = []
+
+    def times(hdul: fits.HDUList) -> None:
+        for hdu in hdul:
+            h = hdu.header
+            if isinstance(h.get("TSTART"), int | float):
+                tstarts.append((float(h["TSTART"]), h.get("DATE-OBS")))
+            if isinstance(h.get("TSTOP"), int | float):
+                tstops.append((float(h["TSTOP"]), h.get("DATE-END")))
+
+    for index, path in enumerate(paths):
+        try:
+            hdul = fits.open(path, memmap=True) if index else template
+        except OSError as exc:
+            raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
+        try:
+            if index:
+                if sky is None:
+                    _compare("WCS", ref_grid, _grid_keys(hdul[0].header), path)
+                    acc += hdul[0].data  # memmapped: read once, never held twice
+                else:
+                    other = _skymap(hdul)
+                    if other is None:
+                        raise ToolError("image_sum", "no HEALPix SKYMAP table", str(path))
+                    _compare("HEALPix grid", ref_grid, _grid_keys(other.header, _HPX_KEYS), path)
+                    if _channels(other) != names:
+                        raise ToolError(
+                            "image_sum",
+                            "its SKYMAP channels differ from the first input",
+                            str(path),
+                        )
+                    if ref_pix is not None and not np.array_equal(ref_pix, other.data["PIX"]):
+                        raise ToolError("image_sum", "its explicit PIX list differs", str(path))
+                    for c in names:
+                        acc_cols[c] += other.data[c]
+                ebounds = _ebounds(hdul)
+                same = (ebounds is None) == (ref_ebounds is None) and (
+                    ebounds is None
+                    or (
+                        len(ebounds) == len(ref_ebounds)
+                        and all(
+                            np.array_equal(a, b) for a, b in zip(ebounds, ref_ebounds, strict=True)
+                        )
+                    )
+                )
+                if not same:
+                    raise ToolError(
+                        "image_sum", "its EBOUNDS differ from the first input's", str(path)
+                    )
+            gti_hdu = find_gti_hdu(hdul)
+            if gti_hdu is not None:
+                gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
+            _sum_keys(hdul, sums)
+            times(hdul)
+        finally:
+            if index:
+                hdul.close()
+
+    if sky is None:
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and (acc.max(initial=0) > info.max or acc.min(initial=0) < info.min):
+            raise ToolError("image_sum", f"the summed counts overflow {dtype}", str(output))
+        template[0].data = acc.astype(dtype)
+    else:
+        for c in names:
+            sky.data[c] = acc_cols[c]
+    gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
+    if gti_index is not None:
+        template[gti_index] = update_gti_hdu(template[gti_index], union(gtis))
+    for (i, key), total in sums.items():
+        template[i].header[key] = total
+    if tstarts or tstops:
+        t0 = min(tstarts, default=None)
+        t1 = max(tstops, default=None)
+        for hdu in template:
+            h = hdu.header
+            if t0 is not None and "TSTART" in h:
+                h["TSTART"] = t0[0]
+                if t0[1] is not None and "DATE-OBS" in h:
+                    h["DATE-OBS"] = t0[1]
+            if t1 is not None and "TSTOP" in h:
+                h["TSTOP"] = t1[0]
+                if t1[1] is not None and "DATE-END" in h:
+                    h["DATE-END"] = t1[1]
+            if "TELAPSE" in h and "TSTART" in h and "TSTOP" in h:
+                h["TELAPSE"] = float(h["TSTOP"]) - float(h["TSTART"])
+    annotate(template, left_out, len(paths), "image_sum")
+    if "FILENAME" in template[0].header:
+        template[0].header["FILENAME"] = Path(output).name
+    with _atomic(Path(output)) as tmp:
+        template.writeto(tmp, checksum=True, overwrite=True)
+    ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
+    exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
+    return MergeInfo(Path(output), len(paths), left_out, ontime, exposure)
+
+
+# -------------------------------------------------------------------- hierarchical
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """One pairwise merge of a tree level: ``left`` + ``right`` → ``output``."""
+
+    left: Path
+    right: Path
+    output: Path
+    label: str  # e.g. "L1-3": level 1, pair 3
+
+
+def next_level(
+    level: Sequence[Path], scratch: Path, name: str, depth: int
+) -> tuple[list[PairJob], list[Path]]:
+    """Pair up ``level`` (in order); return the jobs and the next level's inputs.
+
+    Pairs are (0,1), (2,3), …; an odd last file goes up unchanged. The next level lists each
+    pair's output in the position of its pair, so the final order follows the input order.
+    """
+    jobs: list[PairJob] = []
+    upper: list[Path] = []
+    for i in range(0, len(level) - 1, 2):
+        suffix = "".join(Path(level[i]).suffixes[-1:]) or ".fits"
+        out = scratch / f"{name}-L{depth}-{i // 2}{suffix}"
+        jobs.append(PairJob(Path(level[i]), Path(level[i + 1]), out, f"L{depth}-{i // 2}"))
+        upper.append(out)
+    if len(level) % 2:
+        upper.append(Path(level[-1]))
+    return jobs, upper
+
+
+def pair_invocation(
+    job: PairJob,
+    tool: str,
+    engine: Engine,
+    *,
+    step: str,
+    timeout: float | None = None,
+) -> Invocation:
+    """The Invocation of a pairwise tool (gtltsum-style parameters infile1/infile2/outfile)."""
+    params = {"infile1": str(job.left), "infile2": str(job.right), "outfile": str(job.output)}
+    argv = None
+    if engine != "native":
+        argv = (tool, *(f"{k}={v}" for k, v in params.items()), "clobber=yes", "mode=h")
+    return Invocation(
+        step=step,
+        file_id=job.label,
+        engine="native" if engine == "native" else "fermitools",
+        tool=tool,
+        params=params,
+        argv=argv,
+        outputs={"outfile": job.output},
+        timeout=timeout,
+    )
+
+
+def finish(
+    final: Path, output: Path, left_out: Mapping[str, str], n_inputs: int, how: str
+) -> MergeInfo:
+    """Move (or copy, for a single original input) ``final`` to ``output``, annotated."""
+    output = Path(output)
+    with _atomic(output) as tmp:
+        shutil.copyfile(final, tmp)
+        _annotate_file(tmp, left_out, n_inputs, how, output.name)
+    return MergeInfo(output, n_inputs, dict(left_out))
+
+
+# ---------------------------------------------------------------------- event lists
+
+
+def ftmerge_argv(inputs: Sequence[Path], output: Path, listfile: Path) -> tuple[str, ...]:
+    """HEASoft ftmerge over an @list (no shell: names with spaces stay intact)."""
+    listfile.write_text("".join(f"{p}\n" for p in inputs))
+    return ("ftmerge", f"infile=@{listfile}", f"outfile={output}", "clobber=yes", "mode=h")
+
+
+def use_ftmerge(engine: Engine) -> bool:
+    """ftmerge is used for ``engine: fermitools`` when HEASoft is installed.
+
+    Note (spec §8): ftmerge keeps only the first file's GTI, TSTART/TSTOP and DSS — fine for
+    FT2, wrong for FT1 — so the native concatenation (GTI union) is the default.
+    """
+    return engine == "fermitools" and shutil.which("ftmerge") is not None
+
+
+def native_event_merge(
+    inputs: Sequence[Path], output: Path, *, left_out: Mapping[str, str] | None = None
+) -> MergeInfo:
+    """Concatenate event files with a GTI union through ``fermipipe.native.evmerge``."""
+    from fermipipe.native.evmerge import merge_event_files
+
+    left_out = dict(left_out or {})
+    output = Path(output)
+    if not inputs:
+        raise ToolError("ftmerge", "no input files to merge", str(output))
+    scratch = output.with_name(f".{output.stem}.evmerge-{uuid.uuid4().hex[:8]}{output.suffix}")
+    try:
+        merge_event_files([Path(p) for p in inputs], scratch)
+        return finish(scratch, output, left_out, len(inputs), "event merge")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()

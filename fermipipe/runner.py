@@ -1,0 +1,680 @@
+"""Run one :class:`~fermipipe.plan.Invocation`: a native call or a tool in a subprocess.
+
+What every invocation gets, whatever its engine:
+
+* a concurrency slot from a :class:`SlotPool` (global cap = workers, per-step cap =
+  ``Invocation.max_parallel``), taken here, around the tool itself, so the caps are exact and
+  cost microseconds (Prefect's tag/global limits poll and hand out slots in seconds);
+* a :class:`StepResult`: status ``ok`` / ``empty`` / ``failed``, exit code, the last stderr
+  lines, wall and CPU seconds, the outputs.
+
+Subprocess engines (``fermitools`` argv lists and templated ``shell`` commands) also get:
+
+* a private working directory holding a private PFILES directory — parallel Fermitools
+  rewrite ``<tool>.par`` in the user part of PFILES, and "." is part of it (spec §11), so
+  sharing either makes runs collide ("Cannot open parameter file", Ape error 19);
+* stdin from /dev/null and a non-interactive environment;
+* their own session/process group (``start_new_session``) registered in a process-wide
+  registry: a timeout, Ctrl-C, SIGTERM or a cancellation kills the whole group (Prefect does
+  not kill subprocesses; orphaned tools keep writing into a staging area being deleted);
+* stdout/stderr streamed line by line to a per-file log file and a logger.
+
+No Prefect import here: the Prefect layer (``tasks/``) passes its run logger in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from fermipipe.errors import EmptyProductError, FermipipeError, ToolError
+from fermipipe.fermitools import private_env
+from fermipipe.plan import Invocation
+
+Status = Literal["ok", "empty", "failed", "skipped"]
+
+#: Messages by which the Fermitools report an empty product rather than an error.
+#: "No GTIs found in input event file(s)" — gtbin/gtltcube/gtmktime with no good time
+#: (Fermitools-conda issue #39); "Zero rows returned from FT2 file" — gtmktime/gtltcube when
+#: the FT2 filter selects nothing (spec §4.3).
+EMPTY_MESSAGES: tuple[str, ...] = ("No GTIs found", "Zero rows returned from FT2 file")
+
+STDERR_TAIL_LINES = 20
+#: Seconds between SIGTERM and SIGKILL when a process group is stopped.
+KILL_GRACE = 3.0
+
+
+class RunnerShutdown(FermipipeError):
+    """The runner is shutting down (Ctrl-C, SIGTERM, cancellation): nothing new starts."""
+
+
+@dataclass
+class StepResult:
+    """What running one invocation produced. Small and picklable: it travels through Prefect."""
+
+    step: str
+    file_id: str
+    status: Status
+    command: str
+    exit_code: int | None = None
+    error: str | None = None  # one line: why it failed / why it is empty
+    stderr_tail: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)  # name → path (str: JSON-friendly)
+    started: float = 0.0  # time.time() when the tool started (after its slot was granted)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        """One line for logs and errors: step, file, status and the reason."""
+        text = f"{self.step} [{self.file_id}]: {self.status}"
+        if self.exit_code is not None and self.status == "failed":
+            text += f" (exit code {self.exit_code})"
+        if self.error:
+            text += f": {self.error}"
+        return text
+
+
+class StepFailedError(ToolError):
+    """Raised by the Prefect layer for a failed step; carries the :class:`StepResult`."""
+
+    def __init__(self, result: StepResult) -> None:
+        tail = "\n".join(result.stderr_tail[-5:])
+        message = result.describe().split(": ", 1)[-1]
+        if tail:
+            message += f"\nlast stderr lines:\n{tail}"
+        super().__init__(result.step, message, result.file_id)
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the custom __init__
+        return (StepFailedError, (self.result,))
+
+
+# --------------------------------------------------------------------------- slots
+
+
+class SlotPool:
+    """Exact concurrency caps: ``total`` tools at once, and ``caps[group]`` per step.
+
+    Waiting requests are served by priority (lowest first), skipping a request whose step is
+    at its cap so that it never blocks other steps. The flow passes ``(file order, step
+    index)``: among the work that is ready, earlier files' next steps go first, so each
+    file's chain progresses as soon as its previous step is done and intermediates do not
+    pile up. Slots are handed over directly by the releasing thread (no polling, no
+    thundering herd).
+    """
+
+    def __init__(self, total: int, caps: Mapping[str, int] | None = None) -> None:
+        if total < 1:
+            raise ValueError("a slot pool needs at least one slot")
+        self.total = total
+        self.caps: dict[str, int] = dict(caps or {})
+        self._lock = threading.Lock()
+        self._used = 0
+        self._used_by: dict[str, int] = {}
+        self._waiters: list[tuple[Any, int, _Waiter]] = []  # a heap by (priority, arrival)
+        self._seq = itertools.count()
+        self._closed = False
+        self.peak = 0  # the most slots ever in use at once (tests check the caps with it)
+        self.peak_by: dict[str, int] = {}
+
+    def set_cap(self, group: str, cap: int | None) -> None:
+        """Cap ``group`` (a step name) at ``cap`` concurrent slots (None = only the total)."""
+        with self._lock:
+            if cap is None:
+                self.caps.pop(group, None)
+            else:
+                self.caps[group] = max(1, int(cap))
+            self._dispatch()
+
+    def _fits(self, group: str) -> bool:
+        cap = self.caps.get(group)
+        return self._used < self.total and (cap is None or self._used_by.get(group, 0) < cap)
+
+    def _take(self, group: str) -> None:
+        self._used += 1
+        n = self._used_by.get(group, 0) + 1
+        self._used_by[group] = n
+        self.peak = max(self.peak, self._used)
+        self.peak_by[group] = max(self.peak_by.get(group, 0), n)
+
+    def _dispatch(self) -> None:
+        """Grant slots to the best waiting requests that fit (called with the lock held)."""
+        skipped: list[tuple[Any, int, _Waiter]] = []
+        while self._waiters and self._used < self.total:
+            item = heapq.heappop(self._waiters)
+            waiter = item[2]
+            if self._fits(waiter.group):
+                self._take(waiter.group)
+                waiter.granted = True
+                waiter.event.set()
+            else:  # its step is at its cap: it must not hold up the other steps
+                skipped.append(item)
+        for item in skipped:
+            heapq.heappush(self._waiters, item)
+
+    def acquire(self, group: str, priority: Any = 0) -> None:
+        """Block until a slot for ``group`` is granted (RunnerShutdown if the pool closes)."""
+        waiter = _Waiter(group)
+        with self._lock:
+            if self._closed:
+                raise RunnerShutdown("the runner is shutting down")
+            heapq.heappush(self._waiters, (priority, next(self._seq), waiter))
+            self._dispatch()
+        waiter.event.wait()
+        if not waiter.granted:
+            raise RunnerShutdown("the runner is shutting down")
+
+    def release(self, group: str) -> None:
+        with self._lock:
+            self._used -= 1
+            self._used_by[group] -= 1
+            self._dispatch()
+
+    @contextlib.contextmanager
+    def slot(self, group: str, priority: Any = 0) -> Iterator[None]:
+        self.acquire(group, priority)
+        try:
+            yield
+        finally:
+            self.release(group)
+
+    def close(self) -> None:
+        """Wake every waiter with RunnerShutdown; later acquires fail at once."""
+        with self._lock:
+            self._closed = True
+            for _p, _s, waiter in self._waiters:
+                waiter.event.set()  # granted stays False
+            self._waiters.clear()
+
+
+@dataclass
+class _Waiter:
+    group: str
+    granted: bool = False
+    event: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class RunContext:
+    """What every invocation of one pipeline run shares, looked up by name.
+
+    Tasks receive only the name (Prefect task parameters stay small) and find the slot pool,
+    the tools' base environment and the folders here.
+    """
+
+    name: str
+    pool: SlotPool
+    scratch: Path  # private working directories are made under it
+    log_dir: Path  # per-file log files
+    env: dict[str, str] | None = None  # base environment of subprocess tools (None: ours)
+
+    def log_path(self, label: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label)
+        return self.log_dir / f"{safe}.log"
+
+
+_RUNS: dict[str, RunContext] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def open_run(
+    name: str,
+    *,
+    workers: int,
+    caps: Mapping[str, int] | None = None,
+    scratch: Path,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+) -> RunContext:
+    """Register the context of a run (``workers`` tools at once, ``caps`` per step)."""
+    ctx = RunContext(name, SlotPool(workers, caps), Path(scratch), Path(log_dir), env and dict(env))
+    with _RUNS_LOCK:
+        _RUNS[name] = ctx
+    _SHUTDOWN.clear()
+    return ctx
+
+
+def get_run(name: str) -> RunContext:
+    with _RUNS_LOCK:
+        ctx = _RUNS.get(name)
+    if ctx is None:
+        raise RunnerShutdown(f"no active pipeline run {name!r} in this process")
+    return ctx
+
+
+def close_run(name: str) -> None:
+    with _RUNS_LOCK:
+        ctx = _RUNS.pop(name, None)
+    if ctx is not None:
+        ctx.pool.close()
+
+
+# ------------------------------------------------------------------ process registry
+
+_PROCS: dict[int, subprocess.Popen[bytes]] = {}
+_PROCS_LOCK = threading.Lock()
+_SHUTDOWN = threading.Event()
+
+
+def running_groups() -> list[int]:
+    """Process-group ids of the tools running now."""
+    with _PROCS_LOCK:
+        return list(_PROCS)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is in group ``pgid``.
+
+    ``killpg(pgid, 0)`` is not enough: a killed leader stays a zombie until it is reaped, and
+    signalling a zombie succeeds. So on Linux look at the group members' states in /proc.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may contain spaces, so split after ")".
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def kill_all(grace: float = KILL_GRACE) -> list[int]:
+    """Stop every running tool group and refuse new ones (Ctrl-C, SIGTERM, cancel).
+
+    Returns the process-group ids that were signalled. Idempotent.
+    """
+    _SHUTDOWN.set()
+    with _RUNS_LOCK:
+        runs = list(_RUNS.values())
+    for ctx in runs:
+        ctx.pool.close()
+    groups = running_groups()
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+        time.sleep(0.05)
+    for pgid in groups:
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+    return groups
+
+
+def reset_shutdown() -> None:
+    """Allow tools to start again (a new flow run in the same process, e.g. in tests)."""
+    _SHUTDOWN.clear()
+
+
+def shutting_down() -> bool:
+    return _SHUTDOWN.is_set()
+
+
+# ------------------------------------------------------------------------ environment
+
+
+# ------------------------------------------------------------------------ the runner
+
+#: A context manager factory holding a concurrency slot while a tool runs.
+Slot = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+@dataclass
+class _Capture:
+    """Line handling for one run: log file, logger, stderr tail, empty markers."""
+
+    log_file: IO[str] | None
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None
+    prefix: str
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+    empty_message: str | None = None
+
+    def line(self, stream: str, text: str) -> None:
+        text = text.rstrip("\r\n")
+        if stream == "stderr":
+            self.tail.append(text)
+        if self.empty_message is None:
+            for marker in EMPTY_MESSAGES:
+                if marker in text:
+                    self.empty_message = text.strip()
+        if self.log_file is not None:
+            self.log_file.write(f"[{stream}] {text}\n")
+        if self.logger is not None:
+            self.logger.info("%s %s", self.prefix, text)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _empty_event_table(path: Path) -> bool:
+    """True when ``path`` is a FITS file whose EVENTS table has zero rows (gtselect/fitscopy
+    with nothing selected exits 0 and writes such a file: the pipeline calls it empty)."""
+    if path.suffix.lower() not in (".fits", ".fit", ".fts", ".evt") and not path.name.endswith(
+        ".fits.gz"
+    ):
+        return False
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+            for hdu in hdul[1:]:
+                if str(hdu.header.get("EXTNAME", "")).upper() == "EVENTS":
+                    return int(hdu.header.get("NAXIS2", 0)) == 0
+    except (OSError, ValueError):
+        return False  # not for us to judge: the next step will report a broken file
+    return False
+
+
+def run_invocation(
+    inv: Invocation,
+    *,
+    log_path: Path | None = None,
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    scratch: Path | None = None,
+    pool: SlotPool | None = None,
+    priority: Any = 0,
+    env: Mapping[str, str] | None = None,
+) -> StepResult:
+    """Run ``inv`` once and report what happened; never raises for a tool's failure.
+
+    ``scratch`` is where the private working directory (with its PFILES) is made (default:
+    the system temp dir); ``log_path`` receives the output lines (appended, so one file's
+    steps share one log); ``pool`` caps concurrency. RunnerShutdown is raised only when the
+    run is being torn down before the tool started.
+    """
+    command = inv.render()
+    if _SHUTDOWN.is_set():
+        raise RunnerShutdown("the runner is shutting down")
+    # The slot is held only while the tool itself runs: preparing its folder and environment
+    # before, and checking outputs, logging and cleaning after, happen outside it, so a
+    # finished tool's slot goes to the next one at once.
+    slot: Slot = (
+        (lambda: pool.slot(inv.step, priority)) if pool is not None else contextlib.nullcontext
+    )
+    for path in inv.outputs.values():  # tools write into folders, they do not make them
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    log_file: IO[str] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+    try:
+        capture = _Capture(log_file, logger, f"{inv.step}[{inv.file_id}]")
+        if log_file is not None:
+            log_file.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.step}: {command}\n")
+            log_file.flush()
+        if inv.engine == "native":
+            result = _run_native(inv, command, capture, slot)
+        else:
+            result = _run_subprocess(inv, command, capture, scratch, env, slot)
+        if log_file is not None:
+            log_file.write(f"=== {result.describe()} ({result.wall_seconds:.2f} s)\n")
+    finally:
+        if log_file is not None:
+            log_file.close()
+    return result
+
+
+def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) -> StepResult:
+    from fermipipe.native import run_tool
+
+    result = StepResult(inv.step, inv.file_id, "failed", command)
+    outcome = None
+    with slot():
+        if _SHUTDOWN.is_set():
+            raise RunnerShutdown("the runner is shutting down")
+        result.started = time.time()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            outcome = run_tool(inv.tool or inv.step, inv.params)
+        except EmptyProductError as exc:
+            result.status, result.error = "empty", exc.detail
+        except ToolError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # a bug in a native tool must not take the other files down
+            result.error = f"internal error: {type(exc).__name__}: {exc}"
+        result.wall_seconds = time.perf_counter() - t0
+        result.cpu_seconds = time.thread_time() - c0
+    if outcome is None:
+        capture.line("stderr", result.error or "")
+    else:
+        for message in outcome.messages:
+            capture.line("stdout", message)
+        result.status = "ok"
+        result.outputs = {name: str(path) for name, path in inv.outputs.items()}
+    result.stderr_tail = list(capture.tail)
+    return result
+
+
+def _run_subprocess(
+    inv: Invocation,
+    command: str,
+    capture: _Capture,
+    scratch: Path | None,
+    env: Mapping[str, str] | None,
+    slot: Slot,
+) -> StepResult:
+    result = StepResult(inv.step, inv.file_id, "failed", command)
+    if inv.shell is not None:
+        argv: list[str] = ["/bin/sh", "-c", inv.shell]
+    elif inv.argv:
+        argv = list(inv.argv)
+    else:
+        result.error = "invocation has neither argv nor a shell command"
+        return result
+    before = {name: _stat_key(Path(p)) for name, p in inv.outputs.items()}
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in inv.file_id)[:60]
+    rundir = Path(tempfile.mkdtemp(prefix=f"{inv.step}-{safe_id}-", dir=scratch))
+    try:
+        pfiles = rundir / "pfiles"
+        pfiles.mkdir()
+        run_env = private_env(pfiles, base=os.environ if env is None else env)
+        finished = _execute(argv, rundir, run_env, inv.timeout, capture, result, slot)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    result.stderr_tail = list(capture.tail)
+    # "No GTIs found" etc. make the file empty whatever the exit code, but a tool that was
+    # killed (timeout, cancellation) failed whatever it printed before.
+    if capture.empty_message is not None and finished:
+        result.status = "empty"
+        result.error = capture.empty_message
+        return result
+    if result.status != "ok":
+        return result
+    missing = [
+        name
+        for name, path in inv.outputs.items()
+        if _stat_key(Path(path)) is None or _stat_key(Path(path)) == before[name]
+    ]
+    if missing:
+        result.status = "failed"
+        result.error = "exited 0 but did not write " + ", ".join(
+            f"{name}={inv.outputs[name]}" for name in missing
+        )
+        return result
+    result.outputs = {name: str(path) for name, path in inv.outputs.items()}
+    for name, path in inv.outputs.items():
+        if _empty_event_table(Path(path)):
+            result.status = "empty"
+            result.error = f"no events selected ({name} has 0 rows)"
+            break
+    return result
+
+
+def _execute(
+    argv: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float | None,
+    capture: _Capture,
+    result: StepResult,
+    slot: Slot,
+) -> bool:
+    """Start ``argv`` in its own session, stream its output, enforce ``timeout``.
+
+    Fills ``result``; returns True when the tool ran to its own end (any exit code), False
+    when it could not start, timed out or was killed by a signal.
+    """
+    with slot():
+        if _SHUTDOWN.is_set():
+            raise RunnerShutdown("the runner is shutting down")
+        result.started = time.time()
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # own process group: killable as a whole
+            )
+        except OSError as exc:
+            result.error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            result.wall_seconds = time.perf_counter() - t0
+            return False
+        timed_out = _supervise(proc, timeout, capture, result)
+        result.wall_seconds = time.perf_counter() - t0
+    code = proc.returncode
+    result.exit_code = code
+    if timed_out:
+        result.error = f"timed out after {timeout:g} s (process group killed)"
+    elif code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        result.error = f"killed by {name}" + (" (run cancelled)" if _SHUTDOWN.is_set() else "")
+    elif code != 0:
+        last = next((line for line in reversed(capture.tail) if line.strip()), "")
+        result.error = f"exit code {code}" + (f": {last.strip()}" if last else "")
+    else:
+        result.status = "ok"
+    return not timed_out and code >= 0
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], timeout: float | None, capture: _Capture, result: StepResult
+) -> bool:
+    """Register, stream, enforce the timeout, reap; True if the tool timed out."""
+    pgid = proc.pid  # session leader: pgid == pid
+    with _PROCS_LOCK:
+        _PROCS[pgid] = proc
+    timed_out = False
+    try:
+        if _SHUTDOWN.is_set():  # kill_all ran between our check and the registration
+            _signal_group(pgid, signal.SIGKILL)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = _pump(proc, capture, deadline)
+        if timed_out:
+            capture.line("stderr", f"fermipipe: timeout after {timeout:g} s, killing the tool")
+            kill_group(pgid)
+            # Drain what the dying group still wrote (bounded: a descendant that left the
+            # group could hold the pipes open forever).
+            _pump(proc, capture, time.monotonic() + KILL_GRACE)
+        # Wait for the leader without reaping it: while it is a zombie its pgid cannot be
+        # reused, so killing what it left behind in its group cannot hit another process.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        _signal_group(pgid, signal.SIGKILL)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        # wait4's rusage covers the child and every descendant it reaped (a shell's tool).
+        result.cpu_seconds = usage.ru_utime + usage.ru_stime
+    finally:
+        with _PROCS_LOCK:
+            _PROCS.pop(pgid, None)
+        if proc.returncode is None:  # an exception on the way: leave nothing running
+            _signal_group(pgid, signal.SIGKILL)
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return timed_out
+
+
+def _pump(proc: subprocess.Popen[bytes], capture: _Capture, deadline: float | None) -> bool:
+    """Forward output lines until both pipes close; True if ``deadline`` passed first."""
+    sel = selectors.DefaultSelector()
+    partial: dict[str, bytes] = {}
+    for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        if stream is not None and not stream.closed:
+            os.set_blocking(stream.fileno(), False)
+            sel.register(stream, selectors.EVENT_READ, name)
+            partial[name] = b""
+    try:
+        while sel.get_map():
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return True
+            for key, _ in sel.select(timeout=wait):
+                name = key.data
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    if partial[name]:
+                        capture.line(name, partial[name].decode("utf-8", "replace"))
+                        partial[name] = b""
+                    continue
+                data = partial[name] + chunk
+                *lines, partial[name] = data.split(b"\n")
+                for line in lines:
+                    capture.line(name, line.decode("utf-8", "replace"))
+            if capture.log_file is not None:
+                capture.log_file.flush()
+        return False
+    finally:
+        sel.close()

@@ -1,0 +1,459 @@
+"""fermipipe: Fermi-LAT data reduction as a Prefect flow.
+
+    python flows/fermi.py CONFIG.yaml [--dry-run] [--steps a,b] [--workers N] ...
+
+The pipeline, as the flow below runs it::
+
+    config ─► plan (files × steps → commands)
+                │
+    file 1 ─► step 1 ─► step 2 ─► … ─┐   each file's chain runs on its own: a step starts
+    file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as that file's previous step is done
+    …                                │   (no barrier between steps); a failing file never
+    file N ─► step 1 ─► step 2 ─► … ─┘   stops the others
+                │
+                ▼  every file done (merging waits for failures unless on_failure: skip)
+    products subflow: merges ─► post-processing ─► cleanup of the work folder
+                │
+                ▼
+    summary: per-step table + artifacts + --summary-json; the run ends Failed if anything
+    failed (a table of file, step, error says what).
+
+Concurrency: ``resources.cores`` (or ``--workers``) tools at once, fewer for a step with
+``max_parallel``; the caps are semaphores inside the runner (exact, microseconds), not
+Prefect's polling concurrency limits. The Prefect thread pool is only sized so that tasks
+waiting for their file's previous step never starve the ready ones.
+"""
+
+# ruff: noqa: E402 — the CLI's fast path (below) must run before Prefect is imported.
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # config errors and --dry-run: answered before Prefect loads
+    import os
+
+    from flows.cli import parse_args, preflight
+
+    _ARGS = parse_args()
+    if (_code := preflight(_ARGS)) is not None:
+        sys.exit(_code)
+    # Without a server, Prefect starts a temporary one; its first start migrates a new
+    # database, ~15 s on 2 busy cores, against a default timeout of 20 s: give it room.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture, wait
+from prefect.logging import get_run_logger
+from prefect.states import Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fermipipe import merge as merging
+from fermipipe import runner
+from fermipipe.fermitools import FermitoolsInstall, locate
+from fermipipe.plan import FilePlan, MergePlan, Plan
+from fermipipe.runner import StepFailedError, StepResult
+from fermipipe.summary import FileSummary, MergeSummary, RunSummary
+from flows.cli import load_and_plan, parse_args, preflight
+from tasks.merge import merge_all, merge_pair
+from tasks.post import run_post
+from tasks.steps import run_step
+
+
+@dataclass(frozen=True)
+class ProductOptions:
+    """What the products subflow needs besides the plan and the per-file outcomes."""
+
+    run: str  # the runner context name
+    skip_post: bool = False
+    keep_intermediate: bool = False
+
+
+@dataclass
+class ProductsOutcome:
+    merges: list[MergeSummary] = field(default_factory=list)
+    post: list[StepResult] = field(default_factory=list)
+    note: str | None = None
+
+
+# ----------------------------------------------------------------------------- the flow
+
+
+@flow(name="fermipipe", on_cancellation=[lambda *_: runner.kill_all()])
+def fermi_pipeline(
+    config: str,
+    steps: list[str] | None = None,
+    skip_merge: bool = False,
+    skip_post: bool = False,
+    keep_intermediate: bool = False,
+    workers: int | None = None,
+    summary_json: str | None = None,
+) -> RunSummary | State:
+    """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small)."""
+    logger = get_run_logger()
+    cfg, plan = load_and_plan(config, steps)
+    install = locate(cfg.fermitools.prefix)
+    n_workers = workers or cfg.resources.max_workers
+    if cfg.runner.kind != "threads":
+        logger.warning("runner.kind %r is not supported yet: running on threads", cfg.runner.kind)
+    summary = RunSummary(config=str(config), workers=n_workers, started=time.time())
+    workdir_existed = plan.workdir.exists()
+    run = open_run(plan, n_workers, install)
+    logger.info(
+        "%d files × %d steps, %d workers; products in %s",
+        len(plan.files),
+        max((len(f.chain) for f in plan.files), default=0),
+        n_workers,
+        plan.outdir,
+    )
+    try:
+        # 1. Every file through its chain of steps.
+        summary.files = process_files(plan, run.name, n_workers)
+        for f in summary.files:
+            if f.status == "failed":
+                logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
+        remove_file_intermediates(plan, summary.files, keep_intermediate)
+
+        # 2. Merges and post-processing, unless failures (or the user) say no.
+        failed = summary.failed_files()
+        if skip_merge:
+            summary.merge_note = "merging skipped (--skip-merge); intermediates kept"
+        elif failed and cfg.on_failure != "skip":
+            summary.merge_note = (
+                f"merging not run: {len(failed)} file(s) failed and on_failure is 'stop' "
+                f"(intermediates kept in {plan.workdir})"
+            )
+        elif plan.merges or plan.post:
+            opts = ProductOptions(run.name, skip_post, keep_intermediate)
+            products = products_flow(plan, summary.files, opts)
+            summary.merges, summary.post = products.merges, products.post
+            summary.merge_note = products.note
+        if summary.merge_note:
+            logger.warning(summary.merge_note)
+        relocate_outputs(plan, summary.files)
+    finally:
+        runner.close_run(run.name)
+        shutil.rmtree(run.scratch, ignore_errors=True)
+        if not workdir_existed:
+            with contextlib.suppress(OSError):
+                plan.workdir.rmdir()  # only if empty: nothing of ours is left in it
+
+    # 3. The summary: complete from what this process saw, whatever Prefect's server kept.
+    return finish_run(summary, summary_json)
+
+
+# ------------------------------------------------------------------- per-file chains
+
+
+def open_run(plan: Plan, n_workers: int, install: FermitoolsInstall | None) -> runner.RunContext:
+    """Register this run's slot pool (global and per-step caps), scratch and log folders."""
+    caps = {inv.step: inv.max_parallel for f in plan.files for inv in f.chain if inv.max_parallel}
+    name = uuid.uuid4().hex[:12]
+    return runner.open_run(
+        name,
+        workers=n_workers,
+        caps=caps,
+        scratch=plan.workdir / f".fermipipe-tmp-{name}",
+        log_dir=plan.outdir / "logs",
+        env=install.env() if install is not None else None,
+    )
+
+
+def process_files(plan: Plan, run: str, n_workers: int) -> list[FileSummary]:
+    """Map each step over the files, chaining each file's steps through their futures."""
+    files = plan.files
+    depth = max((len(f.chain) for f in files), default=0)
+    # A task whose file's previous step is still running holds a thread while it waits, so
+    # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
+    # are not: the runner's semaphores decide what actually runs).
+    threads = max(1, min(len(files) * depth, n_workers * (depth + 1)))
+    futures: list[list[PrefectFuture[StepResult]]] = []
+    with ThreadPoolTaskRunner(max_workers=threads) as pool:
+        try:
+            previous: list[Any] = [None] * len(files)
+            for k in range(depth):
+                mapped = pool.map(
+                    run_step,
+                    {
+                        "invocation": [f.chain[k] for f in files],
+                        "previous": previous,
+                        "run": unmapped(run),
+                        "order": list(range(len(files))),
+                        "step_index": unmapped(k),
+                    },
+                )
+                futures.append(list(mapped))
+                previous = list(mapped)
+            wait([fut for level in futures for fut in level])
+        except BaseException:
+            # Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything: stop every tool group
+            # now — the pool's exit would otherwise wait for tools that never saw the signal.
+            runner.kill_all()
+            pool.cancel_all()
+            raise
+    return [summarize_file(fp, [level[i] for level in futures]) for i, fp in enumerate(files)]
+
+
+def summarize_file(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -> FileSummary:
+    """Read every step state of one file (a flow never fails by itself on failed tasks)."""
+    summary = FileSummary(fp.file_id, str(fp.input), "ok")
+    for inv, fut in zip(fp.chain, futures, strict=True):
+        state = fut.state
+        if state.is_completed():
+            result: StepResult = state.result()
+            if state.name == "Cached":
+                summary.cached_steps.append(inv.step)
+            if result.status == "skipped":
+                continue
+            summary.steps.append(result)
+            if result.status == "empty" and summary.status == "ok":
+                summary.status, summary.error = "empty", f"{inv.step}: {result.error}"
+            continue
+        if state.is_pending():  # NotReady: its previous step failed, it never ran
+            continue
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, StepFailedError):
+            result = exc.result
+        else:  # crashed / cancelled / a bug outside the tool
+            result = StepResult(inv.step, fp.file_id, "failed", inv.render())
+            result.error = (
+                f"{state.name}: {exc if isinstance(exc, BaseException) else state.message}"
+            )
+        summary.steps.append(result)
+        summary.status, summary.failed_step = "failed", inv.step
+        summary.error = result.error or state.message or "failed"
+    return summary
+
+
+def remove_file_intermediates(plan: Plan, files: list[FileSummary], keep: bool) -> None:
+    """Delete the intermediates of each file whose chain succeeded (unless kept)."""
+    if keep:
+        return
+    ok = {f.file_id for f in files if f.status == "ok"}
+    for fp in plan.files:
+        if fp.file_id in ok:
+            for path in fp.cleanup:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(path).unlink()
+
+
+def relocate_outputs(plan: Plan, files: list[FileSummary]) -> None:
+    """Make the summary's per-file outputs name files that still exist: kept merge inputs
+    were copied to the output folder, cleaned-up intermediates are gone."""
+    moved = {str(src): str(dest) for fp in plan.files for src, dest in fp.keep}
+    for f in files:
+        for result in f.steps:
+            outputs = {k: moved.get(v, v) for k, v in result.outputs.items()}
+            result.outputs = {k: v for k, v in outputs.items() if Path(v).exists()}
+
+
+# ------------------------------------------------------------- merges and post-processing
+
+
+@flow(
+    name="fermipipe-products",
+    validate_parameters=False,
+    task_runner=ThreadPoolTaskRunner(max_workers=32),
+)
+def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
+    """Merges, then post-processing, then the work folder's cleanup (always, in finally).
+
+    This subflow owns the work folder's life: whatever happens here (a failed merge,
+    Ctrl-C, a cancellation), the per-file intermediates are removed on the way out unless
+    --keep-intermediate, after the merge inputs the user keeps have been copied out.
+    """
+    logger = get_run_logger()
+    outcome = ProductsOutcome()
+    try:
+        for merge in plan.merges:
+            outcome.merges.append(run_merge(merge, plan, files, opts))
+        if opts.skip_post:
+            outcome.note = "post-processing skipped (--skip-post)"
+        elif any(m.status == "failed" for m in outcome.merges):
+            outcome.note = "post-processing not run: a merge failed"
+        else:
+            for inv in plan.post:
+                outcome.post.append(run_post_step(inv, opts.run))
+                if outcome.post[-1].status == "failed":
+                    outcome.note = f"post-processing stopped: {inv.step} failed"
+                    break
+    except BaseException:
+        runner.kill_all()
+        raise
+    finally:
+        clean_workdir(plan, files, opts.keep_intermediate, outcome, logger)
+    return outcome
+
+
+def merge_inputs(
+    merge: MergePlan, plan: Plan, files: list[FileSummary]
+) -> tuple[list[Path], dict[str, str]]:
+    """The per-file products of ``merge`` from files that succeeded, and who is left out."""
+    by_id = {f.file_id: f for f in files}
+    inputs: list[Path] = []
+    left_out: dict[str, str] = {}
+    for fp, path in zip(plan.files, merge.inputs, strict=True):
+        f = by_id[fp.file_id]
+        if f.status == "ok":
+            inputs.append(Path(path))
+        else:
+            reason = f"failed at {f.failed_step}" if f.status == "failed" else "empty"
+            left_out[fp.file_id] = f"{reason}: {(f.error or '').splitlines()[0][:120]}"
+    return inputs, left_out
+
+
+def run_merge(
+    merge: MergePlan, plan: Plan, files: list[FileSummary], opts: ProductOptions
+) -> MergeSummary:
+    inputs, left_out = merge_inputs(merge, plan, files)
+    out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
+    if not inputs:
+        out.status, out.error = "skipped", "no file produced an input for this merge"
+        get_run_logger().warning("merge %s: %s", merge.name, out.error)
+        return out
+    t0 = time.perf_counter()
+    try:
+        if merge.strategy == "hierarchical":
+            out.cpu_seconds = hierarchical_merge(merge, inputs, left_out, opts.run)
+        else:
+            _info, _wall, out.cpu_seconds = merge_all(merge, inputs, left_out, run=opts.run)
+    except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
+        out.status, out.error = "failed", str(exc).splitlines()[0]
+        get_run_logger().error("merge %s failed: %s", merge.name, exc)
+    out.wall_seconds = time.perf_counter() - t0
+    return out
+
+
+def hierarchical_merge(
+    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: str
+) -> float:
+    """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
+    assert merge.tool is not None
+    scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    level, depth, cpu = list(inputs), 1, 0.0
+    while len(level) > 1:
+        jobs, level = merging.next_level(level, scratch, merge.name, depth)
+        futures = merge_pair.map(
+            jobs,
+            tool=unmapped(merge.tool),
+            engine=unmapped(merge.engine),
+            step=unmapped(f"merge:{merge.name}"),
+            timeout=unmapped(merge.timeout),
+            run=unmapped(run),
+        )
+        cpu += sum(result.cpu_seconds for result in futures.result())  # raises on failure
+        depth += 1
+    merging.finish(level[0], merge.output, left_out, len(inputs), f"{merge.tool} tree merge")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return cpu
+
+
+def run_post_step(inv: Any, run: str) -> StepResult:
+    state = run_post(inv, run=run, return_state=True)
+    if state.is_completed():
+        return state.result()
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, StepFailedError):
+        return exc.result
+    return StepResult(inv.step, "post", "failed", inv.render(), error=str(exc))
+
+
+def clean_workdir(
+    plan: Plan, files: list[FileSummary], keep: bool, outcome: ProductsOutcome, logger: Any
+) -> None:
+    """Copy the merge inputs the user keeps to the output folder, then remove the rest."""
+    ok = {f.file_id for f in files if f.status == "ok"}
+    for fp in plan.files:
+        if fp.file_id not in ok:
+            continue
+        for src, dest in fp.keep:
+            if Path(src).exists() and Path(src) != Path(dest):
+                Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+    if keep:
+        logger.info("intermediates kept in %s (--keep-intermediate)", plan.workdir)
+        return
+    if all(m.status == "ok" for m in outcome.merges):
+        for path in plan.cleanup:
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
+    for fp in plan.files:  # only what the plan put there: <workdir>/<file_id>/
+        folder = plan.workdir / fp.file_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        plan.workdir.rmdir()  # only when nothing else is left in it
+
+
+# ------------------------------------------------------------------------ the summary
+
+
+def finish_run(summary: RunSummary, summary_json: str | None) -> RunSummary | State:
+    """Print and publish the summary; end Failed (naming the failures) if anything failed."""
+    logger = get_run_logger()
+    summary.finished = time.time()
+    failures = summary.failures()
+    if failures:
+        names = ", ".join(sorted({row["file"] for row in failures}))
+        summary.state = "Failed"
+        summary.message = f"{len(failures)} failure(s): {names}"
+    table = summary.breakdown_text()
+    print(table)
+    logger.info("per-step breakdown:\n%s", table)
+    create_table_artifact(
+        table=summary.step_rows(), key="fermipipe-steps", description="Per-step breakdown"
+    )
+    if failures:
+        create_table_artifact(table=failures, key="fermipipe-failures", description="Failures")
+    create_markdown_artifact(
+        markdown=summary.markdown(), key="fermipipe-summary", description="Run summary"
+    )
+    if summary_json:
+        Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(summary_json).write_text(summary.to_json())
+    if failures:
+        return Failed(message=summary.message)
+    return summary
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python flows/fermi.py CONFIG [flags]``: 0 ok, 1 the run failed, 2 config error."""
+    args = parse_args(argv)
+    code = preflight(args)
+    if code is not None:
+        return code
+    return run_from_args(args)
+
+
+def run_from_args(args: Any) -> int:
+    state = fermi_pipeline(
+        config=str(Path(args.config).resolve()),
+        steps=args.step_list,
+        skip_merge=args.skip_merge,
+        skip_post=args.skip_post,
+        keep_intermediate=args.keep_intermediate,
+        workers=args.workers,
+        summary_json=str(Path(args.summary_json).resolve()) if args.summary_json else None,
+        return_state=True,
+    )
+    if not state.is_completed():
+        print(f"fermipipe: run {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_from_args(_ARGS))

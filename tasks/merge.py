@@ -1,0 +1,103 @@
+"""Prefect tasks of the merge stage: whole-list merges and the pairs of a tree reduction."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from fermipipe import merge as merging
+from fermipipe import runner
+from fermipipe.merge import MergeInfo, PairJob
+from fermipipe.plan import Invocation, MergePlan
+from fermipipe.runner import StepFailedError, StepResult
+
+
+@task(name="merge", task_run_name="merge-{plan.name}", cache_policy=NO_CACHE)
+def merge_all(
+    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], *, run: str
+) -> tuple[MergeInfo, float, float]:
+    """image_sum or event concatenation of ``inputs`` into ``plan.output``.
+
+    Returns the merge info with wall and CPU seconds. Holds one concurrency slot: the merge
+    competes with the tools for the machine like any of them.
+    """
+    logger = get_run_logger()
+    ctx = runner.get_run(run)
+    step = f"merge:{plan.name}"
+    with ctx.pool.slot(step, priority=(float("inf"), 0)):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if plan.strategy == "image_sum":
+            info = merging.image_sum(inputs, plan.output, left_out=left_out)
+        elif merging.use_ftmerge(plan.engine):
+            info = _ftmerge(plan, inputs, left_out, run)
+        else:
+            info = merging.native_event_merge(inputs, plan.output, left_out=left_out)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    for file_id, reason in sorted(left_out.items()):
+        logger.warning("merge %s: left out %s (%s)", plan.name, file_id, reason)
+    logger.info("merge %s: %d files → %s (%.2f s)", plan.name, info.inputs, info.output, wall)
+    return info, wall, cpu
+
+
+def _ftmerge(plan: MergePlan, inputs: list[Path], left_out: dict[str, str], run: str) -> MergeInfo:
+    """HEASoft ftmerge into a scratch file, then annotate and move it into place."""
+    ctx = runner.get_run(run)
+    ctx.scratch.mkdir(parents=True, exist_ok=True)
+    listfile = ctx.scratch / f"{plan.name}.list"
+    out = ctx.scratch / f"{plan.name}-ftmerge{plan.output.suffix or '.fits'}"
+    inv = Invocation(
+        step=f"merge:{plan.name}",
+        file_id=plan.name,
+        engine="fermitools",
+        tool="ftmerge",
+        argv=merging.ftmerge_argv(inputs, out, listfile),
+        outputs={"outfile": out},
+        timeout=plan.timeout,
+    )
+    result = runner.run_invocation(
+        inv,
+        log_path=ctx.log_path(f"merge-{plan.name}"),
+        logger=get_run_logger(),
+        scratch=ctx.scratch,
+        env=ctx.env,
+    )
+    try:
+        if result.status != "ok":
+            raise StepFailedError(result)
+        return merging.finish(out, plan.output, left_out, len(inputs), "ftmerge")
+    finally:
+        for path in (out, listfile):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+@task(name="merge-pair", task_run_name="{step}[{job.label}]", cache_policy=NO_CACHE)
+def merge_pair(
+    job: PairJob,
+    *,
+    tool: str,
+    engine: str,
+    step: str,
+    timeout: float | None,
+    run: str,
+) -> StepResult:
+    """One pairwise merge of a tree level (e.g. gtltsum infile1 infile2 → outfile)."""
+    ctx = runner.get_run(run)
+    inv = merging.pair_invocation(job, tool, engine, step=step, timeout=timeout)  # type: ignore[arg-type]
+    result = runner.run_invocation(
+        inv,
+        log_path=ctx.log_path(step.replace(":", "-")),
+        logger=get_run_logger(),
+        scratch=ctx.scratch,
+        pool=ctx.pool,
+        priority=(float("inf"), 0),
+        env=ctx.env,
+    )
+    if result.status != "ok":  # an empty pairwise merge is a failed merge
+        raise StepFailedError(result)
+    return result
