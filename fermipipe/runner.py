@@ -232,6 +232,23 @@ class RunContext:
         return self.log_dir / f"{safe}.log"
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """A picklable description of a run, passed to tasks instead of a bare name.
+
+    In the flow's process :func:`get_run` finds the registered context; on a Dask worker
+    (another process, another machine) it opens an equivalent one from the spec on first use,
+    so caps and folders hold there too (per worker).
+    """
+
+    name: str
+    workers: int
+    caps: tuple[tuple[str, int], ...] = ()
+    scratch: str = ""
+    log_dir: str = ""
+    env: tuple[tuple[str, str], ...] | None = None
+
+
 _RUNS: dict[str, RunContext] = {}
 _RUNS_LOCK = threading.Lock()
 
@@ -253,9 +270,32 @@ def open_run(
     return ctx
 
 
-def get_run(name: str) -> RunContext:
+def run_spec(ctx: RunContext) -> RunSpec:
+    """The spec that re-creates ``ctx`` in another process."""
+    return RunSpec(
+        ctx.name,
+        ctx.pool.total,
+        tuple(sorted(ctx.pool.caps.items())),
+        str(ctx.scratch),
+        str(ctx.log_dir),
+        tuple(sorted(ctx.env.items())) if ctx.env is not None else None,
+    )
+
+
+def get_run(run: str | RunSpec) -> RunContext:
+    """The context of ``run`` in this process (opened from the spec on a Dask worker)."""
+    name = run if isinstance(run, str) else run.name
     with _RUNS_LOCK:
         ctx = _RUNS.get(name)
+        if ctx is None and isinstance(run, RunSpec):
+            ctx = RunContext(
+                run.name,
+                SlotPool(run.workers, dict(run.caps)),
+                Path(run.scratch),
+                Path(run.log_dir),
+                dict(run.env) if run.env is not None else None,
+            )
+            _RUNS[name] = ctx
     if ctx is None:
         raise RunnerShutdown(f"no active pipeline run {name!r} in this process")
     return ctx

@@ -59,11 +59,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import merge as merging
 from fermipipe import runner
+from fermipipe.config import PipelineConfig
 from fermipipe.fermitools import FermitoolsInstall, locate
 from fermipipe.plan import FilePlan, MergePlan, Plan
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.summary import FileSummary, MergeSummary, RunSummary
 from flows.cli import load_and_plan, parse_args, preflight
+from flows.task_runners import build_task_runner, check_server_for_dask, worker_resources
 from tasks.merge import merge_all, merge_pair
 from tasks.post import run_post
 from tasks.steps import run_step
@@ -73,7 +75,7 @@ from tasks.steps import run_step
 class ProductOptions:
     """What the products subflow needs besides the plan and the per-file outcomes."""
 
-    run: str  # the runner context name
+    run: runner.RunSpec  # the runner context (picklable: rebuilt on Dask workers)
     skip_post: bool = False
     keep_intermediate: bool = False
 
@@ -103,8 +105,7 @@ def fermi_pipeline(
     cfg, plan = load_and_plan(config, steps)
     install = locate(cfg.fermitools.prefix)
     n_workers = workers or cfg.resources.max_workers
-    if cfg.runner.kind != "threads":
-        logger.warning("runner.kind %r is not supported yet: running on threads", cfg.runner.kind)
+    check_server_for_dask(cfg.runner)
     summary = RunSummary(config=str(config), workers=n_workers, started=time.time())
     workdir_existed = plan.workdir.exists()
     run = open_run(plan, n_workers, install)
@@ -117,7 +118,7 @@ def fermi_pipeline(
     )
     try:
         # 1. Every file through its chain of steps.
-        summary.files = process_files(plan, run.name, n_workers)
+        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg)
         for f in summary.files:
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
@@ -133,7 +134,7 @@ def fermi_pipeline(
                 f"(intermediates kept in {plan.workdir})"
             )
         elif plan.merges or plan.post:
-            opts = ProductOptions(run.name, skip_post, keep_intermediate)
+            opts = ProductOptions(runner.run_spec(run), skip_post, keep_intermediate)
             products = products_flow(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
@@ -168,8 +169,15 @@ def open_run(plan: Plan, n_workers: int, install: FermitoolsInstall | None) -> r
     )
 
 
-def process_files(plan: Plan, run: str, n_workers: int) -> list[FileSummary]:
-    """Map each step over the files, chaining each file's steps through their futures."""
+def process_files(
+    plan: Plan, run: runner.RunSpec, n_workers: int, cfg: PipelineConfig
+) -> list[FileSummary]:
+    """Map each step over the files, chaining each file's steps through their futures.
+
+    On Dask, a step with ``worker_resources`` is submitted under ``dask.annotate`` so that a
+    worker never runs more of it than its declared resources allow.
+    """
+    resources = {s.name: s.worker_resources for s in cfg.steps if s.worker_resources}
     files = plan.files
     depth = max((len(f.chain) for f in files), default=0)
     # A task whose file's previous step is still running holds a thread while it waits, so
@@ -177,20 +185,22 @@ def process_files(plan: Plan, run: str, n_workers: int) -> list[FileSummary]:
     # are not: the runner's semaphores decide what actually runs).
     threads = max(1, min(len(files) * depth, n_workers * (depth + 1)))
     futures: list[list[PrefectFuture[StepResult]]] = []
-    with ThreadPoolTaskRunner(max_workers=threads) as pool:
+    with build_task_runner(cfg.runner, threads) as pool:
         try:
             previous: list[Any] = [None] * len(files)
             for k in range(depth):
-                mapped = pool.map(
-                    run_step,
-                    {
-                        "invocation": [f.chain[k] for f in files],
-                        "previous": previous,
-                        "run": unmapped(run),
-                        "order": list(range(len(files))),
-                        "step_index": unmapped(k),
-                    },
-                )
+                step = files[0].chain[k].step if files else ""
+                with worker_resources(cfg.runner, resources.get(step)):
+                    mapped = pool.map(
+                        run_step,
+                        {
+                            "invocation": [f.chain[k] for f in files],
+                            "previous": previous,
+                            "run": unmapped(run),
+                            "order": list(range(len(files))),
+                            "step_index": unmapped(k),
+                        },
+                    )
                 futures.append(list(mapped))
                 previous = list(mapped)
             wait([fut for level in futures for fut in level])
@@ -334,7 +344,7 @@ def run_merge(
 
 
 def hierarchical_merge(
-    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: str
+    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
 ) -> float:
     """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
     assert merge.tool is not None
@@ -358,7 +368,7 @@ def hierarchical_merge(
     return cpu
 
 
-def run_post_step(inv: Any, run: str) -> StepResult:
+def run_post_step(inv: Any, run: runner.RunSpec) -> StepResult:
     state = run_post(inv, run=run, return_state=True)
     if state.is_completed():
         return state.result()

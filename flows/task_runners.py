@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL
@@ -54,3 +56,15 @@ def build_task_runner(runner: RunnerConfig, threads: int) -> TaskRunner[Any]:
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": max(1, threads), "threads_per_worker": 1},
     )
+
+
+@contextlib.contextmanager
+def worker_resources(runner: RunnerConfig, resources: dict[str, float] | None) -> Iterator[None]:
+    """Tasks submitted inside need these Dask worker resources (no-op on threads)."""
+    if not is_dask(runner) or not resources:
+        yield
+        return
+    import dask
+
+    with dask.annotate(resources=dict(resources)):
+        yield

@@ -19,7 +19,7 @@ from fermipipe.runner import StepFailedError, StepResult
 
 @task(name="merge", task_run_name="merge-{plan.name}", cache_policy=NO_CACHE)
 def merge_all(
-    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], *, run: str
+    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], *, run: runner.RunSpec | str
 ) -> tuple[MergeInfo, float, float]:
     """image_sum or event concatenation of ``inputs`` into ``plan.output``.
 
@@ -44,7 +44,9 @@ def merge_all(
     return info, wall, cpu
 
 
-def _ftmerge(plan: MergePlan, inputs: list[Path], left_out: dict[str, str], run: str) -> MergeInfo:
+def _ftmerge(
+    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec | str
+) -> MergeInfo:
     """HEASoft ftmerge into a scratch file, then annotate and move it into place."""
     ctx = runner.get_run(run)
     ctx.scratch.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def merge_pair(
     engine: str,
     step: str,
     timeout: float | None,
-    run: str,
+    run: runner.RunSpec | str,
 ) -> StepResult:
     """One pairwise merge of a tree level (e.g. gtltsum infile1 infile2 → outfile)."""
     ctx = runner.get_run(run)

@@ -12,7 +12,7 @@ from fermipipe.runner import StepFailedError, StepResult
 
 
 @task(name="post", task_run_name="post-{invocation.step}", cache_policy=NO_CACHE)
-def run_post(invocation: Invocation, *, run: str) -> StepResult:
+def run_post(invocation: Invocation, *, run: runner.RunSpec | str) -> StepResult:
     """Run a post-processing invocation (its placeholders already name the merged files)."""
     ctx = runner.get_run(run)
     result = runner.run_invocation(

@@ -25,7 +25,7 @@ def run_step(
     invocation: Invocation,
     previous: StepResult | None,
     *,
-    run: str,
+    run: runner.RunSpec | str,
     order: int,
     step_index: int,
 ) -> StepResult:
