@@ -7,55 +7,26 @@ split times and consolidate), with TSTART/TSTOP = min/max and DSS = common cuts 
 
 from __future__ import annotations
 
-import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from fitscheck import assert_time_span, assert_valid_product, dss, raw_rows
+from shared_inputs import FT1TINY_MERGED_DSS, ft1tiny_slices
 
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits import table as fits_table
-from fermipipe.fits.dates import met_to_date
 from fermipipe.native import gtselect
 from fermipipe.native.evmerge import merge_event_files
 
 
-def raw_rows(hdu: fits.BinTableHDU) -> np.ndarray:
-    return np.frombuffer(np.asarray(hdu.data).tobytes(), dtype=f"V{hdu.header['NAXIS1']}")
-
-
-def assert_valid(path: Path) -> None:
-    proc = subprocess.run(
-        ["fitsverify", "-q", "-e", str(path)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0 and "verification OK" in proc.stdout, proc.stdout + proc.stderr
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with fits.open(path, checksum=True) as hdul:
-            for hdu in hdul:
-                assert hdu.verify_checksum() == 1 and hdu.verify_datasum() == 1, hdu.name
-            assert hdul[0].header["FILENAME"] == path.name
-
-
-def dss(header: fits.Header) -> list[tuple[str, str, str, str | None]]:
-    return [
-        (header[f"DSTYP{k}"], header[f"DSUNI{k}"], header[f"DSVAL{k}"], header.get(f"DSREF{k}"))
-        for k in range(1, header["NDSKEYS"] + 1)
-    ]
-
-
-def parts(shared_data: Path) -> list[Path]:
-    return [shared_data / "evtbin" / f"ft1tiny{i}.fits" for i in range(3)]
-
-
 def test_merge_time_slices_gives_back_the_parent(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "merged.fits"
-    outcome = merge_event_files(parts(shared_data), out)
+    outcome = merge_event_files(ft1tiny_slices(shared_data), out)
     assert outcome.outputs == [str(out)] and outcome.n_rows == 1552
     with fits.open(shared_data / "evtbin" / "ft1tiny.fits") as parent, fits.open(out) as got:
-        slices = [fits.open(p) for p in parts(shared_data)]
+        slices = [fits.open(p) for p in ft1tiny_slices(shared_data)]
         try:
             expected = np.concatenate([raw_rows(s["EVENTS"]) for s in slices])
             assert np.array_equal(raw_rows(got["EVENTS"]), expected)
@@ -65,26 +36,17 @@ def test_merge_time_slices_gives_back_the_parent(shared_data: Path, tmp_path: Pa
             )
             tstart = min(s["EVENTS"].header["TSTART"] for s in slices)
             tstop = max(s["EVENTS"].header["TSTOP"] for s in slices)
-            for name in ("PRIMARY", "EVENTS", "GTI"):
-                h = got[name].header
-                assert (h["TSTART"], h["TSTOP"]) == (tstart, tstop)
-                assert h["DATE-OBS"] == met_to_date(tstart)
-                assert h["DATE-END"] == met_to_date(tstop)
-            assert got["GTI"].header["TELAPSE"] == tstop - tstart
-            assert dss(got["EVENTS"].header) == [
-                ("POS(RA,DEC)", "deg", "CIRCLE(83.633208,22.014472,15)", None),
-                ("TIME", "s", "TABLE", ":GTI"),
-                ("ENERGY", "MeV", "30:200000", None),
-            ]
+            assert_time_span(got, tstart, tstop)
+            assert dss(got["EVENTS"].header) == FT1TINY_MERGED_DSS
         finally:
             for s in slices:
                 s.close()
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_list_order_is_kept(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "reversed.fits"
-    files = parts(shared_data)[::-1]
+    files = ft1tiny_slices(shared_data)[::-1]
     merge_event_files(files, out)
     with fits.open(out) as got:
         ids = got["EVENTS"].data["EVENT_ID"]
@@ -92,15 +54,15 @@ def test_list_order_is_kept(shared_data: Path, tmp_path: Path) -> None:
         assert np.array_equal(ids, expected)
         times = got["EVENTS"].data["TIME"]
         assert times[0] >= 223910000 and times[-1] <= 223880000  # really reversed
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_same_as_gtselect_list_when_nothing_is_cut(shared_data: Path, tmp_path: Path) -> None:
     """On these slices gtselect @list drops nothing, so both give the same EVENTS and GTI."""
     lst = tmp_path / "l.lis"
-    lst.write_text("\n".join(str(p) for p in parts(shared_data)))
+    lst.write_text("\n".join(str(p) for p in ft1tiny_slices(shared_data)))
     a, b = tmp_path / "a.fits", tmp_path / "b.fits"
-    merge_event_files(parts(shared_data), a)
+    merge_event_files(ft1tiny_slices(shared_data), a)
     gtselect.run({"infile": f"@{lst}", "outfile": str(b)})
     with fits.open(a) as ha, fits.open(b) as hb:
         assert np.array_equal(raw_rows(ha["EVENTS"]), raw_rows(hb["EVENTS"]))
@@ -130,7 +92,7 @@ def test_streaming_chunks_and_odd_row_size(
         assert np.array_equal(raw_rows(hs["EVENTS"]), np.concatenate([one, one]))
         assert hb["EVENTS"].header["DATASUM"] == hs["EVENTS"].header["DATASUM"]
         assert np.array_equal(np.asarray(hs["GTI"].data), np.asarray(ref["GTI"].data))
-    assert_valid(small)
+    assert_valid_product(small)
 
 
 def test_dss_mismatch_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
@@ -176,4 +138,4 @@ def test_empty_gti_written_then_reported(shared_data: Path, tmp_path: Path) -> N
     with fits.open(out) as got:
         assert got["GTI"].header["NAXIS2"] == 0 and got["GTI"].header["ONTIME"] == 0.0
         assert got["EVENTS"].header["NAXIS2"] == 396
-    assert_valid(out)
+    assert_valid_product(out)

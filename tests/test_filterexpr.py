@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sky_samples import points_on_cone_edge
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.filterexpr import (
@@ -277,16 +278,9 @@ def test_angsep_comparison_is_exact_at_the_boundary():
     from r — the same single implementation as gtselect's cone (fermipipe.fits.sphere)."""
     from fermipipe.fits import sphere
 
-    rng = np.random.default_rng(11)
     ra0, dec0, rad = 194.047, -5.78931, 75.0
-    theta = rng.uniform(0, 2 * np.pi, 5000)
-    d = np.radians(rad + rng.normal(0, 2e-14, theta.size))
-    d0, r0 = np.radians(dec0), np.radians(ra0)
-    dec_r = np.arcsin(np.sin(d0) * np.cos(d) + np.cos(d0) * np.sin(d) * np.cos(theta))
-    ra_r = r0 + np.arctan2(
-        np.sin(theta) * np.sin(d) * np.cos(d0), np.cos(d) - np.sin(d0) * np.sin(dec_r)
-    )
-    table = {"RA_ZENITH": np.degrees(ra_r), "DEC_ZENITH": np.degrees(dec_r)}
+    ra, dec = points_on_cone_edge(ra0, dec0, rad, 5000, seed=11)
+    table = {"RA_ZENITH": ra, "DEC_ZENITH": dec}
     want = np.array(
         [
             sphere.angsep_scalar(a, b, ra0, dec0) < rad

@@ -8,15 +8,15 @@ References (PROVENANCE.md 2.3 and the fermitools-2.4 table):
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import healpy as hp
 import numpy as np
 import pytest
 from astropy.io import fits
-from fitscheck import assert_fitsverify
+from fitscheck import assert_fitsverify, cosbins
+from fitsedit import with_gti
+from native_cli import run_native
 
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.gti import read_gti
@@ -24,7 +24,6 @@ from fermipipe.native import gtltcube
 from fermipipe.native.gtltcube import CubeGrid, compute_livetime
 from fermipipe.native.ltcube_kernel import PixelBlocks, accumulate, radec_to_unit
 
-REPO = Path(__file__).resolve().parents[1]
 IGNORED_KEYS = {"DATE", "CHECKSUM", "DATASUM", "CREATOR", "FILENAME"}
 U32 = 2.0**-24  # float32 unit roundoff
 
@@ -60,24 +59,6 @@ def run_cube(outfile: Path, **params: object) -> Path:
     outcome = gtltcube.run({"outfile": str(outfile), **params})
     assert outcome.outputs == [str(outfile)]
     return outfile
-
-
-def cosbins(path: Path, ext: str = "EXPOSURE") -> np.ndarray:
-    with fits.open(path) as h:
-        return np.array(h[ext].data["COSBINS"], dtype=np.float32)
-
-
-def with_gti(src: Path, dst: Path, starts: np.ndarray, stops: np.ndarray) -> Path:
-    """A copy of an event file whose GTI extension holds the given intervals."""
-    with fits.open(src) as h:
-        hdus = [hdu.copy() for hdu in h]
-        gti = fits.BinTableHDU(
-            data=np.rec.fromarrays([starts, stops], names="START,STOP"),
-            header=h["GTI"].header,
-        )
-        hdus[[x.name for x in hdus].index("GTI")] = gti
-        fits.HDUList(hdus).writeto(dst, overwrite=True)
-    return dst
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -454,21 +435,8 @@ def test_mismatched_dss_and_bad_ft2_rows(p8v2: dict[str, Path], tmp_path: Path) 
 def test_command_line(p8v2: dict[str, Path], cubes: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cli.fits"
     args = [f"{k}={v}" for k, v in P8V2.items()]
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fermipipe.native",
-            "gtltcube",
-            f"evfile={p8v2['ft1']}",
-            f"scfile={p8v2['ft2']}",
-            f"outfile={out}",
-            *args,
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    res = run_native(
+        "gtltcube", f"evfile={p8v2['ft1']}", f"scfile={p8v2['ft2']}", f"outfile={out}", *args
     )
     assert res.returncode == 0, res.stderr
     assert_same_fits(out, cubes["p8v2_exact"])

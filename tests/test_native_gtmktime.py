@@ -5,14 +5,13 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from fitscheck import assert_fitsverify
+from native_cli import run_native
 
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.dss import read_dss_file
@@ -29,7 +28,6 @@ from fermipipe.native.gtmktime import (
     write_filtered_events,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD = "(DATA_QUAL>0)&&(LAT_CONFIG==1)"
 IGNORED = {"DATE", "CHECKSUM", "DATASUM", "CREATOR", "FILENAME"}
 MARK = "CFITSIO used the following filtering expression to create this table:"
@@ -87,21 +85,25 @@ def _rows_bytes(hdu: fits.BinTableHDU) -> bytes:
     return np.asarray(hdu.data).tobytes() if len(hdu.data) else b""
 
 
+def _base(p8v2, tmp_path, **kw):
+    """Parameters of a p8v2 run with the usual filter and no ROI cut, overridden by ``kw``."""
+    ft1, ft2 = p8v2
+    return {
+        "scfile": str(ft2),
+        "filter": GOOD,
+        "roicut": "no",
+        "evfile": str(ft1),
+        "outfile": str(tmp_path / "out.fits"),
+        **kw,
+    }
+
+
 # ------------------------------------------------------------------------------ exactness
 
 
 def test_roicut_yes_matches_fermitools_reference(p8v2, shared_data, tmp_path):
-    ft1, ft2 = p8v2
     out = tmp_path / "p8v2_mktime_roicut.fits"
-    outcome = run(
-        {
-            "scfile": str(ft2),
-            "filter": GOOD,
-            "roicut": "yes",
-            "evfile": str(ft1),
-            "outfile": str(out),
-        }
-    )
+    outcome = run(_base(p8v2, tmp_path, roicut="yes", outfile=str(out)))
     assert outcome.outputs == [str(out)] and outcome.n_rows == 1493
     assert NO_ROI_DSS not in outcome.messages
     assert not list(tmp_path.glob("*_tempgti")) and not list(tmp_path.glob(".*tmp*"))
@@ -201,17 +203,9 @@ def test_no_gti_dss_means_no_intersection(p8v2, tmp_path):
 
 
 def test_roicut_no_reproduces_ft1_gti(p8v2, tmp_path):
-    ft1, ft2 = p8v2
+    ft1, _ = p8v2
     out = tmp_path / "noroi.fits"
-    outcome = run(
-        {
-            "scfile": str(ft2),
-            "filter": GOOD,
-            "roicut": "no",
-            "evfile": str(ft1),
-            "outfile": str(out),
-        }
-    )
+    outcome = run(_base(p8v2, tmp_path, outfile=str(out)))
     with fits.open(ft1) as src, fits.open(out) as got:
         assert _rows_bytes(got["GTI"]) == _rows_bytes(src["GTI"])  # 15 rows, exactly
         assert len(got["GTI"].data) == 15
@@ -369,18 +363,6 @@ def test_ft2_file_list_equals_single_file(p8v2, tmp_path):
 # ------------------------------------------------------------------------------ errors
 
 
-def _base(p8v2, tmp_path, **kw):
-    ft1, ft2 = p8v2
-    return {
-        "scfile": str(ft2),
-        "filter": GOOD,
-        "roicut": "no",
-        "evfile": str(ft1),
-        "outfile": str(tmp_path / "out.fits"),
-        **kw,
-    }
-
-
 def test_filter_syntax_error(p8v2, tmp_path):
     with pytest.raises(FilterError) as info:
         run(_base(p8v2, tmp_path, filter="DATA_QUAL>0 &&& LAT_CONFIG==1"))
@@ -493,24 +475,14 @@ def test_params_table_matches_par_file():
 def test_cli_subprocess(p8v2, tmp_path):
     ft1, ft2 = p8v2
     out = tmp_path / "cli.fits"
-    argv = [
-        sys.executable,
-        "-m",
-        "fermipipe.native",
-        "gtmktime",
-        f"scfile={ft2}",
-        f"filter={GOOD}",
-        "roicut=no",
-        f"evfile={ft1}",
-        f"outfile={out}",
-    ]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    args = [f"scfile={ft2}", f"filter={GOOD}", "roicut=no", f"evfile={ft1}", f"outfile={out}"]
+    proc = run_native("gtmktime", *args, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "15 GTIs" in proc.stdout
     with fits.open(ft1) as src, fits.open(out) as got:
         assert _rows_bytes(got["GTI"]) == _rows_bytes(src["GTI"])
-    bad = [*argv[:5], "filter=DATA_QUAL>>0", *argv[6:-1], f"outfile={tmp_path / 'x.fits'}"]
-    proc = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    bad = [args[0], "filter=DATA_QUAL>>0", *args[2:-1], f"outfile={tmp_path / 'x.fits'}"]
+    proc = run_native("gtmktime", *bad, timeout=120)
     assert proc.returncode == 1
     assert "error: gtmktime" in proc.stderr and "DATA_QUAL>>0" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from fitscheck import DSS_STEMS, assert_time_span, assert_valid_product, dss, raw_rows
+from fitsedit import set_dss
+from native_cli import run_native
+from shared_inputs import FT1TINY_MERGED_DSS, ft1tiny_slices
+from sky_samples import points_on_cone_edge
 
 from fermipipe.errors import EmptyProductError, ToolError
-from fermipipe.fits.dates import met_to_date
 from fermipipe.fits.table import RawTable
 from fermipipe.native import gtselect
 from fermipipe.native.gtselect import ConeTerm, MaskTerm, RangeTerm, selection_mask
 
-REPO = Path(__file__).resolve().parents[1]
 CRAB = {"ra": "83.633208", "dec": "22.014472", "rad": "15", "emin": "30", "emax": "200000"}
 SPLITS = [(223850000, 223880000), (223880000, 223910000), (223910000, 223950000)]
 P8V2_STAGE2 = {
@@ -65,34 +66,8 @@ def select(infile: Path | str, outfile: Path, **params: str):
     return gtselect.run({"infile": str(infile), "outfile": str(outfile), **params})
 
 
-def assert_valid(path: Path) -> None:
-    """fitsverify clean, checksums right on every HDU, FILENAME set."""
-    proc = subprocess.run(
-        ["fitsverify", "-q", "-e", str(path)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0 and "verification OK" in proc.stdout, proc.stdout + proc.stderr
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a bad checksum is an astropy warning
-        with fits.open(path, checksum=True) as hdul:
-            for hdu in hdul:
-                assert hdu.verify_checksum() == 1 and hdu.verify_datasum() == 1, hdu.name
-            assert hdul[0].header["FILENAME"] == path.name
-
-
-def dss(header: fits.Header) -> list[tuple[str, str, str, str | None]]:
-    n = header["NDSKEYS"]
-    return [
-        (header[f"DSTYP{k}"], header[f"DSUNI{k}"], header[f"DSVAL{k}"], header.get(f"DSREF{k}"))
-        for k in range(1, n + 1)
-    ]
-
-
 def dss_cards(header: fits.Header) -> list[str]:
-    return [
-        c.image
-        for c in header.cards
-        if c.keyword == "NDSKEYS" or c.keyword[:5] in ("DSTYP", "DSUNI", "DSVAL", "DSREF")
-    ]
+    return [c.image for c in header.cards if c.keyword == "NDSKEYS" or c.keyword[:5] in DSS_STEMS]
 
 
 def filter_history(header: fits.Header) -> list[str]:
@@ -105,10 +80,6 @@ def filter_history(header: fits.Header) -> list[str]:
             break
         block.append(card)
     return block
-
-
-def raw_rows(hdu: fits.BinTableHDU) -> np.ndarray:
-    return np.frombuffer(np.asarray(hdu.data).tobytes(), dtype=f"V{hdu.header['NAXIS1']}")
 
 
 def gunzip(src: Path, dst: Path) -> Path:
@@ -201,17 +172,8 @@ def test_cone_mask_matches_cfitsio_arithmetic_at_the_boundary() -> None:
 
     from fermipipe.native.gtselect import _angsep_scalar, cone_mask
 
-    rng = np.random.default_rng(7)
     ra0, dec0, rad = 83.6331, 22.0145, 15.0
-    # destination points at distance d = rad (± a few ulps) along random bearings
-    theta = rng.uniform(0, 2 * np.pi, 20000)
-    d = np.radians(rad + rng.normal(0, 2e-14, theta.size))
-    d0, r0 = np.radians(dec0), np.radians(ra0)
-    dec_r = np.arcsin(np.sin(d0) * np.cos(d) + np.cos(d0) * np.sin(d) * np.cos(theta))
-    ra_r = r0 + np.arctan2(
-        np.sin(theta) * np.sin(d) * np.cos(d0), np.cos(d) - np.sin(d0) * np.sin(dec_r)
-    )
-    ra, dec = np.degrees(ra_r), np.degrees(dec_r)
+    ra, dec = points_on_cone_edge(ra0, dec0, rad, 20000, seed=7)
     want = np.array([_angsep_scalar(a, d, ra0, dec0) < rad for a, d in zip(ra, dec, strict=True)])
     assert np.array_equal(cone_mask(ra, dec, ra0, dec0, rad), want)
     assert 0.2 < want.mean() < 0.8  # really on the boundary
@@ -253,7 +215,7 @@ def test_ft1tiny_time_splits_match_reference(shared_data: Path, tmp_path: Path, 
             ("TIME", "s", "TABLE", ":GTI"),
             ("ENERGY", "MeV", "30:200000", None),
         ]
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_boundary_event_follows_pass8_semantics(shared_data: Path, tmp_path: Path) -> None:
@@ -286,10 +248,6 @@ def test_p8v2_stage2_reproduces_reference_dss_and_filter(shared_data: Path, tmp_
     ref_path = shared_data / "gammalib" / "p8v2" / "ft1.fits.gz"
     stage1 = tmp_path / "stage1.fits"
     with fits.open(ref_path) as hdul:
-        h = hdul["EVENTS"].header
-        for k in range(1, h["NDSKEYS"] + 1):
-            for stem in ("DSTYP", "DSUNI", "DSVAL", "DSREF"):
-                h.remove(f"{stem}{k}", ignore_missing=True)
         entries = [
             ("BIT_MASK(EVENT_CLASS,128,P8R2)", "DIMENSIONLESS", "1:1", None),
             ("BIT_MASK(EVENT_TYPE,3,P8R2)", "DIMENSIONLESS", "1:1", None),
@@ -297,11 +255,7 @@ def test_p8v2_stage2_reproduces_reference_dss_and_filter(shared_data: Path, tmp_
             ("ENERGY", "MeV", "10:3000000", None),
             ("ZENITH_ANGLE", "deg", "0:90", None),
         ]
-        for k, (typ, uni, val, ref) in enumerate(entries, start=1):
-            h[f"DSTYP{k}"], h[f"DSUNI{k}"], h[f"DSVAL{k}"] = typ, uni, val
-            if ref:
-                h[f"DSREF{k}"] = ref
-        h["NDSKEYS"] = len(entries)
+        set_dss(hdul["EVENTS"].header, entries)
         hdul.writeto(stage1)
     out = tmp_path / "stage2.fits"
     outcome = select(stage1, out, **P8V2_STAGE2)
@@ -316,7 +270,7 @@ def test_p8v2_stage2_reproduces_reference_dss_and_filter(shared_data: Path, tmp_
         for name in ("PRIMARY", "EVENTS", "GTI"):
             for key in ("DATE", "DATE-OBS", "DATE-END", "TSTART", "TSTOP"):
                 assert got[name].header[key] == ref[name].header[key], (name, key)
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_p8v2_stage2_on_itself_same_rows_spec_order(shared_data: Path, tmp_path: Path) -> None:
@@ -349,7 +303,7 @@ def test_p8v2_stage2_on_itself_same_rows_spec_order(shared_data: Path, tmp_path:
         assert "".join(c[8:80] for c in hist[i + 1 : i + 5]).startswith(
             f"{ref_path}[EVENTS][{P8V2_FILTER}]"
         )
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_new_evclass_replaces_the_mask_in_place(shared_data: Path, tmp_path: Path) -> None:
@@ -368,7 +322,7 @@ def test_new_evclass_replaces_the_mask_in_place(shared_data: Path, tmp_path: Pat
         assert ("ENERGY", "MeV", "200:20000", None) in entries  # INDEF: no new energy cut
         text = "".join(c[8:80] for c in filter_history(got["EVENTS"].header)).rstrip()
         assert text.startswith("Filter string: ((EVENT_CLASS&o2000) != o0) && ")
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 # ------------------------------------------------------------------ 2FHL
@@ -382,17 +336,11 @@ def test_2fhl_reselection(shared_data: Path, tmp_path: Path) -> None:
     )
     weekly = tmp_path / "weekly_like.fits"
     with fits.open(ref_path) as hdul:
-        h = hdul["EVENTS"].header
-        for k in range(1, h["NDSKEYS"] + 1):
-            for stem in ("DSTYP", "DSUNI", "DSVAL", "DSREF"):
-                h.remove(f"{stem}{k}", ignore_missing=True)
-        h["DSTYP1"], h["DSUNI1"], h["DSVAL1"] = (
-            "BIT_MASK(EVENT_CLASS,128,P8R2)",
-            "DIMENSIONLESS",
-            "1:1",
-        )
-        h["DSTYP2"], h["DSUNI2"], h["DSVAL2"], h["DSREF2"] = "TIME", "s", "TABLE", ":GTI"
-        h["NDSKEYS"] = 2
+        entries = [
+            ("BIT_MASK(EVENT_CLASS,128,P8R2)", "DIMENSIONLESS", "1:1", None),
+            ("TIME", "s", "TABLE", ":GTI"),
+        ]
+        set_dss(hdul["EVENTS"].header, entries)
         hdul.writeto(weekly)
     out = tmp_path / "fhl.fits"
     outcome = select(weekly, out, **FHL_PARAMS)
@@ -411,7 +359,7 @@ def test_2fhl_reselection(shared_data: Path, tmp_path: Path) -> None:
         assert (ev["ZENITH_ANGLE"] <= 105).all() and (ev["ENERGY"] > 50000).all()
         assert got["EVENTS"].header["TSTART"] == 239557702.597728
         assert got["EVENTS"].header["DATE-OBS"] == ref["EVENTS"].header["DATE-OBS"]
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_2fhl_reselection_on_itself(shared_data: Path, tmp_path: Path) -> None:
@@ -441,7 +389,7 @@ def test_list_input_concatenates_and_unions_gti(shared_data: Path, tmp_path: Pat
     ev = shared_data / "evtbin"
     listfile = tmp_path / "parts.lis"
     listfile.write_text(
-        "# three time slices\n\n" + "\n".join(str(ev / f"ft1tiny{i}.fits") for i in range(3)) + "\n"
+        "# three time slices\n\n" + "\n".join(map(str, ft1tiny_slices(shared_data))) + "\n"
     )
     out = tmp_path / "merged.fits"
     outcome = select(f"@{listfile}", out)
@@ -449,7 +397,7 @@ def test_list_input_concatenates_and_unions_gti(shared_data: Path, tmp_path: Pat
         fits.open(ev / "ft1tiny.fits") as parent,
         fits.open(out) as got,
     ):
-        parts = [fits.open(ev / f"ft1tiny{i}.fits") for i in range(3)]
+        parts = [fits.open(p) for p in ft1tiny_slices(shared_data)]
         try:
             expected = np.concatenate([raw_rows(p["EVENTS"]) for p in parts])
             assert outcome.n_rows == len(expected) == 1552
@@ -460,23 +408,16 @@ def test_list_input_concatenates_and_unions_gti(shared_data: Path, tmp_path: Pat
             # several inputs: TSTART/TSTOP = min/max of the inputs', dates rewritten
             tstart = min(p["EVENTS"].header["TSTART"] for p in parts)
             tstop = max(p["EVENTS"].header["TSTOP"] for p in parts)
+            assert_time_span(got, tstart, tstop)
             for name in ("PRIMARY", "EVENTS", "GTI"):
-                assert got[name].header["TSTART"] == tstart
-                assert got[name].header["TSTOP"] == tstop
                 # one leap second (2006-01-01) lies between the epoch and MET 220838400
                 assert got[name].header["DATE-OBS"] == "2007-12-31T23:59:59.0000"
-                assert got[name].header["DATE-END"] == met_to_date(tstop)
-            assert got["GTI"].header["TELAPSE"] == tstop - tstart
             # DSS: common cuts + TIME/TABLE (the parts' TIME ranges are not carried over)
-            assert dss(got["EVENTS"].header) == [
-                ("POS(RA,DEC)", "deg", "CIRCLE(83.633208,22.014472,15)", None),
-                ("TIME", "s", "TABLE", ":GTI"),
-                ("ENERGY", "MeV", "30:200000", None),
-            ]
+            assert dss(got["EVENTS"].header) == FT1TINY_MERGED_DSS
         finally:
             for p in parts:
                 p.close()
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 # ------------------------------------------------------------------ empty outputs
@@ -490,7 +431,7 @@ def test_zero_events_is_a_valid_product(shared_data: Path, tmp_path: Path) -> No
     with fits.open(out) as got:
         assert got["EVENTS"].header["NAXIS2"] == 0
         assert len(got["GTI"].data) == 13
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_empty_gti_writes_valid_file_then_reports_empty(shared_data: Path, tmp_path: Path) -> None:
@@ -502,7 +443,7 @@ def test_empty_gti_writes_valid_file_then_reports_empty(shared_data: Path, tmp_p
         assert got["EVENTS"].header["NAXIS2"] == 0
         assert got["GTI"].header["NAXIS2"] == 0 and got["GTI"].header["ONTIME"] == 0.0
         assert got["EVENTS"].header["TSTART"] == 223855000.0
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 # ------------------------------------------------------------------ errors
@@ -579,45 +520,16 @@ def test_cli_with_awkward_path(shared_data: Path, tmp_path: Path) -> None:
     src = folder / "ft1 in.fits"
     shutil.copy(shared_data / "evtbin" / "ft1tiny.fits", src)
     out = folder / "sel 'out'.fits"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fermipipe.native",
-            "gtselect",
-            f"infile={src}",
-            f"outfile={out}",
-            "emin=100",
-            "emax=1e5",
-            "zmax=90",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
+    proc = run_native(
+        "gtselect", f"infile={src}", f"outfile={out}", "emin=100", "emax=1e5", "zmax=90"
     )
     assert proc.returncode == 0, proc.stderr
     with fits.open(out) as got:
         e = got["EVENTS"].data["ENERGY"]
         assert len(e) > 0 and (e > 100).all() and (e <= 1e5).all()
         assert (got["EVENTS"].data["ZENITH_ANGLE"] <= 90).all()
-    assert_valid(out)
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fermipipe.native",
-            "gtselect",
-            f"infile={src}",
-            f"outfile={out}",
-            "emin=5",
-            "emax=1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
+    assert_valid_product(out)
+    bad = run_native("gtselect", f"infile={src}", f"outfile={out}", "emin=5", "emax=1")
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1 and "is greater than the maximum" in bad.stderr
 
@@ -707,7 +619,7 @@ def test_rows_equal_cfitsio_filter(synth_week: Path, tmp_path: Path, params: dic
     with fits.open(out) as got, fits.open(ref) as want:
         assert 0 < outcome.n_rows < 30_000
         assert np.array_equal(raw_rows(got["EVENTS"]), raw_rows(want["EVENTS"]))
-    assert_valid(out)
+    assert_valid_product(out)
 
 
 def test_phase_cut_indef_and_evtable(shared_data: Path, tmp_path: Path) -> None:
@@ -739,6 +651,6 @@ def test_phase_cut_indef_and_evtable(shared_data: Path, tmp_path: Path) -> None:
         ]
         text = "".join(c[8:80] for c in filter_history(got["EVENTS"].header)).rstrip()
         assert "0.25 < PULSE_PHASE && PULSE_PHASE <= 0.75" in text
-    assert_valid(out)
+    assert_valid_product(out)
     with pytest.raises(ToolError, match="no column PULSE_PHASE"):
         select(shared_data / "evtbin" / "ft1tiny.fits", tmp_path / "x.fits", phasemax="0.5")

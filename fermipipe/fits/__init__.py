@@ -9,7 +9,7 @@ stays cheap):
 * ``dates``     — MET → DATE-OBS/DATE-END strings, ``write_date_keywords``
 * ``table``     — raw memmapped BINTABLE rows and the fast FITS writer
 * ``writing``   — ``atomic_output``, checksums, FILENAME
-* ``keywords``  — header cards formatted like cfitsio (``%.15G`` doubles)
+* ``keywords``  — header cards formatted like cfitsio (``%.15G`` doubles), BINTABLE mandatory keys
 * ``skycoords`` — equatorial → galactic rotation (current and pre-2016 angles)
 * ``sphere``    — cfitsio's ``angsep``, the package's single implementation
 * ``filterexpr``— the cfitsio row-filter subset (gtmktime's FT2 filter)

@@ -25,7 +25,7 @@ import numpy as np
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.header import Card, Header
-from fermipipe.fits.keywords import set_card
+from fermipipe.fits.keywords import bintable_keywords, set_card
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -398,14 +398,7 @@ def gti_header_rows(
     keys: Mapping[str, Any] = time_keys if time_keys is not None else {}
     card = Card.from_value
     cards: list[Card] = [
-        card("XTENSION", "BINTABLE", "binary table extension"),
-        card("BITPIX", 8, "8-bit bytes"),
-        card("NAXIS", 2, "2-dimensional binary table"),
-        card("NAXIS1", 16, "width of table in bytes"),
-        card("NAXIS2", len(gti), "number of rows in table"),
-        card("PCOUNT", 0, "size of special data area"),
-        card("GCOUNT", 1, "one data group (required keyword)"),
-        card("TFIELDS", 2, "number of fields in each row"),
+        *(card(key, value, comment) for key, value, comment in bintable_keywords(16, len(gti), 2)),
         card("TTYPE1", "START", "start time of good time intervals"),
         card("TFORM1", "D", "data format of field: 8-byte DOUBLE"),
         card("TTYPE2", "STOP", "stop time of good time intervals"),

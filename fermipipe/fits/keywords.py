@@ -21,13 +21,59 @@ if TYPE_CHECKING:
     from astropy.io import fits
 
 __all__ = [
+    "CFITSIO_BINTABLE_COMMENTS",
+    "TEMPLATE_BINTABLE_COMMENTS",
     "append_card",
+    "bintable_keywords",
     "cfitsio_double",
     "make_card",
     "set_card",
 ]
 
 _value_text = format_value  # backwards-compatible private name
+
+_BINTABLE_KEYS = ("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS")
+
+#: Comments of the mandatory BINTABLE keywords as cfitsio's ``ffphbn`` writes them: the FT1
+#: GTI extension and the livetime-cube EXPOSURE tables of real Fermitools outputs carry these.
+CFITSIO_BINTABLE_COMMENTS: tuple[str, ...] = (
+    "binary table extension",
+    "8-bit bytes",
+    "2-dimensional binary table",
+    "width of table in bytes",
+    "number of rows in table",
+    "size of special data area",
+    "one data group (required keyword)",
+    "number of fields in each row",
+)
+
+#: The same keywords in HDUs built from a tip/cfitsio template file (evtbin's Lat*Template,
+#: the healpix CosineBinner template for CTHETABOUNDS), which word them differently.
+TEMPLATE_BINTABLE_COMMENTS: tuple[str, ...] = (
+    "Binary table extension",
+    "Bits per pixel",
+    "Required value",
+    "Number of bytes per row",
+    "Number of rows",
+    "Normally 0 (no varying arrays)",
+    "Required value",
+    "Number of columns in table",
+)
+
+
+def bintable_keywords(
+    naxis1: int,
+    naxis2: int,
+    tfields: int,
+    comments: tuple[str, ...] = CFITSIO_BINTABLE_COMMENTS,
+) -> list[tuple[str, Any, str]]:
+    """``(key, value, comment)`` of XTENSION … TFIELDS of a binary table without a heap.
+
+    Returned as triples so that both card factories (the tools' :class:`Card` and astropy's
+    via :func:`make_card`) and the literal template images can use them.
+    """
+    values = ("BINTABLE", 8, 2, naxis1, naxis2, 0, 1, tfields)
+    return list(zip(_BINTABLE_KEYS, values, comments, strict=True))
 
 
 def make_card(key: str, value: Any, comment: str | None = None) -> fits.Card:

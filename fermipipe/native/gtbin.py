@@ -34,7 +34,6 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +60,9 @@ from fermipipe.native.gtbin_inputs import (
     table_of,
 )
 from fermipipe.native.gtbin_wcs import FAST, FastWcs
+from fermipipe.native.output_file import refuse_existing_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, is_none, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
 
 PARAMS: list[ParamSpec] = [
     ParamSpec("evfile", "file", required=True),
@@ -102,11 +103,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("sctable", "str", "SC_DATA"),
     ParamSpec("efield", "str", "ENERGY"),
     ParamSpec("tfield", "str", "TIME"),
-    ParamSpec("chatter", "int", 2),
-    ParamSpec("clobber", "bool", True),
-    ParamSpec("debug", "bool", False),
-    ParamSpec("gui", "bool", False),
-    ParamSpec("mode", "str", "ql"),
+    *STANDARD_PARAMS,
     # Native-only: galactic rotation for CMAP/CCUBE coordsys=GAL (see module docstring).
     ParamSpec("galrot", "str", "current", choices=("current", "pre2016")),
 ]
@@ -177,6 +174,13 @@ def _need(p: Mapping[str, Any], *names: str) -> None:
 
 
 # ------------------------------------------------------------------------------ sky binning
+
+
+def flat_index(outer: np.ndarray, inner: np.ndarray, n_inner: int) -> np.ndarray:
+    """``outer·n_inner + inner`` (row-major 2-D bin → flat bin) for the entries where both
+    bin indices are valid; an index < 0 marks a value outside its binning (dropped)."""
+    keep = (outer >= 0) & (inner >= 0)
+    return outer[keep] * n_inner + inner[keep]
 
 
 def accumulate(counts: np.ndarray, flat: np.ndarray) -> None:
@@ -308,8 +312,7 @@ def bin_sky(
                 )
             if ebinner is not None:
                 eidx = ebinner.index(ev.column(p["efield"], start, stop))
-                keep = (flat >= 0) & (eidx >= 0)
-                flat = eidx[keep] * npix + flat[keep]
+                flat = flat_index(eidx, flat, npix)
             else:
                 flat = flat[flat >= 0]
             accumulate(counts, flat)
@@ -434,8 +437,7 @@ def bin_1d(
             idx = binner.index(ev.column(column, start, stop))
             if second is not None:
                 idx2 = second[1].index(ev.column(second[0], start, stop))
-                keep = (idx >= 0) & (idx2 >= 0)
-                flat = idx[keep] * n2 + idx2[keep]
+                flat = flat_index(idx, idx2, n2)
             else:
                 flat = idx[idx >= 0]
             accumulate(counts, flat)
@@ -781,8 +783,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     """gtbin with Fermitools-style parameters (see PARAMS); returns the output file."""
     p = resolve(PARAMS, params, tool=TOOL)
     outfile = p["outfile"]
-    if Path(outfile).exists() and not p["clobber"]:
-        raise ToolError(TOOL, "output file exists and clobber=no", outfile)
+    refuse_existing_output(TOOL, outfile, p["clobber"])
     evfiles = expand_file_list(p["evfile"], "evfile")
     scfiles = [] if is_none(p["scfile"]) else expand_file_list(p["scfile"], "scfile")
     events = open_events(evfiles, p["evtable"])

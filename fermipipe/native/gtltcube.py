@@ -35,10 +35,17 @@ from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.dates import met_to_date, utc_now_date, write_date_keywords
 from fermipipe.fits.dss import Cut, GtiCut, RangeCut, read_dss_file, write_dss_time_only
 from fermipipe.fits.gti import Gti, gti_hdu, union
-from fermipipe.fits.keywords import make_card, set_card
-from fermipipe.fits.table import FitsFile, RawTable, write_fits
+from fermipipe.fits.keywords import (
+    TEMPLATE_BINTABLE_COMMENTS,
+    bintable_keywords,
+    make_card,
+    set_card,
+)
+from fermipipe.fits.table import FitsFile, RawTable
 from fermipipe.native import ENGINE_VERSION
+from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, is_none, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
 
 __all__ = [
     "PARAMS",
@@ -67,11 +74,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("file_version", "str", "1"),
     ParamSpec("zmin", "real", 0.0),
     ParamSpec("zmax", "real", 180.0),
-    ParamSpec("chatter", "int", 2),
-    ParamSpec("clobber", "bool", True),
-    ParamSpec("debug", "bool", False),
-    ParamSpec("gui", "bool", False),
-    ParamSpec("mode", "str", "ql"),
+    *STANDARD_PARAMS,
     # Native only: exact = bit-identical to gtltcube; fast = float64 accumulation.
     ParamSpec("precision", "str", "exact", choices=("exact", "fast")),
 ]
@@ -399,6 +402,33 @@ def _card(key: str, value: Any, comment: str | None = None) -> fits.Card:
     return make_card(key, value, comment)
 
 
+def _cards(keywords: list[tuple[str, Any, str]]) -> list[fits.Card]:
+    return [_card(key, value, comment) for key, value, comment in keywords]
+
+
+#: Cards with the same value and comment wherever LivetimeCubeTemplate and the healpix
+#: CosineBinner template write them (each HDU picks them in its own order).
+_FIXED_CARDS: dict[str, tuple[Any, str]] = {
+    "OBSERVER": ("Peter Michelson", "LAT PI"),
+    "ORIGIN": ("LISOC", "name of organization making file"),
+    "MJDREFI": (51910.0, "Int. part of MJD of SC clock start"),
+    "MJDREFF": (7.428703703703703e-4, "Frac. part of MJD of SC clock start"),
+    "TIMEUNIT": ("s", "units for the time related keywords"),
+    "TIMESYS": ("TT", "type of time system that is used"),
+}
+
+
+def _fixed(*keys: str) -> list[fits.Card]:
+    return [_card(key, *_FIXED_CARDS[key]) for key in keys]
+
+
+def _time_range(tstart: float, tstop: float) -> list[fits.Card]:
+    return [
+        _card("TSTART", tstart, "mission time of the obs. start"),
+        _card("TSTOP", tstop, "mission time of the obs. end"),
+    ]
+
+
 def _common_cards(instr_comment: str) -> list[fits.Card]:
     """TELESCOP … DATE-END block shared by the Likelihood templates."""
     return [
@@ -425,18 +455,14 @@ def primary_header(tstart: float, tstop: float, creator: str, version: str) -> f
     header.add_comment("  and Astrophysics', volume 376, page 359; bibcode: 2001A&A...376..359H")
     for card in [
         *_common_cards("name of instrument generating data"),
-        _card("TSTART", tstart, "mission time of the obs. start"),
-        _card("TSTOP", tstop, "mission time of the obs. end"),
-        _card("TIMEUNIT", "s", "units for the time related keywords"),
-        _card("TIMESYS", "TT", "type of time system that is used"),
+        *_time_range(tstart, tstop),
+        *_fixed("TIMEUNIT", "TIMESYS"),
         _card(
             "GPS_OUT", False, "whether GPS time was unavailable at any time during this interval"
         ),
-        _card("MJDREFI", 51910.0, "Int. part of MJD of SC clock start"),
-        _card("MJDREFF", 7.428703703703703e-4, "Frac. part of MJD of SC clock start"),
-        _card("OBSERVER", "Peter Michelson", "LAT PI"),
+        *_fixed("MJDREFI", "MJDREFF", "OBSERVER"),
         _card("FILENAME", "", "name of this file: nnnnnnnnnn = MET of"),
-        _card("ORIGIN", "LISOC", "name of organization making file"),
+        *_fixed("ORIGIN"),
         _card("CREATOR", creator, "software and version creating file"),
         # file_version is written as a string (spec §6.5).
         _card("VERSION", str(version), "release version of the file"),
@@ -458,14 +484,7 @@ def exposure_header(
     """EXPOSURE / WEIGHTED_EXPOSURE header (LivetimeCubeTemplate + healpix keywords)."""
     n = grid.ncells
     cards = [
-        _card("XTENSION", "BINTABLE", "binary table extension"),
-        _card("BITPIX", 8, "8-bit bytes"),
-        _card("NAXIS", 2, "2-dimensional binary table"),
-        _card("NAXIS1", 4 * n + 8, "width of table in bytes"),
-        _card("NAXIS2", grid.npix, "number of rows in table"),
-        _card("PCOUNT", 0, "size of special data area"),
-        _card("GCOUNT", 1, "one data group (required keyword)"),
-        _card("TFIELDS", 3, "number of fields in each row"),
+        *_cards(bintable_keywords(4 * n + 8, grid.npix, 3)),
         _card("TTYPE1", "COSBINS", "label for field"),
         _card("TFORM1", f"{n}E", "data format of field: 4-byte REAL"),
         _card("TTYPE2", "RA", "RA of HEALPixel center"),
@@ -473,16 +492,12 @@ def exposure_header(
         _card("TTYPE3", "DEC", "DEC of HEALPixel center"),
         _card("TFORM3", "E", "format of field"),
         *_common_cards("name of instr. generating data"),
-        _card("OBSERVER", "Peter Michelson", "LAT PI"),
-        _card("ORIGIN", "LISOC", "name of organization making file"),
+        *_fixed("OBSERVER", "ORIGIN"),
         _card("EXTNAME", extname, "name of this binary table extension"),
-        _card("TSTART", tstart, "mission time of the obs. start"),
-        _card("TSTOP", tstop, "mission time of the obs. end"),
-        _card("MJDREFI", 51910.0, "Int. part of MJD of SC clock start"),
-        _card("MJDREFF", 7.428703703703703e-4, "Frac. part of MJD of SC clock start"),
-        _card("TIMEUNIT", "s", "units for the time related keywords"),
+        *_time_range(tstart, tstop),
+        *_fixed("MJDREFI", "MJDREFF", "TIMEUNIT"),
         _card("TIMEZERO", 0.0, "clock correction"),
-        _card("TIMESYS", "TT", "type of time system that is used"),
+        *_fixed("TIMESYS"),
         _card("TIMEREF", "LOCAL", "reference frame used for times"),
         _card("CLOCKAPP", False, "clock drift correction applied?"),
         _card("GPS_OUT", False, "GPS time unavailable at any time during interval"),
@@ -518,23 +533,14 @@ def exposure_header(
 def cthetabounds_header(nbins: int, tstart: float, tstop: float) -> fits.Header:
     """CTHETABOUNDS header (healpix CosineBinner template)."""
     cards = [
-        _card("XTENSION", "BINTABLE", "Binary table extension"),
-        _card("BITPIX", 8, "Bits per pixel"),
-        _card("NAXIS", 2, "Required value"),
-        _card("NAXIS1", 8, "Number of bytes per row"),
-        _card("NAXIS2", nbins, "Number of rows"),
-        _card("PCOUNT", 0, "Normally 0 (no varying arrays)"),
-        _card("GCOUNT", 1, "Required value"),
-        _card("TFIELDS", 2, "Number of columns in table"),
+        *_cards(bintable_keywords(8, nbins, 2, TEMPLATE_BINTABLE_COMMENTS)),
         _card("TTYPE1", "CTHETA_MIN", "Lower boundary of the COSTHETA bin"),
         _card("TFORM1", "E", "Data format of this field"),
         _card("TTYPE2", "CTHETA_MAX", "Upper boundary of the COSTHETA bin"),
         _card("TFORM2", "E", "Data format of this field"),
         *_common_cards("name of instrument generating data"),
-        _card("TSTART", tstart, "mission time of the obs. start"),
-        _card("TSTOP", tstop, "mission time of the obs. end"),
-        _card("OBSERVER", "Peter Michelson", "LAT PI"),
-        _card("ORIGIN", "LISOC", "name of organization making file"),
+        *_time_range(tstart, tstop),
+        *_fixed("OBSERVER", "ORIGIN"),
         _card("TLMIN1", -1.0, "minimum value"),
         _card("TLMAX1", 1.0, "maximum value"),
         _card("TLMIN2", -1.0, "minimum value"),
@@ -612,8 +618,7 @@ def write_livetime_cube(
 ) -> Path:
     """Write the cube with the HDUs and keywords of spec §6.5 (atomic, with checksums)."""
     out = Path(outfile)
-    if out.exists() and not clobber:
-        raise ToolError(TOOL, "output file exists and clobber=no", str(out))
+    refuse_existing_output(TOOL, out, clobber)
     tstart, tstop = gti.tstart, gti.tstop
     # The cuts written are the first event file's, with its GTI replaced by the merged one.
     merged = [GtiCut(gti, c.ext) if isinstance(c, GtiCut) else c for c in cuts]
@@ -637,10 +642,7 @@ def write_livetime_cube(
         (cthetabounds_header(grid.nbins, tstart, tstop), bounds),
         (gti_table.header, np.asarray(gti_table.data)),
     ]
-    try:
-        return write_fits(out, hdus)
-    except OSError as exc:
-        raise ToolError(TOOL, f"cannot write output: {exc}", str(out)) from None
+    return write_tool_output(TOOL, out, hdus)
 
 
 # ---------------------------------------------------------------------- tool entry

@@ -33,9 +33,11 @@ from fermipipe.fits.dates import write_date_keywords
 from fermipipe.fits.dss import Cut, GtiCut, read_dss_file, write_dss
 from fermipipe.fits.gti import Gti, find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import set_card
-from fermipipe.fits.table import FitsFile, write_fits
+from fermipipe.fits.table import FitsFile
 from fermipipe.native import ENGINE_VERSION
+from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, is_none, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
 
 __all__ = ["PARAMS", "run", "sum_livetime_cubes"]
 
@@ -47,11 +49,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("table", "str", "Exposure"),
     ParamSpec("table2", "str", "WEIGHTED_EXPOSURE"),
     ParamSpec("outfile", "file", "", required=True),
-    ParamSpec("chatter", "int", 2),
-    ParamSpec("clobber", "bool", True),
-    ParamSpec("debug", "bool", False),
-    ParamSpec("gui", "bool", False),
-    ParamSpec("mode", "str", "ql"),
+    *STANDARD_PARAMS,
 ]
 
 
@@ -181,8 +179,7 @@ def sum_livetime_cubes(
     if len(paths) < 2:
         raise ToolError(TOOL, f"need at least two livetime cubes, got {len(paths)}")
     out = Path(output)
-    if out.exists() and not clobber:
-        raise ToolError(TOOL, "output file exists and clobber=no", str(out))
+    refuse_existing_output(TOOL, out, clobber)
     if any(Path(p).exists() and Path(p).resolve() == out.resolve() for p in paths):
         raise ToolError(TOOL, "output file is also an input", str(out))
     tables = [table, table2]
@@ -235,10 +232,7 @@ def sum_livetime_cubes(
             ):
                 write_date_keywords(header, tstart, tstop)
             hdus.append((header, data))
-    try:
-        return write_fits(out, hdus)
-    except OSError as exc:
-        raise ToolError(TOOL, f"cannot write output: {exc}", str(out)) from None
+    return write_tool_output(TOOL, out, hdus)
 
 
 def run(params: Mapping[str, Any]) -> ToolOutcome:

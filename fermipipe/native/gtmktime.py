@@ -53,6 +53,7 @@ from fermipipe.fits.table import (
     write_fits,
 )
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
 
 TOOL = "gtmktime"
 
@@ -73,11 +74,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("tstart", "real", 0.0),
     ParamSpec("tstop", "real", 0.0),
     ParamSpec("gtifile", "str", "default"),
-    ParamSpec("chatter", "int", 2),
-    ParamSpec("clobber", "bool", True),
-    ParamSpec("debug", "bool", False),
-    ParamSpec("gui", "bool", False),
-    ParamSpec("mode", "str", "ql"),
+    *STANDARD_PARAMS,
 ]
 
 NO_ROI_DSS = "DSS keywords required for ROI-based zenith angle cut are not present in the FT1 file."

@@ -35,6 +35,7 @@ from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.sphere import angsep_below
 from fermipipe.fits.sphere import angsep_scalar as _angsep_scalar  # noqa: F401 - old name
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
 
 if TYPE_CHECKING:
     from fermipipe.fits.dss import Cuts
@@ -64,11 +65,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("phasemin", "real", 0.0),
     ParamSpec("phasemax", "real", 1.0),
     ParamSpec("evtable", "str", "EVENTS"),
-    ParamSpec("chatter", "int", 2),
-    ParamSpec("clobber", "bool", True),
-    ParamSpec("debug", "bool", False),
-    ParamSpec("gui", "bool", False),
-    ParamSpec("mode", "str", "ql"),
+    *STANDARD_PARAMS,
 ]
 
 # Valid ranges from gtselect.par; APE refuses values outside them before the tool runs.

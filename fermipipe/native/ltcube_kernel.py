@@ -148,6 +148,24 @@ def _phi_block(
     return k
 
 
+@numba.njit(inline="always")
+def _add_row(
+    e: np.ndarray, we: np.ndarray, cell: int, pixel: int, v: float, w: float, exact: bool
+) -> None:
+    """Add one FT2 row's livetime ``v`` and weighted livetime ``w`` to one cell of both cubes.
+
+    ``exact``: gtltcube adds a double to a float cell (float += double), i.e. widens the stored
+    float32, adds in double and rounds back — done the same way here to stay bit-identical.
+    Otherwise the cubes are float64 and the sum is plain.
+    """
+    if exact:
+        e[cell, pixel] = np.float32(np.float64(e[cell, pixel]) + v)
+        we[cell, pixel] = np.float32(np.float64(we[cell, pixel]) + w)
+    else:
+        e[cell, pixel] += v
+        we[cell, pixel] += w
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _kernel(
     bxyz: np.ndarray,
@@ -215,13 +233,7 @@ def _kernel(
                 b = key[i]
                 if b < 0:
                     continue
-                if exact:
-                    # float += double: widen the stored float32, add in double, round back.
-                    e[b, i] = np.float32(np.float64(e[b, i]) + v)
-                    we[b, i] = np.float32(np.float64(we[b, i]) + w)
-                else:
-                    e[b, i] += v
-                    we[b, i] += w
+                _add_row(e, we, b, i, v, w, exact)
                 if phibins > 0:
                     x0 = scx[r, 0]
                     x1 = scx[r, 1]
@@ -231,13 +243,7 @@ def _kernel(
                     y1 = s2 * x0 - s0 * x2
                     y2 = s0 * x1 - s1 * x0
                     kb = _phi_block(px[i], py[i], pz[i], x0, x1, x2, y0, y1, y2, phibins)
-                    j = (kb + 1) * nbins + b
-                    if exact:
-                        e[j, i] = np.float32(np.float64(e[j, i]) + v)
-                        we[j, i] = np.float32(np.float64(we[j, i]) + w)
-                    else:
-                        e[j, i] += v
-                        we[j, i] += w
+                    _add_row(e, we, (kb + 1) * nbins + b, i, v, w, exact)
 
 
 def accumulate(
