@@ -159,6 +159,14 @@ class ProductStore:
     def _record_path(self, key: str) -> Path:
         return self.entry_dir(key) / "entry.json"
 
+    def meta(self, key: str) -> dict[str, Any]:
+        """The free-form metadata recorded with an entry (empty when none or unreadable)."""
+        try:
+            meta = json.loads(self._record_path(key).read_text()).get("meta") or {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return dict(meta) if isinstance(meta, dict) else {}
+
     def lookup(self, key: str) -> dict[str, Path] | None:
         """The entry's files (name → path) if every one is present and intact, else None."""
         record = self._record_path(key)
@@ -189,11 +197,22 @@ class ProductStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def put(self, key: str, files: Mapping[str, Path], *, move: bool = False) -> dict[str, Path]:
+    def put(
+        self,
+        key: str,
+        files: Mapping[str, Path],
+        *,
+        move: bool = False,
+        link: bool = False,
+        meta: Mapping[str, Any] | None = None,
+    ) -> dict[str, Path]:
         """Store ``files`` (stored name → source path) under ``key``; returns stored paths.
 
-        Each file is copied (or moved) to a temporary name in the entry folder and renamed;
-        the entry record is written last, so a crash leaves no entry that looks complete.
+        Each file is copied (or moved, or hard-linked when ``link`` and the store is on the
+        same file system) to a temporary name in the entry folder and renamed; the entry
+        record (with ``meta``) is written last, so a crash leaves no entry that looks
+        complete. A hard-linked product edited in place later fails its hash check on lookup
+        (recomputed, never trusted); the tools replace files rather than edit them.
         """
         entry = self.entry_dir(key)
         entry.mkdir(parents=True, exist_ok=True)
@@ -208,16 +227,36 @@ class ProductStore:
                 except OSError:  # different file system (RAM disk → disk)
                     shutil.copyfile(src, tmp)
                     os.unlink(src)
+            elif link:
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
             else:
                 shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
             stored.append(StoredFile(name, dest.stat().st_size, self.hashes.hash(dest)))
             out[name] = dest
-        record = {"key": key, "files": [vars(s) for s in stored]}
+        record = {"key": key, "files": [vars(s) for s in stored], "meta": dict(meta or {})}
         tmp_record = entry / f".entry.json.tmp-{os.getpid()}-{threading.get_ident()}"
         tmp_record.write_text(json.dumps(record, indent=1))
         os.replace(tmp_record, self._record_path(key))
         return out
+
+    def materialise(self, stored: Path, dest: Path) -> Path:
+        """Put a copy of stored file ``stored`` at ``dest`` (hard link when possible).
+
+        Written under a temporary name and renamed, so a reader never sees half a file.
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            os.link(stored, tmp)
+        except OSError:  # another file system (the RAM disk) or no hard links
+            shutil.copyfile(stored, tmp)
+        os.replace(tmp, dest)
+        return dest
 
     def forget(self, key: str) -> None:
         """Remove an entry (used when it was found damaged)."""

@@ -26,6 +26,7 @@ class ManifestInput:
     key: str  # cache key of the per-file product (changes with any upstream change)
     tstart: float | None = None
     tstop: float | None = None
+    week: str | None = None  # the NNN of an FSSC weekly file name (``_wNNN_``)
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Manifest:
     inputs: list[ManifestInput]
     left_out: dict[str, str] = field(default_factory=dict)  # file_id → "failed: …"/"empty"
     fermipipe_version: str = __version__
+    #: sha256 of the finished product (header included): proves the file on disk is the one
+    #: this manifest describes before an incremental merge builds on it.
+    product_sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -83,7 +87,9 @@ def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
         ("FPMANIF", sidecar_path(Path(manifest.product)).name, "JSON manifest sidecar"),
     ]
     for item in manifest.inputs:
-        cards.append(("HISTORY", f"fermipipe input {item.source} sha256={item.sha256[:16]}", ""))
+        # One 72-character HISTORY card per input: the source name and a hash prefix.
+        text = f"fermipipe input {item.sha256[:12]} {item.source}"
+        cards.append(("HISTORY", text[:72], ""))
     for file_id, why in manifest.left_out.items():
         cards.append(("HISTORY", f"fermipipe left out {file_id}: {why}"[:400], ""))
     return cards

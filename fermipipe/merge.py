@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from fermipipe.cache import sha256_file
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.writing import atomic_output
+from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation
 
 #: The keywords that define a celestial/energy image grid: two maps can be added pixel by
@@ -129,12 +131,15 @@ def _channels(hdu: fits.BinTableHDU) -> list[str]:
     return [c for c in hdu.columns.names if c.upper().startswith("CHANNEL")]
 
 
-def _sum_keys(hdul: fits.HDUList, sums: dict[tuple[int, str], float]) -> None:
+def _sum_keys(
+    hdul: fits.HDUList, sums: dict[tuple[int, str], float], counts: dict[tuple[int, str], int]
+) -> None:
     for i, hdu in enumerate(hdul):
         for key in _SUMMED_KEYS:
             value = hdu.header.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 sums[(i, key)] = sums.get((i, key), 0.0) + float(value)
+                counts[(i, key)] = counts.get((i, key), 0) + 1
 
 
 def image_sum(
@@ -177,6 +182,7 @@ def image_sum(
     ref_ebounds = _ebounds(template)
     gtis = []
     sums: dict[tuple[int, str], float] = {}
+    counts: dict[tuple[int, str], int] = {}
     tstarts: list[tuple[float, str | None]] = []
     tstops: list[tuple[float, str | None]] = []
 
@@ -230,7 +236,7 @@ def image_sum(
             gti_hdu = find_gti_hdu(hdul)
             if gti_hdu is not None:
                 gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
-            _sum_keys(hdul, sums)
+            _sum_keys(hdul, sums, counts)
             times(hdul)
         finally:
             if index:
@@ -247,6 +253,10 @@ def image_sum(
     gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
     if gti_index is not None:
         template[gti_index] = update_gti_hdu(template[gti_index], union(gtis))
+    # A keyword is a sum only when every input has it: an incremental merge starts from a
+    # previous product whose GTI carries ONTIME while fresh per-file maps may not, and the
+    # union GTI's own ONTIME is then the right value.
+    sums = {k: v for k, v in sums.items() if counts[k] == len(paths)}
     for (i, key), total in sums.items():
         template[i].header[key] = total
     if tstarts or tstops:
@@ -378,3 +388,58 @@ def native_event_merge(
     finally:
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
+
+
+# ------------------------------------------------------------------------ manifests
+
+#: Cards fermipipe writes into a merged product's primary header (replaced, never stacked,
+#: when an incremental merge starts from a previous product).
+_OWN_KEYS = (
+    "NMERGED",
+    "NLEFTOUT",
+    "FPVERS",
+    "FPSTRAT",
+    "FPCONFIG",
+    "FPNINPUT",
+    "FPNLEFT",
+    "FPMANIF",
+)
+
+
+def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
+    """Write ``manifest`` into ``product``'s primary header and as its JSON sidecar.
+
+    The header gets NMERGED/NLEFTOUT, one HISTORY line per left-out file (:func:`annotate`)
+    and the manifest's summary cards; earlier fermipipe cards (a previous product that an
+    incremental merge started from) are removed first, so an incremental product's header
+    is the one a full merge of the same inputs writes. The sidecar records the final
+    product's sha256, so a later run can prove the product is the one its manifest describes.
+    """
+    product = Path(product)
+    with _atomic(product) as tmp:
+        shutil.copyfile(product, tmp)
+        with fits.open(tmp, mode="update") as hdul:
+            header = hdul[0].header
+            for key in _OWN_KEYS:
+                header.remove(key, ignore_missing=True, remove_all=True)
+            own = [
+                i
+                for i, card in enumerate(header.cards)
+                if card.keyword == "HISTORY" and str(card.value).startswith("fermipipe ")
+            ]
+            for i in reversed(own):
+                del header[i]
+            # Every fermipipe HISTORY line fits one card (72 characters), so that removing
+            # the lines starting with "fermipipe " removes them whole (a longer value would
+            # continue on cards that do not); the sidecar has the full text.
+            header["NMERGED"] = (len(manifest.inputs), "number of files merged by fermipipe")
+            header["NLEFTOUT"] = (len(manifest.left_out), "input files left out of this merge")
+            header.add_history(f"fermipipe {how} of {len(manifest.inputs)} files"[:72])
+            for key, value, comment in header_cards(manifest):
+                if key == "HISTORY":
+                    header.add_history(str(value)[:72])
+                else:
+                    header[key] = (value, comment)
+    manifest.product_sha256 = sha256_file(product)
+    write_manifest(product, manifest)
+    return product

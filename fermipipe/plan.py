@@ -62,7 +62,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Literal
 
@@ -968,3 +968,26 @@ def prepare(
         allow_missing_tools=dry_run,
     )
     return cfg, install, plan
+
+
+def relocate(inv: Invocation, old: Path, new: Path) -> Invocation | None:
+    """``inv`` reading ``new`` wherever it read ``old`` (a staged copy, an FT2 slice).
+
+    Returns None when the command cannot be rewritten safely: a shell command whose old or
+    new path would need quoting (its words were quoted for their place in the template).
+    """
+    o, n = str(old), str(new)
+    shell = inv.shell
+    if shell is not None:
+        if shlex.quote(o) != o or shlex.quote(n) != n:
+            return None
+        shell = shell.replace(o, n)
+    # Whole values only (a longer path that merely starts with the old one stays as is).
+    params = {k: (n if v == o else v) for k, v in inv.params.items()}
+    argv = None
+    if inv.argv is not None:
+        argv = tuple(
+            n if w == o else (w[: -len(o)] + n if w.endswith("=" + o) else w) for w in inv.argv
+        )
+    inputs = {k: (Path(n) if str(v) == o else v) for k, v in inv.inputs.items()}
+    return replace(inv, params=params, argv=argv, shell=shell, inputs=inputs)

@@ -78,6 +78,10 @@ class StepResult:
     cpu_seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)  # name → path (str: JSON-friendly)
     started: float = 0.0  # time.time() when the tool started (after its slot was granted)
+    #: The product came from the content-addressed store: no tool ran for it this time.
+    from_store: bool = False
+    #: For a failure: "transient" (worth retrying) or "deterministic" (bad data, no retry).
+    failure_kind: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -395,6 +399,40 @@ def reset_shutdown() -> None:
 
 def shutting_down() -> bool:
     return _SHUTDOWN.is_set()
+
+
+# ------------------------------------------------------------------ failure classes
+
+#: Failures that another attempt may not repeat: I/O trouble, and the Ape parameter-file
+#: error the Fermitools give when their .par file is being rewritten by another process
+#: (spec §11: "Cannot open parameter file", Ape error 19). A timeout is not among them: a
+#: tool slower than its timeout would only be slow again, three times over.
+TRANSIENT_MARKERS: tuple[str, ...] = (
+    "Input/output error",
+    "I/O error",
+    "Resource temporarily unavailable",
+    "Stale file handle",
+    "Cannot open parameter file",
+    "ApeException",
+    "Ape error",
+    "Connection reset",
+    "Device or resource busy",
+    "Too many open files",
+)
+
+
+def classify_failure(result: StepResult) -> str:
+    """``transient`` when the failure looks like the machine's fault, else ``deterministic``.
+
+    Deterministic failures (a corrupt file, a bad parameter, a tool's own error on the data)
+    fail again identically; retrying them only delays the run's report.
+    """
+    if result.status != "failed":
+        return "deterministic"
+    text = "\n".join([result.error or "", *result.stderr_tail])
+    if any(marker.lower() in text.lower() for marker in TRANSIENT_MARKERS):
+        return "transient"
+    return "deterministic"
 
 
 # ------------------------------------------------------------------------ environment

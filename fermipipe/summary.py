@@ -11,9 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from fermipipe.manifest import read_manifest, sidecar_path
 from fermipipe.runner import StepResult
+
+#: stderr lines of a failed step shown in the failure table artifact.
+FAILURE_TAIL_LINES = 5
+#: Inputs listed one by one in the markdown summary (beyond: a count only).
+MAX_LISTED_INPUTS = 50
 
 FileStatus = Literal["ok", "empty", "failed", "cached"]
 
@@ -47,6 +54,9 @@ class MergeSummary:
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     error: str | None = None
+    quicklook: str | None = None  # the PNG drawn beside a merged counts map
+    #: full, incremental (previous product + new inputs) or up_to_date (nothing to do)
+    mode: str = "full"
 
 
 @dataclass
@@ -105,6 +115,23 @@ class RunSummary:
             if p.status == "failed"
         ]
         return rows
+
+    def failure_table(self) -> list[dict[str, str]]:
+        """:meth:`failures` with each failed file's last stderr lines (the table artifact)."""
+        tails: dict[tuple[str, str], str] = {}
+        for f in self.failed_files():
+            failed = [r for r in f.steps if r.status == "failed"]
+            if failed:
+                tails[(f.file_id, f.failed_step or "?")] = "\n".join(
+                    failed[-1].stderr_tail[-FAILURE_TAIL_LINES:]
+                )
+        for p in self.post:
+            if p.status == "failed":
+                tails[("(post)", p.step)] = "\n".join(p.stderr_tail[-FAILURE_TAIL_LINES:])
+        return [
+            {**row, "stderr_tail": tails.get((row["file"], row["step"]), "")}
+            for row in self.failures()
+        ]
 
     def step_stats(self) -> list[StepStats]:
         """Per-step totals over the results that actually ran a tool, in first-seen order."""
@@ -221,21 +248,29 @@ class RunSummary:
         return "\n".join(out)
 
     def markdown(self) -> str:
-        """The run report published as a Prefect markdown artifact."""
+        """The run report published as a Prefect markdown artifact.
+
+        Inputs, cached vs run, empty and failed files, the per-step time table, and each
+        merged product with its manifest (the ``<product>.manifest.json`` sidecar) and its
+        quick-look PNG. Local files are linked as file:// URLs (and named in full): Prefect
+        serves no files, so the links work where the UI's browser sees the output folder.
+        """
         d = self.to_dict()
         files = d["files"]
+        run = files["processed"] - files["cached"]
         lines = [
             f"# fermipipe run: {self.state}",
             "",
             f"Config `{self.config}`, {self.workers} workers, {self.wall_seconds:.1f} s.",
             "",
-            f"| files | ok | empty | failed | cached |\n|---|---|---|---|---|\n"
-            f"| {files['total']} | {files['ok']} | {files['empty']} | {files['failed']} "
-            f"| {files['cached']} |",
+            "| files | run | cached | ok | empty | failed |\n|---:|---:|---:|---:|---:|---:|\n"
+            f"| {files['total']} | {run} | {files['cached']} | {files['ok']} "
+            f"| {files['empty']} | {files['failed']} |",
             "",
         ]
         if self.message:
             lines += [f"**{self.message}**", ""]
+        lines += self._markdown_inputs()
         lines += ["## Steps", "", "| step | total s | mean s/file | cpu s | files |"]
         lines.append("|---|---:|---:|---:|---:|")
         for r in d["steps"]:
@@ -247,8 +282,8 @@ class RunSummary:
         if failures:
             lines += ["", "## Failures", "", "| file | step | error |", "|---|---|---|"]
             for row in failures:
-                error = row["error"].replace("|", "\\|").replace("\n", " ")
-                lines.append(f"| {row['file']} | {row['step']} | {error} |")
+                lines.append(f"| {row['file']} | {row['step']} | {_cell(row['error'])} |")
+            lines += ["", "(their last stderr lines: the `fermipipe-failures` table artifact)"]
         empties = [f for f in self.files if f.status == "empty"]
         if empties:
             lines += ["", "## Empty files (left out of merges)", ""]
@@ -258,9 +293,48 @@ class RunSummary:
             if self.merge_note:
                 lines += [self.merge_note, ""]
             for m in self.merges:
-                left = f"; left out: {', '.join(sorted(m.left_out))}" if m.left_out else ""
-                lines.append(
-                    f"- **{m.name}** ({m.strategy}): {m.status}, {m.inputs} inputs → "
-                    f"`{m.output}`{left}" + (f" — {m.error}" if m.error else "")
-                )
+                lines += self._markdown_product(m)
         return "\n".join(lines) + "\n"
+
+    def _markdown_inputs(self) -> list[str]:
+        status = {
+            f.file_id: ("cached" if f.cached else f.status) if f.steps else f.status
+            for f in self.files
+        }
+        lines = ["## Inputs", ""]
+        if len(self.files) > MAX_LISTED_INPUTS:
+            return [*lines, f"{len(self.files)} input files (the list: --summary-json).", ""]
+        lines += [f"- `{f.input}`: {status[f.file_id]}" for f in self.files]
+        return [*lines, ""]
+
+    @staticmethod
+    def _markdown_product(m: MergeSummary) -> list[str]:
+        left = f"; left out: {', '.join(sorted(m.left_out))}" if m.left_out else ""
+        lines = [
+            f"- **{m.name}** ({m.strategy}): {m.status}, {m.inputs} inputs → "
+            f"{_link(m.output)}{left}" + (f" — {m.error}" if m.error else "")
+        ]
+        if m.status != "ok":
+            return lines
+        sidecar = sidecar_path(Path(m.output))
+        manifest = read_manifest(Path(m.output)) if sidecar.exists() else None
+        if manifest is not None:
+            lines.append(
+                f"  - manifest {_link(str(sidecar))}: {len(manifest.inputs)} inputs, "
+                f"config {manifest.config_hash[:12]}, fermipipe {manifest.fermipipe_version}"
+            )
+        if m.quicklook:
+            lines.append(f"  - quick-look: {_link(m.quicklook)}")
+        return lines
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _link(path: str) -> str:
+    """A markdown link to a local file (file:// URL) showing its full path."""
+    p = Path(path)
+    uri = p.resolve().as_uri() if p.is_absolute() or p.exists() else path
+    return f"[`{path}`]({uri})"

@@ -51,24 +51,51 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import PrefectFuture, wait
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import merge as merging
 from fermipipe import runner
+from fermipipe.cache import sha256_file
 from fermipipe.config import PipelineConfig
 from fermipipe.fermitools import FermitoolsInstall, locate
-from fermipipe.plan import FilePlan, MergePlan, Plan
+from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
+from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.summary import FileSummary, MergeSummary, RunSummary
+from flows.cachectl import (
+    CacheSetup,
+    ProductCache,
+    apply_slices,
+    cached_summaries,
+    map_level,
+    merge_decision,
+    open_cache,
+    post_cache,
+    product_cache,
+    slice_store,
+)
 from flows.cli import load_and_plan, parse_args, preflight
-from flows.task_runners import build_task_runner, check_server_for_dask, worker_resources
+from flows.progress import Progress
+from flows.stagectl import close_staging, open_staging
+from flows.task_runners import (
+    build_task_runner,
+    check_dask_workers,
+    check_server_for_dask,
+    fast_submission,
+    worker_resources,
+)
 from tasks.merge import merge_all, merge_pair
 from tasks.post import run_post
-from tasks.steps import run_step
+from tasks.steps import get_store, run_step
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,7 @@ class ProductOptions:
     run: runner.RunSpec  # the runner context (picklable: rebuilt on Dask workers)
     skip_post: bool = False
     keep_intermediate: bool = False
+    cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
 
 
 @dataclass
@@ -107,8 +135,16 @@ def fermi_pipeline(
     n_workers = workers or cfg.resources.max_workers
     check_server_for_dask(cfg.runner)
     summary = RunSummary(config=str(config), workers=n_workers, started=time.time())
-    workdir_existed = plan.workdir.exists()
-    run = open_run(plan, n_workers, install)
+    # The run's own staging folder (RAM disk or disk), removed in the finally below.
+    staging = open_staging(cfg, plan, n_workers, keep_intermediate, logger)
+    try:
+        plan = build_plan(cfg, only_steps=steps, workdir=staging.path, fermitools=install)
+        plan = apply_slices(plan, slice_store(cfg), logger)  # mission FT2 → per-week slices
+        cache = open_cache(cfg, plan, install, keep_intermediate, staging.choice.on_ram_disk)
+        run = open_run(plan, n_workers, install)
+    except BaseException:
+        close_staging(staging)
+        raise
     logger.info(
         "%d files × %d steps, %d workers; products in %s",
         len(plan.files),
@@ -118,24 +154,32 @@ def fermi_pipeline(
     )
     try:
         # 1. Every file through its chain of steps.
-        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg)
+        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache)
         for f in summary.files:
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
-        remove_file_intermediates(plan, summary.files, keep_intermediate)
+        remove_file_intermediates(plan, summary.files, keep_intermediate, cache is not None)
 
         # 2. Merges and post-processing, unless failures (or the user) say no.
         failed = summary.failed_files()
         if skip_merge:
-            summary.merge_note = "merging skipped (--skip-merge); intermediates kept"
+            summary.merge_note = "merging skipped (--skip-merge)" + (
+                "; the per-file products are in the cache store" if cache is not None else ""
+            )
         elif failed and cfg.on_failure != "skip":
             summary.merge_note = (
                 f"merging not run: {len(failed)} file(s) failed and on_failure is 'stop' "
-                f"(intermediates kept in {plan.workdir})"
+                + (
+                    "(the other files' products are cached: fix the files and rerun or retry)"
+                    if cache is not None
+                    else ""
+                )
             )
         elif plan.merges or plan.post:
-            opts = ProductOptions(runner.run_spec(run), skip_post, keep_intermediate)
-            products = products_flow(plan, summary.files, opts)
+            opts = ProductOptions(
+                runner.run_spec(run), skip_post, keep_intermediate, product_cache(cfg, plan, cache)
+            )
+            products = run_products(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
         if summary.merge_note:
@@ -144,9 +188,7 @@ def fermi_pipeline(
     finally:
         runner.close_run(run.name)
         shutil.rmtree(run.scratch, ignore_errors=True)
-        if not workdir_existed:
-            with contextlib.suppress(OSError):
-                plan.workdir.rmdir()  # only if empty: nothing of ours is left in it
+        close_staging(staging, logger)  # kills tools still running, then removes the folder
 
     # 3. The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
@@ -170,15 +212,25 @@ def open_run(plan: Plan, n_workers: int, install: FermitoolsInstall | None) -> r
 
 
 def process_files(
-    plan: Plan, run: runner.RunSpec, n_workers: int, cfg: PipelineConfig
+    plan: Plan,
+    run: runner.RunSpec,
+    n_workers: int,
+    cfg: PipelineConfig,
+    cache: CacheSetup | None = None,
 ) -> list[FileSummary]:
     """Map each step over the files, chaining each file's steps through their futures.
+
+    With ``cache``, each (file, step) is submitted with its content key (Cached when
+    unchanged) or with ``refresh_cache`` when its stored product is missing or damaged
+    (:func:`flows.cachectl.map_level`).
 
     On Dask, a step with ``worker_resources`` is submitted under ``dask.annotate`` so that a
     worker never runs more of it than its declared resources allow.
     """
     resources = {s.name: s.worker_resources for s in cfg.steps if s.worker_resources}
-    files = plan.files
+    # Files whose whole chain is a verified cache hit: one bulk task run, not 4 per file.
+    hits = cached_summaries(plan, cache)
+    files = tuple(fp for fp in plan.files if fp.file_id not in hits)
     depth = max((len(f.chain) for f in files), default=0)
     # A task whose file's previous step is still running holds a thread while it waits, so
     # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
@@ -187,22 +239,18 @@ def process_files(
     futures: list[list[PrefectFuture[StepResult]]] = []
     with build_task_runner(cfg.runner, threads) as pool:
         try:
+            check_dask_workers(pool)
             previous: list[Any] = [None] * len(files)
             for k in range(depth):
                 step = files[0].chain[k].step if files else ""
-                with worker_resources(cfg.runner, resources.get(step)):
-                    mapped = pool.map(
-                        run_step,
-                        {
-                            "invocation": [f.chain[k] for f in files],
-                            "previous": previous,
-                            "run": unmapped(run),
-                            "order": list(range(len(files))),
-                            "step_index": unmapped(k),
-                        },
-                    )
+                with (
+                    fast_submission(cfg.runner),  # Prefect's settings serialized once, not per task
+                    worker_resources(cfg.runner, resources.get(step)),
+                ):
+                    mapped = map_level(pool, run_step, files, k, previous, run, cache)
                 futures.append(list(mapped))
                 previous = list(mapped)
+            summaries = follow_progress(files, futures)
             wait([fut for level in futures for fut in level])
         except BaseException:
             # Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything: stop every tool group
@@ -210,20 +258,42 @@ def process_files(
             runner.kill_all()
             pool.cancel_all()
             raise
-    return [summarize_file(fp, [level[i] for level in futures]) for i, fp in enumerate(files)]
+    done = {
+        fp.file_id: summaries.get(i) or summarize_file(fp, [level[i] for level in futures])
+        for i, fp in enumerate(files)
+    }
+    return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
+
+
+def follow_progress(
+    files: Sequence[FilePlan], futures: list[list[PrefectFuture[StepResult]]]
+) -> dict[int, FileSummary]:
+    """Summarize each file as its chain finishes (its last step's future is final, so are
+    the earlier ones), updating the progress artifact and the console bar."""
+    progress = Progress(len(files), logger=get_run_logger())
+    summaries: dict[int, FileSummary] = {}
+    last = futures[-1] if futures else []
+    index = {id(fut): i for i, fut in enumerate(last)}
+    for fut in as_completed(last):
+        i = index[id(fut)]
+        summaries[i] = summarize_file(files[i], [level[i] for level in futures])
+        progress.file_done(summaries[i].status, cached=summaries[i].cached)
+    progress.close()
+    return summaries
 
 
 def summarize_file(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -> FileSummary:
     """Read every step state of one file (a flow never fails by itself on failed tasks)."""
     summary = FileSummary(fp.file_id, str(fp.input), "ok")
     for inv, fut in zip(fp.chain, futures, strict=True):
+        fut.wait()  # else .state may be read from the API, which can lag (still RUNNING)
         state = fut.state
         if state.is_completed():
             result: StepResult = state.result()
-            if state.name == "Cached":
-                summary.cached_steps.append(inv.step)
             if result.status == "skipped":
                 continue
+            if state.name == "Cached" or result.from_store:  # no tool ran for it
+                summary.cached_steps.append(inv.step)
             summary.steps.append(result)
             if result.status == "empty" and summary.status == "ok":
                 summary.status, summary.error = "empty", f"{inv.step}: {result.error}"
@@ -244,9 +314,21 @@ def summarize_file(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -
     return summary
 
 
-def remove_file_intermediates(plan: Plan, files: list[FileSummary], keep: bool) -> None:
-    """Delete the intermediates of each file whose chain succeeded (unless kept)."""
+def remove_file_intermediates(
+    plan: Plan, files: list[FileSummary], keep: bool, cached: bool = False
+) -> None:
+    """Delete the intermediates of each file whose chain succeeded (unless kept).
+
+    With the cache on, the merges read the stored copies, so each such file's whole work
+    folder goes (the run tasks already dropped most of it as each file's chain advanced).
+    """
     if keep:
+        return
+    if cached:
+        ok = {f.file_id for f in files if f.status != "failed"}
+        for fp in plan.files:
+            if fp.file_id in ok:
+                shutil.rmtree(plan.workdir / fp.file_id, ignore_errors=True)
         return
     ok = {f.file_id for f in files if f.status == "ok"}
     for fp in plan.files:
@@ -260,13 +342,45 @@ def relocate_outputs(plan: Plan, files: list[FileSummary]) -> None:
     """Make the summary's per-file outputs name files that still exist: kept merge inputs
     were copied to the output folder, cleaned-up intermediates are gone."""
     moved = {str(src): str(dest) for fp in plan.files for src, dest in fp.keep}
+    # A stored output is reported where the user finds it (the kept copy or the planned
+    # product path), not inside the cache store.
+    shown = {
+        (fp.file_id, Path(p).name): str(p)
+        for fp in plan.files
+        for p in [*(dest for _src, dest in fp.keep), *(
+            q for inv in fp.chain for q in inv.outputs.values()
+            if not Path(q).is_relative_to(plan.workdir)
+        )]
+    }  # fmt: skip
     for f in files:
         for result in f.steps:
-            outputs = {k: moved.get(v, v) for k, v in result.outputs.items()}
+            outputs = {
+                k: shown.get((f.file_id, Path(v).name), moved.get(v, v))
+                for k, v in result.outputs.items()
+            }
             result.outputs = {k: v for k, v in outputs.items() if Path(v).exists()}
 
 
 # ------------------------------------------------------------- merges and post-processing
+
+
+#: Inputs of products subflows running in this process, by handle (see run_products).
+_PRODUCT_INPUTS: dict[str, tuple[Plan, list[FileSummary], ProductOptions]] = {}
+
+
+def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
+    """Run the products subflow on ``plan``/``files``/``opts`` kept in this process.
+
+    A flow run's parameters go to the Prefect API, which refuses more than 512 KB of them:
+    the plan and per-file summaries of ~100 weekly files already exceed that. So the subflow
+    gets a handle, and finds the objects here (it runs in this process, as a subflow does).
+    """
+    handle = uuid.uuid4().hex
+    _PRODUCT_INPUTS[handle] = (plan, files, opts)
+    try:
+        return products_subflow(handle)
+    finally:
+        _PRODUCT_INPUTS.pop(handle, None)
 
 
 @flow(
@@ -274,12 +388,18 @@ def relocate_outputs(plan: Plan, files: list[FileSummary]) -> None:
     validate_parameters=False,
     task_runner=ThreadPoolTaskRunner(max_workers=32),
 )
-def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
-    """Merges, then post-processing, then the work folder's cleanup (always, in finally).
+def products_subflow(inputs: str) -> ProductsOutcome:
+    """Merges, then post-processing (:func:`products_flow`), as a Prefect subflow."""
+    return products_flow(*_PRODUCT_INPUTS[inputs])
 
-    This subflow owns the work folder's life: whatever happens here (a failed merge,
-    Ctrl-C, a cancellation), the per-file intermediates are removed on the way out unless
-    --keep-intermediate, after the merge inputs the user keeps have been copied out.
+
+def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
+    """Merges, then post-processing, then the per-file intermediates' cleanup (in finally).
+
+    Whatever happens here (a failed merge, Ctrl-C, a cancellation), the merge inputs the
+    user keeps are copied out and the per-file intermediates are removed on the way out
+    unless --keep-intermediate. The run's staging folder itself (RAM disk) is owned by the
+    main flow (flows/stagectl.py): the per-file chains use it before this subflow starts.
     """
     logger = get_run_logger()
     outcome = ProductsOutcome()
@@ -292,7 +412,7 @@ def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) ->
             outcome.note = "post-processing not run: a merge failed"
         else:
             for inv in plan.post:
-                outcome.post.append(run_post_step(inv, opts.run))
+                outcome.post.append(run_post_step(inv, opts.run, opts.cache))
                 if outcome.post[-1].status == "failed":
                     outcome.note = f"post-processing stopped: {inv.step} failed"
                     break
@@ -308,13 +428,29 @@ def merge_inputs(
     merge: MergePlan, plan: Plan, files: list[FileSummary]
 ) -> tuple[list[Path], dict[str, str]]:
     """The per-file products of ``merge`` from files that succeeded, and who is left out."""
+    sources, left_out = merge_sources(merge, plan, files)
+    return [path for _id, path in sources], left_out
+
+
+def merge_sources(
+    merge: MergePlan, plan: Plan, files: list[FileSummary]
+) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """(file id, path) of each per-file product of ``merge``, and who is left out.
+
+    The path is where the product is now: the cache store when the step's outputs were
+    stored (a cache hit never wrote to the work folder), else its planned path.
+    """
     by_id = {f.file_id: f for f in files}
-    inputs: list[Path] = []
+    inputs: list[tuple[str, Path]] = []
     left_out: dict[str, str] = {}
     for fp, path in zip(plan.files, merge.inputs, strict=True):
         f = by_id[fp.file_id]
         if f.status == "ok":
-            inputs.append(Path(path))
+            actual = next(
+                (r.outputs[merge.output_name] for r in f.steps if merge.output_name in r.outputs),
+                str(path),
+            )
+            inputs.append((fp.file_id, Path(actual)))
         else:
             reason = f"failed at {f.failed_step}" if f.status == "failed" else "empty"
             left_out[fp.file_id] = f"{reason}: {(f.error or '').splitlines()[0][:120]}"
@@ -324,23 +460,81 @@ def merge_inputs(
 def run_merge(
     merge: MergePlan, plan: Plan, files: list[FileSummary], opts: ProductOptions
 ) -> MergeSummary:
-    inputs, left_out = merge_inputs(merge, plan, files)
+    sources, left_out = merge_sources(merge, plan, files)
+    inputs = [path for _id, path in sources]
     out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
     if not inputs:
         out.status, out.error = "skipped", "no file produced an input for this merge"
         get_run_logger().warning("merge %s: %s", merge.name, out.error)
         return out
     t0 = time.perf_counter()
+    decision = (
+        merge_decision(merge, sources, left_out, opts.cache, get_store(opts.cache.store).hashes)
+        if opts.cache is not None
+        else None
+    )
     try:
-        if merge.strategy == "hierarchical":
-            out.cpu_seconds = hierarchical_merge(merge, inputs, left_out, opts.run)
+        todo, out.mode = inputs, "full"
+        if decision is not None:
+            out.mode = decision.mode
+            get_run_logger().info("merge %s: %s (%s)", merge.name, decision.mode, decision.reason)
+            if decision.mode == "incremental":  # previous product + the new inputs only
+                paths = dict(sources)
+                todo = [Path(merge.output), *(paths[i] for i in decision.add)]
+        if out.mode == "up_to_date":
+            pass  # the product and its manifest already cover exactly these inputs
+        elif merge.strategy == "hierarchical":
+            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run)
         else:
-            _info, _wall, out.cpu_seconds = merge_all(merge, inputs, left_out, run=opts.run)
+            _info, _wall, out.cpu_seconds = merge_all(merge, todo, left_out, run=opts.run)
+        if decision is not None and out.mode != "up_to_date":
+            merging.stamp_manifest(merge.output, decision.manifest, merge_how(merge))
     except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
         out.status, out.error = "failed", str(exc).splitlines()[0]
         get_run_logger().error("merge %s failed: %s", merge.name, exc)
     out.wall_seconds = time.perf_counter() - t0
+    if out.status == "ok" and merge.strategy == "image_sum":  # image_sum: counts maps only
+        png = Path(merge.output).with_suffix(".png")
+        if out.mode == "up_to_date" and png.exists():  # the product did not change
+            out.quicklook = str(png)
+        else:
+            out.quicklook = publish_quicklook(merge.name, merge.output)
     return out
+
+
+def merge_how(merge: MergePlan) -> str:
+    """How a merge is described in its product's HISTORY (the same for full and
+    incremental merges, so both give the same header)."""
+    if merge.strategy == "hierarchical":
+        return f"{merge.tool} tree merge"
+    return "image_sum" if merge.strategy == "image_sum" else "event merge"
+
+
+def publish_quicklook(name: str, product: Path) -> str | None:
+    """``<product stem>.png`` beside the merged counts map, linked as a Prefect artifact.
+
+    Prefect's image artifacts take a URL only and the PNG is a local file, so it is published
+    as a link artifact (a file:// URL) and linked from the summary. A drawing failure is
+    logged, never fatal: the product itself is fine.
+    """
+    png = Path(product).with_suffix(".png")
+    try:
+        make_quicklook(Path(product), png, title=f"{name}: {Path(product).name}")
+        create_link_artifact(
+            link=png.resolve().as_uri(),
+            link_text=png.name,
+            key=f"fermipipe-quicklook-{artifact_key(name)}",
+            description=f"Quick-look of the merged {name} counts map",
+        )
+    except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
+        get_run_logger().warning("quick-look of %s not made: %s", product, exc)
+        return None
+    return str(png)
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "product"
 
 
 def hierarchical_merge(
@@ -368,8 +562,18 @@ def hierarchical_merge(
     return cpu
 
 
-def run_post_step(inv: Any, run: runner.RunSpec) -> StepResult:
-    state = run_post(inv, run=run, return_state=True)
+def run_post_step(inv: Any, run: runner.RunSpec, pc: ProductCache | None = None) -> StepResult:
+    """Run one post-processing step; with the cache, keyed by the content of its inputs."""
+    task, cache = run_post, None
+    if pc is not None:
+        cache, hit = post_cache(inv, pc)
+        if cache is not None:
+            task = run_post.with_options(
+                result_storage=Path(pc.result_storage), refresh_cache=not hit
+            )
+        else:
+            task = run_post.with_options(cache_policy=NO_CACHE, persist_result=False)
+    state = task(inv, run=run, cache=cache, return_state=True)
     if state.is_completed():
         return state.result()
     exc = state.result(raise_on_failure=False)
@@ -382,12 +586,15 @@ def clean_workdir(
     plan: Plan, files: list[FileSummary], keep: bool, outcome: ProductsOutcome, logger: Any
 ) -> None:
     """Copy the merge inputs the user keeps to the output folder, then remove the rest."""
-    ok = {f.file_id for f in files if f.status == "ok"}
+    by_id = {f.file_id: f for f in files if f.status == "ok"}
     for fp in plan.files:
-        if fp.file_id not in ok:
+        if fp.file_id not in by_id:
             continue
-        for src, dest in fp.keep:
-            if Path(src).exists() and Path(src) != Path(dest):
+        # Where each output is now: the store for stored outputs, else the work folder.
+        now = {Path(p).name: Path(p) for r in by_id[fp.file_id].steps for p in r.outputs.values()}
+        for planned, dest in fp.keep:
+            src = now.get(Path(planned).name, Path(planned))
+            if src.exists() and src != Path(dest) and not same_file(src, Path(dest)):
                 Path(dest).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dest)
     if keep:
@@ -403,6 +610,17 @@ def clean_workdir(
             shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         plan.workdir.rmdir()  # only when nothing else is left in it
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``b`` already holds ``a``'s bytes (same inode, or same size and content)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return sa.st_size == sb.st_size and sha256_file(a) == sha256_file(b)
 
 
 # ------------------------------------------------------------------------ the summary
@@ -424,7 +642,11 @@ def finish_run(summary: RunSummary, summary_json: str | None) -> RunSummary | St
         table=summary.step_rows(), key="fermipipe-steps", description="Per-step breakdown"
     )
     if failures:
-        create_table_artifact(table=failures, key="fermipipe-failures", description="Failures")
+        create_table_artifact(
+            table=summary.failure_table(),
+            key="fermipipe-failures",
+            description="Failed files and steps, with their last stderr lines",
+        )
     create_markdown_artifact(
         markdown=summary.markdown(), key="fermipipe-summary", description="Run summary"
     )

@@ -14,18 +14,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from fermipipe.config import RunnerConfig
+from fermipipe.config import ClusterConfig, RunnerConfig
 from fermipipe.errors import ConfigError
 
 
 def is_dask(runner: RunnerConfig) -> bool:
     return runner.kind == "dask"
+
+
+#: Hosts that name this node in a scheduler address.
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
+#: Cluster classes whose workers all run on this node.
+LOCAL_CLUSTERS = {"distributed.LocalCluster", "dask.distributed.LocalCluster"}
+
+
+def workers_on_this_node(runner: RunnerConfig) -> bool:
+    """True when every task runs on this node: threads, a LocalCluster, a scheduler on
+    loopback. A RAM disk (node-local) can then hold intermediates that later steps and the
+    merges read; otherwise they must be on a folder every node shares."""
+    if not is_dask(runner):
+        return True
+    if runner.address:
+        host = runner.address.split("://", 1)[-1].rsplit(":", 1)[0]
+        return host in LOCAL_HOSTS or host in {socket.gethostname(), socket.getfqdn()}
+    if runner.cluster is not None:
+        return runner.cluster.class_path in LOCAL_CLUSTERS
+    return True  # the default: a LocalCluster
 
 
 def check_server_for_dask(runner: RunnerConfig) -> None:
@@ -48,7 +70,7 @@ def build_task_runner(runner: RunnerConfig, threads: int) -> TaskRunner[Any]:
     if runner.cluster is not None:
         return DaskTaskRunner(
             cluster_class=runner.cluster.class_path,
-            cluster_kwargs=dict(runner.cluster.kwargs),
+            cluster_kwargs=cluster_kwargs(runner.cluster),
             adapt_kwargs=dict(runner.cluster.adapt) if runner.cluster.adapt else None,
         )
     # A local cluster sized like the thread pool: one single-threaded worker per core.
@@ -56,6 +78,104 @@ def build_task_runner(runner: RunnerConfig, threads: int) -> TaskRunner[Any]:
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={"n_workers": max(1, threads), "threads_per_worker": 1},
     )
+
+
+def worker_api_url() -> str | None:
+    """The Prefect API this process reports to."""
+    return PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL") or None
+
+
+def check_dask_workers(pool: TaskRunner[Any]) -> None:
+    """Refuse to run on Dask workers that would not reach our Prefect server.
+
+    A worker without PREFECT_API_URL starts a temporary server of its own for every task
+    ("Failed to reach API", orphaned servers, task runs lost: prefect-3-facts); one pointing
+    at another server files this run's task runs there. Workers that join later (adaptive
+    clusters) cannot be checked here: start them with the same environment.
+    """
+    if not isinstance(pool, ThreadPoolTaskRunner):
+        from prefect_dask import DaskTaskRunner
+
+        if not isinstance(pool, DaskTaskRunner):
+            return
+    else:
+        return
+    client = pool.client  # made on first use: connects to (or starts) the cluster now
+    ours = worker_api_url()
+
+    def api_url_on_worker() -> str | None:  # nested: sent by value (a worker may run older code)
+        import os
+
+        from prefect.settings import PREFECT_API_URL
+
+        return PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL") or None
+
+    urls: dict[str, str | None] = client.run(api_url_on_worker)
+    missing = sorted(addr for addr, url in urls.items() if not url)
+    if missing:
+        raise ConfigError(
+            f"Dask worker(s) {', '.join(missing)} have no PREFECT_API_URL (each would start a "
+            f"Prefect server of its own): restart them with PREFECT_API_URL={ours} exported"
+        )
+    other = sorted(f"{addr} → {url}" for addr, url in urls.items() if url != ours)
+    if other:  # localhost vs 127.0.0.1 is the same server: warn, do not refuse
+        from prefect.logging import get_logger
+
+        get_logger("fermipipe").warning(
+            "Dask workers report to another Prefect API URL than this run (%s): %s",
+            ours,
+            ", ".join(other),
+        )
+
+
+def cluster_kwargs(cluster: ClusterConfig) -> dict[str, Any]:
+    """The cluster class's keyword arguments: the config's, plus, for a dask-jobqueue class,
+    a job-script line exporting this process's PREFECT_API_URL — the batch jobs' workers
+    must report to the same Prefect server as the flow (SLURM usually exports the submit
+    environment, but not every site or scheduler does)."""
+    kwargs = dict(cluster.kwargs)
+    api = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL")
+    if cluster.class_path.startswith("dask_jobqueue.") and api:
+        prologue = list(kwargs.get("job_script_prologue") or [])
+        if not any("PREFECT_API_URL" in line for line in prologue):
+            prologue.append(f"export PREFECT_API_URL={shlex.quote(api)}")
+        kwargs["job_script_prologue"] = prologue
+    return kwargs
+
+
+@contextlib.contextmanager
+def fast_submission(runner: RunnerConfig) -> Iterator[None]:
+    """Serialize Prefect's settings once per submission loop instead of once per Dask task.
+
+    Measured (benchmarks/scaling.py, profile): prefect-dask calls
+    ``prefect.context.serialize_context`` for every task it submits, and ~90% of that is
+    ``SettingsContext.serialize`` — a model_dump of every Prefect setting with secret
+    rendering, ~19 ms a call on an idle core here, the same result each time. Inside this
+    block it is computed once per settings object and reused; outside (and on threads)
+    Prefect is untouched. The settings cannot change during the block: the flow thread only
+    submits inside it. ``FERMIPIPE_DASK_SERIALIZE_SETTINGS_EACH_TASK=1`` turns this off.
+    """
+    if not is_dask(runner) or os.environ.get("FERMIPIPE_DASK_SERIALIZE_SETTINGS_EACH_TASK"):
+        yield
+        return
+    from prefect.context import SettingsContext
+
+    original = SettingsContext.serialize
+    memo: dict[tuple[int, bool], tuple[Any, dict[str, Any]]] = {}
+
+    def serialize(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
+        hit = memo.get((id(self), include_secrets))
+        if hit is not None and hit[0] is self:  # the same settings object (held: id is stable)
+            return hit[1]
+        out = original(self, include_secrets=include_secrets)
+        memo[(id(self), include_secrets)] = (self, out)
+        return out
+
+    SettingsContext.serialize = serialize  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SettingsContext.serialize = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -1,28 +1,48 @@
-"""Prefect task: one post-processing command, run once after the merges."""
+"""Prefect task: one post-processing command, run once after the merges.
+
+Cached like the per-file steps (``tasks.steps``): its key covers the content of every file
+it reads (the merged products, common files), so an unchanged post-processing step is a
+Cached task run, and its outputs come back from the store if they were deleted.
+"""
 
 from __future__ import annotations
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
 from fermipipe import runner
 from fermipipe.plan import Invocation
 from fermipipe.runner import StepFailedError, StepResult
+from tasks.steps import StepCache, run_stored, step_cache_key
 
 
-@task(name="post", task_run_name="post-{invocation.step}", cache_policy=NO_CACHE)
-def run_post(invocation: Invocation, *, run: runner.RunSpec | str) -> StepResult:
+@task(
+    name="post",
+    task_run_name="post-{invocation.step}",
+    cache_policy=CacheKeyFnPolicy(cache_key_fn=step_cache_key),
+    persist_result=True,
+)
+def run_post(
+    invocation: Invocation, *, run: runner.RunSpec | str, cache: StepCache | None = None
+) -> StepResult:
     """Run a post-processing invocation (its placeholders already name the merged files)."""
-    ctx = runner.get_run(run)
-    result = runner.run_invocation(
-        invocation,
-        log_path=ctx.log_path("post"),
-        logger=get_run_logger(),
-        scratch=ctx.scratch,
-        pool=ctx.pool,
-        env=ctx.env,
-    )
-    if result.status != "ok":
-        raise StepFailedError(result)
-    return result
+    logger = get_run_logger()
+
+    def execute() -> StepResult:
+        ctx = runner.get_run(run)
+        result = runner.run_invocation(
+            invocation,
+            log_path=ctx.log_path("post"),
+            logger=logger,
+            scratch=ctx.scratch,
+            pool=ctx.pool,
+            env=ctx.env,
+        )
+        if result.status != "ok":
+            raise StepFailedError(result)
+        return result
+
+    if cache is None:
+        return execute()
+    return run_stored(invocation, cache, execute, logger)

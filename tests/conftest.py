@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,33 @@ def shared_data() -> Path:
             f"reference data not found at {SHARED_DATA} (CI always has ../shared beside the clone)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real Prefect server for the whole session; state and results in temporary folders.
+
+    One per session, here: a module importing a session fixture from another test module
+    registers a second copy of it, and a second harness server breaks the first one's
+    event stream (task runs of later flows then never reach the server).
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with (
+        temporary_settings(
+            {PREFECT_HOME: str(home), PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(home / "storage")}
+        ),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield {
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_HOME": str(home),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"),
+        }

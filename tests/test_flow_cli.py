@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ import yaml
 from astropy.io import fits
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-    temporary_settings,
-)
-from prefect.testing.utilities import prefect_test_harness
 from test_merge import CMAP_PROGRAM
 
 from fermipipe.fits.gti import read_gti
@@ -90,23 +82,6 @@ STATS = textwrap.dedent(
                   open(sys.argv[2], "w"))
     """
 )
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A real Prefect server for the whole session; state and results in temporary folders."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with (
-        temporary_settings(
-            {PREFECT_HOME: str(home), PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(home / "storage")}
-        ),
-        prefect_test_harness(server_startup_timeout=60),
-    ):
-        yield {
-            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-            "PREFECT_HOME": str(home),
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"),
-        }
 
 
 @pytest.fixture
@@ -334,7 +309,9 @@ def test_a_failing_file_does_not_stop_the_others_and_the_run_fails(
     assert failed["steps"][1]["stderr_tail"] == ["Error: this file is broken"]
     # The other files went all the way; merging waited for the failure (on_failure: stop).
     products = project / "products"
-    assert (project / "work" / "ft1tiny0" / "ft1tiny0_cmap.fits").exists()  # kept for a rerun
+    # Kept for a rerun (or a retry): in the cache store; the work folder is always removed.
+    assert list((products / ".fermipipe-cache" / "store").rglob("ft1tiny0_cmap.fits"))
+    assert not (project / "work").exists()
     assert not (products / "counts.fits").exists()
     assert "merging not run" in s["merge_note"]
     # The failure table artifact names file, step and error.
@@ -349,7 +326,12 @@ def test_a_failing_file_does_not_stop_the_others_and_the_run_fails(
     table = by_key["fermipipe-failures"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert table == [
-        {"file": "ft1tiny1", "step": "check", "error": "exit code 4: Error: this file is broken"}
+        {
+            "file": "ft1tiny1",
+            "step": "check",
+            "error": "exit code 4: Error: this file is broken",
+            "stderr_tail": "Error: this file is broken",
+        }
     ]
     assert "ft1tiny1" in by_key["fermipipe-summary"].data
 

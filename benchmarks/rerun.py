@@ -1,0 +1,145 @@
+"""First run vs no-op rerun: what the content-addressed cache saves.
+
+    uv run python benchmarks/rerun.py                 # 1000 tiny synthetic weeks
+    uv run python benchmarks/rerun.py --weeks 100     # a quicker look
+
+Generates N tiny weekly FT1/FT2 pairs (``python -m fermipipe.synth``, few events, a short
+span), runs the example chain (gtselect → gtmktime → gtbin CCUBE and gtltcube, image_sum and
+a gtltsum tree; coarse grids) through the real entry point ``python flows/fermi.py`` twice,
+and reports both wall times — the process's and the flow run's own (from the run summary,
+which excludes the temporary Prefect server's start-up) — and their ratio. The second run
+must run no tool at all (the summary shows every file cached); the target is a ratio below
+10 %.
+
+Uses ``PREFECT_API_URL`` if set (a real server records every task run); otherwise each run
+starts Prefect's temporary server (its start-up is in the process wall time, not in the
+flow's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(root: Path, workers: int) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "example.yaml").read_text())
+    cfg["resources"] = {"cores": workers, "ram_disk": {"enabled": True, "path": "/dev/shm"}}
+    cfg["input"] = {"directory": "data", "pattern": "lat_photon_weekly_w*_p305_v001.fits"}
+    cfg["output"] = {"directory": "products", "workdir": "work"}
+    for step in cfg["steps"]:
+        if "scfile" in step.get("inputs", {}):
+            step["inputs"]["scfile"] = (
+                "{config_dir}/data/lat_spacecraft_weekly_w{week}_p310_v001.fits"
+            )
+        if step["name"] == "ccube":
+            step["params"].update({"nxpix": 36, "nypix": 18, "binsz": 10.0, "enumbins": 2})
+        if step["name"] == "ltcube":
+            step["params"].update({"binsz": 30, "dcostheta": 0.2})
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """``prefect server start`` on loopback with its own home; returns when it answers."""
+    import urllib.request
+
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+         "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(1)
+    proc.kill()
+    sys.exit("the Prefect server did not start")
+
+
+def run(config: Path, summary: Path) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "flows" / "fermi.py"), str(config),
+         "--summary-json", str(summary)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, json.loads(summary.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weeks", type=int, default=1000, help="number of weekly files")
+    p.add_argument("--events", type=int, default=20, help="events per week")
+    p.add_argument("--span-days", type=float, default=0.05, help="days of data per week")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--keep", action="store_true", help="keep the temporary project")
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="start a real Prefect server on loopback for both runs (else PREFECT_API_URL, "
+        "or each run's temporary server)",
+    )
+    args = p.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="fermipipe-rerun-"))
+    server = None
+    if args.server:
+        server = start_server(root / "prefect-home", 4297)
+        os.environ["PREFECT_API_URL"] = "http://127.0.0.1:4297/api"
+        os.environ["PREFECT_HOME"] = str(root / "prefect-home")
+    try:
+        first_week = 400  # synth weeks start in MET > 0
+        weeks = f"{first_week}-{first_week + args.weeks - 1}"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "fermipipe.synth", "--weeks", weeks, "--events",
+             str(args.events), "--span-days", str(args.span_days), "--out", str(root / "data")],
+            cwd=REPO, check=True, capture_output=True,
+        )  # fmt: skip
+        print(f"generated {args.weeks} weeks in {time.perf_counter() - t0:.1f} s ({root})")
+        config = make_config(root, args.workers)
+        wall1, s1 = run(config, root / "first.json")
+        wall2, s2 = run(config, root / "second.json")
+        flow1, flow2 = s1["wall_seconds"], s2["wall_seconds"]
+        ran = sum(
+            1 for f in s2["per_file"] for r in f["steps"] if r["step"] not in f["cached_steps"]
+        )
+        print(f"first run : process {wall1:7.1f} s, flow {flow1:7.1f} s "
+              f"({s1['files']['ok']} ok, {s1['files']['empty']} empty)")  # fmt: skip
+        print(f"no-op rerun: process {wall2:7.1f} s, flow {flow2:7.1f} s "
+              f"({s2['files']['cached']} of {s2['files']['total']} files cached, "
+              f"{ran} steps ran; merges {[m['mode'] for m in s2['merges']]})")  # fmt: skip
+        print(f"ratio: process {wall2 / wall1:.1%}, flow {flow2 / flow1:.1%} (target < 10%)")
+        left = list(Path("/dev/shm").glob("fermipipe-run-*")) + list((root / "work").glob("*"))
+        print(f"left in /dev/shm or work/: {len(left)}")
+    finally:
+        if server is not None:
+            os.killpg(server.pid, 15)
+            server.wait()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    main()

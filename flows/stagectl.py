@@ -1,0 +1,101 @@
+"""The run's staging area: where per-file intermediates live (RAM disk or disk).
+
+Lifecycle (the main flow owns it, in a try/finally around everything that uses it — the
+per-file chains *and* the products subflow both read it, so the area must outlive both):
+
+1. folders left under the RAM-disk path and under ``output.workdir`` by runs that were
+   killed (SIGKILL, power loss) are removed (:func:`fermipipe.staging.cleanup_orphans`);
+2. the RAM disk is chosen when ``resources.ram_disk.enabled`` and both ``MemAvailable`` and
+   the free space of its path cover the estimated need, else the disk work folder, with a
+   warning saying which was short;
+3. a private folder ``fermipipe-run-<pid>-<id>`` is made there; the plan is rendered into it
+   (so two runs of one config never share intermediates);
+4. on the way out — success, failure, Ctrl-C, SIGTERM, a UI cancellation — running tools
+   are killed first (their process groups), then the folder is removed, unless
+   ``--keep-intermediate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fermipipe import runner
+from fermipipe.config import PipelineConfig
+from fermipipe.plan import Plan
+from fermipipe.staging import StagingArea, WorkdirChoice, choose_workdir, cleanup_orphans
+from flows.task_runners import workers_on_this_node
+
+#: Bytes of RAM disk each step of a file may need, per byte of its input: a step's output is
+#: at most about the size of what it reads (selection, GTI cut, binning), and a file's
+#: intermediates are removed once its chain is done.
+STEP_FACTOR = 1.0
+
+
+@dataclass
+class Staging:
+    area: StagingArea
+    choice: WorkdirChoice
+    root_existed: bool
+
+    @property
+    def path(self) -> Path:
+        return self.area.path
+
+
+def estimate_need(plan: Plan, workers: int) -> int:
+    """Bytes the staging area needs at once: the largest inputs that can be in flight
+    (two per worker: one running, one staged) × chain length × :data:`STEP_FACTOR`."""
+    sizes = []
+    for fp in plan.files:
+        with contextlib.suppress(OSError):
+            sizes.append(Path(fp.input).stat().st_size)
+    depth = max((len(f.chain) for f in plan.files), default=0)
+    in_flight = sorted(sizes, reverse=True)[: max(1, 2 * workers)]
+    return int(sum(in_flight) * max(1, depth) * STEP_FACTOR)
+
+
+def open_staging(cfg: PipelineConfig, plan: Plan, workers: int, keep: bool, logger: Any) -> Staging:
+    """Clean orphans, choose RAM disk or disk, create this run's folder."""
+    ram = cfg.resources.ram_disk
+    fallback = Path(cfg.output.workdir)
+    for root in {Path(ram.path), fallback} if ram.enabled else {fallback}:
+        for folder in cleanup_orphans(root):
+            logger.warning("removed %s, left by a run that was killed", folder)
+    # A RAM disk is per node: on a Dask cluster with workers on other nodes, a file's next
+    # step may run elsewhere and the merges run here, so intermediates go to the shared
+    # work folder instead (flows.task_runners.workers_on_this_node).
+    on_node = workers_on_this_node(cfg.runner)
+    if ram.enabled and not on_node:
+        logger.info("Dask workers on other nodes: intermediates in the shared work folder")
+    choice = choose_workdir(
+        ram_disk_enabled=ram.enabled and on_node,
+        ram_disk_path=Path(ram.path),
+        min_ram_gb=ram.min_ram_gb,
+        need_bytes=estimate_need(plan, workers),
+        fallback=fallback,
+    )
+    if ram.enabled and not choice.on_ram_disk:
+        logger.warning(choice.reason)
+    else:
+        logger.info("work folder: %s", choice.reason)
+    root_existed = choice.root.exists()
+    area = StagingArea(choice.root, keep=keep, label="run")
+    area.__enter__()
+    return Staging(area, choice, root_existed)
+
+
+def close_staging(staging: Staging, logger: Any | None = None) -> None:
+    """Kill what still runs in the folder, then remove it (unless kept)."""
+    if runner.running_groups():
+        runner.kill_all()
+    staging.area.close()
+    if staging.area.keep:
+        if logger is not None:
+            logger.info("intermediates kept in %s (--keep-intermediate)", staging.path)
+        return
+    if not staging.root_existed:
+        with contextlib.suppress(OSError):
+            staging.area.root.rmdir()  # only if empty: nothing of ours is left in it
