@@ -428,10 +428,13 @@ def test_a_worker_without_the_prefect_server_is_refused(
 # ---------------------------------------------------------------------------------- SLURM
 
 
-def test_slurm_config_builds_a_job_script_with_its_directives(tmp_path: Path) -> None:
+def test_slurm_config_builds_a_job_script_with_its_directives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """configs/slurm.yaml cannot run here (no SLURM): build its SLURMCluster on loopback —
     the pipeline's own mapping — and check the job script, submitting nothing."""
-    pytest.importorskip("dask_jobqueue")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from fermipipe.config import load_config
     from flows.task_runners import cluster_kwargs
 
@@ -439,7 +442,10 @@ def test_slurm_config_builds_a_job_script_with_its_directives(tmp_path: Path) ->
     assert cfg.runner.kind == "dask" and cfg.runner.cluster is not None
     assert cfg.runner.cluster.class_path == "dask_jobqueue.SLURMCluster"
     assert cfg.runner.cluster.adapt == {"minimum": 1, "maximum": 20}
-    kwargs = cluster_kwargs(cfg.runner.cluster)
+    # No Prefect server configured (the session's test server is set in this process).
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        kwargs = cluster_kwargs(cfg.runner.cluster)
     from dask_jobqueue import SLURMCluster
 
     kwargs.update(
@@ -458,8 +464,6 @@ def test_slurm_config_builds_a_job_script_with_its_directives(tmp_path: Path) ->
     assert "--nthreads 8" in script
     assert "tcp://127.0.0.1:" in script
     # The workers report to the flow's Prefect server: its URL is exported in the job.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     with temporary_settings({PREFECT_API_URL: "http://login1:4200/api"}):
         exported = cluster_kwargs(cfg.runner.cluster)
     assert exported["job_script_prologue"] == ["export PREFECT_API_URL=http://login1:4200/api"]
