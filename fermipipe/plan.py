@@ -516,6 +516,20 @@ def _render_step(
     requested: EngineChoice = step_cfg.engine or ctx.cfg.engine
     label = f"{where} (step {name!r})"
 
+    def make(
+        engine: Engine,
+        inputs: dict[str, Path],
+        *,
+        tool: str | None = None,
+        params: dict[str, str] | None = None,
+        argv: tuple[str, ...] | None = None,
+        shell: str | None = None,
+    ) -> Invocation:
+        return Invocation(
+            name, file_id, engine, tool, params or {}, argv, shell, inputs, dict(outputs),
+            timeout, max_parallel,
+        )  # fmt: skip
+
     if step_cfg.tool is not None:
         tool = step_cfg.tool
         out_params = structured_output_params(step_cfg, where=where, source=ctx.cfg.source)
@@ -541,33 +555,10 @@ def _render_step(
         if problem:
             ctx.fail(label, problem)
         if engine == "native":
-            return Invocation(
-                name,
-                file_id,
-                "native",
-                tool,
-                params,
-                None,
-                None,
-                inputs,
-                dict(outputs),
-                timeout,
-                max_parallel,
-            )
+            return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, where, tool, params, per_key=True)
-        return Invocation(
-            name,
-            file_id,
-            "fermitools",
-            tool,
-            params,
-            _fermitools_argv(tool, params),
-            None,
-            inputs,
-            dict(outputs),
-            timeout,
-            max_parallel,
-        )
+        argv = _fermitools_argv(tool, params)
+        return make("fermitools", inputs, tool=tool, params=params, argv=argv)
 
     # Existing form: a shell command template.
     assert step_cfg.command is not None
@@ -589,19 +580,7 @@ def _render_step(
                 ctx.fail(label, f"the shell command runs {tool}: {problem}")
         if step_cfg.engine == "native":
             ctx.fail(label, "engine native, but the command uses shell syntax")
-        return Invocation(
-            name,
-            file_id,
-            "shell",
-            None,
-            {},
-            None,
-            shell,
-            inputs,
-            dict(outputs),
-            timeout,
-            max_parallel,
-        )
+        return make("shell", inputs, shell=shell)
     first = words[0]
     tool = PurePath(first).name
     if is_fermitools_tool(tool):
@@ -614,53 +593,15 @@ def _render_step(
             if engine == "native":
                 raise ConfigError(f"{ctx.cfg.source}: {where}.command: {exc.detail}") from None
             # Positional arguments (ftools style): run it as written, through the shell.
-            return Invocation(
-                name,
-                file_id,
-                "shell",
-                tool,
-                {},
-                None,
-                shell,
-                inputs,
-                dict(outputs),
-                timeout,
-                max_parallel,
-            )
+            return make("shell", inputs, tool=tool, shell=shell)
         if engine == "native":
-            return Invocation(
-                name,
-                file_id,
-                "native",
-                tool,
-                params,
-                None,
-                None,
-                inputs,
-                dict(outputs),
-                timeout,
-                max_parallel,
-            )
+            return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
         argv = _fermitools_argv(words[0], params)
-        return Invocation(
-            name,
-            file_id,
-            "fermitools",
-            tool,
-            params,
-            argv,
-            None,
-            inputs,
-            dict(outputs),
-            timeout,
-            max_parallel,
-        )
+        return make("fermitools", inputs, tool=tool, params=params, argv=argv)
     if step_cfg.engine == "native":
         ctx.fail(label, f"engine native, but {first!r} is not a tool with a native version")
-    return Invocation(
-        name, file_id, "shell", None, {}, None, shell, inputs, dict(outputs), timeout, max_parallel
-    )
+    return make("shell", inputs, shell=shell)
 
 
 def _parse_words(tool: str, words: list[str]) -> dict[str, str]:
