@@ -38,74 +38,30 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from deployments import localserver
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-BIN = Path(PY).parent
 
 
 # ------------------------------------------------------------------------ the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[dict[str, str]]:
+def prefect_server(home: Path) -> contextlib.AbstractContextManager[dict[str, str]]:
     """`prefect server start` on loopback; yields the environment pointing at it."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
+    return localserver.prefect_server(
+        home, settings={"PREFECT_LOGGING_LEVEL": "WARNING"}, timeout=120
     )
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start: see {home / 'server.log'}")
-            time.sleep(0.5)
-        yield env
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 # ---------------------------------------------------------------------- the pipeline
@@ -150,36 +106,19 @@ def dask_workers(n: int, env: dict[str, str], folder: Path) -> Iterator[str]:
     as on a cluster (a LocalCluster made per run would pay the workers' start-up and the
     numba kernels' loading in every run). Yields the scheduler address."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = localserver.free_port()
     address = f"tcp://127.0.0.1:{port}"
-    procs = []
-    dask = str(BIN / "dask")
-    argvs = [[dask, "scheduler", "--host", "127.0.0.1", "--port", str(port)]]
-    argvs += [
-        [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1"]
-        for _ in range(n)
-    ]
+    procs: list[subprocess.Popen[Any]] = []
     try:
-        for i, argv in enumerate(argvs):
-            argv += ["--dashboard-address", "127.0.0.1:0"]
-            log = (folder / f"dask-{i}.log").open("w")
-            procs.append(
-                subprocess.Popen(
-                    argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
-            if i == 0:
-                time.sleep(2)  # the scheduler listens before workers connect
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(n, timeout=60)
+        scheduler = localserver.start_dask_scheduler(port, env, folder / "dask-0.log")
+        procs.append(scheduler)
+        for i in range(1, n + 1):
+            procs.append(localserver.start_dask_worker(address, env, folder / f"dask-{i}.log"))
+        localserver.wait_for_workers(address, n, scheduler)
         yield address
     finally:
         for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            localserver.stop_group(proc, signal.SIGTERM, 30)
 
 
 def run_variant(

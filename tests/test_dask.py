@@ -24,11 +24,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +36,18 @@ import pytest
 import yaml
 from astropy.io import fits
 
+from deployments.localserver import (
+    free_port,
+    prefect_server,
+    start_dask_scheduler,
+    start_dask_worker,
+    stop_group,
+    wait_for_workers,
+    wait_until,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-BIN = Path(PY).parent
 IGNORED_KEYS = {"DATE", "CHECKSUM", "DATASUM", "CREATOR", "FILENAME"}
 PRODUCTS = ("example_ccube.fits", "example_ltcube.fits")
 #: The private staging folder of a run (fermipipe.staging): differs between any two runs.
@@ -53,72 +59,12 @@ pytestmark = pytest.mark.timeout(300)
 # ----------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop_group(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 10) -> None:
-    """Signal ``proc``'s process group (started in its own session), then kill it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`prefect server start` on a free loopback port; yields the environment for the
     flow and the Dask workers (PREFECT_API_URL exported, PREFECT_HOME temporary)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "storage"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-    )
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_until(healthy, 90, "the Prefect server")
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
         yield env
-    finally:
-        stop_group(proc, signal.SIGTERM, 20)
-        log.close()
 
 
 @dataclass
@@ -147,61 +93,29 @@ def dask_cluster(
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs: list[subprocess.Popen[Any]] = []
-    files: list[Any] = []
 
-    def start(argv: list[str], name: str) -> subprocess.Popen[Any]:
-        log = (folder / f"{name}.log").open("w")
-        files.append(log)
-        proc = subprocess.Popen(
-            argv,
-            env={k: v for k, v in env.items() if k != (unset or {}).get(name)},
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(proc)
-        return proc
+    def env_of(name: str) -> dict[str, str]:
+        return {k: v for k, v in env.items() if k != (unset or {}).get(name)}
 
     try:
-        sched = start(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                "127.0.0.1:0",
-            ],
-            "scheduler",
-        )
+        sched = start_dask_scheduler(port, env_of("scheduler"), folder / "scheduler.log", folder)
+        procs.append(sched)
         workers: dict[str, subprocess.Popen[Any]] = {}
         for name in ("wa", "wb"):
-            argv = [str(BIN / "dask"), "worker", address, "--name", name, "--nthreads", "1"]
-            argv += ["--no-nanny", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
-            if resources and name in resources:
-                argv += ["--resources", resources[name]]
-            workers[name] = start(argv, name)
-        from distributed import Client
-
-        deadline = time.monotonic() + 60
-        while True:  # the scheduler may not listen yet
-            try:
-                with Client(address, timeout=10) as client:
-                    client.wait_for_workers(2, timeout=60)
-                break
-            except OSError:
-                if time.monotonic() > deadline or sched.poll() is not None:
-                    raise
-                time.sleep(0.5)
+            workers[name] = start_dask_worker(
+                address,
+                env_of(name),
+                folder / f"{name}.log",
+                name=name,
+                resources=(resources or {}).get(name),
+                cwd=folder,
+            )
+            procs.append(workers[name])
+        wait_for_workers(address, 2, sched)
         yield Cluster(address, sched, workers, {n: folder / f"{n}.log" for n in workers})
     finally:
         for proc in reversed(procs):
             stop_group(proc, signal.SIGTERM, 10)
-        for log in files:
-            log.close()
 
 
 def example_project(folder: Path) -> Path:

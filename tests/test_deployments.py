@@ -18,16 +18,13 @@ into a temporary folder laid out like the repository. No test writes inside the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +57,7 @@ from prefect.workers.process import ProcessWorker
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
 from deployments._params import flow_parameters
+from deployments.localserver import prefect_server, start_group, stop_group
 from fermipipe.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +74,13 @@ def prefect_yaml() -> dict[str, Any]:
 
 def deployment_specs() -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in prefect_yaml()["deployments"]}
+
+
+def run_cli(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` run to its end in ``cwd`` with ``env``, its output captured as text."""
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------------- without a server
@@ -201,38 +206,12 @@ def test_submit_config_error_before_any_server(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("input: {directory: nowhere}\nstpes: []\n")
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}  # nothing listens
-    out = subprocess.run(
-        [PY, str(REPO / "deployments" / "submit.py"), str(bad)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_cli([PY, str(REPO / "deployments" / "submit.py"), str(bad)], tmp_path, env, 60)
     assert out.returncode == 2, out.stderr
     assert "config error" in out.stderr and "bad.yaml" in out.stderr
 
 
 # ------------------------------------------------------------------------ with a server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop_group(proc: subprocess.Popen[Any], sig: int, grace: float) -> None:
-    """Signal ``proc``'s process group (it was started in its own session), then kill it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -243,48 +222,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     Yields the environment for the subprocesses; this process's client points at it too.
     """
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PREFECT_") and k != "FERMIPIPE_HOME"
-    }
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "storage"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",  # not needed here; saves copying the UI's files
-        PREFECT_RUNNER_POLL_FREQUENCY="1",  # serve.py: pick up runs within a second
-    )
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /api/health after 90 s: {(home / 'server.log').read_text()}")
-            time.sleep(0.5)
-        with temporary_settings({PREFECT_API_URL: api, PREFECT_HOME: str(home)}):
-            yield env
-    finally:
-        stop_group(proc, signal.SIGTERM, 20)
-        log.close()
+    with (
+        prefect_server(
+            home,
+            drop={"FERMIPIPE_HOME"},
+            # serve.py: pick up runs within a second
+            settings={"PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+        ) as env,
+        temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: str(home)}),
+    ):
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -355,20 +302,13 @@ def served(server: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     """`python deployments/serve.py` in a folder of its own. Stopped with Ctrl-C (SIGINT)
     like a user would; yields its log."""
     folder = tmp_path_factory.mktemp("serve")
-    log = (folder / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [PY, str(REPO / "deployments" / "serve.py")],
-        cwd=folder,
-        env=server,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    proc = start_group(
+        [PY, str(REPO / "deployments" / "serve.py")], server, folder / "serve.log", folder
     )
     try:
         yield folder / "serve.log"
     finally:
         stop_group(proc, signal.SIGINT, 20)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -376,14 +316,7 @@ def deployed(server: dict[str, str], client: SyncPrefectClient) -> dict[str, Any
     """The work pool, then `prefect --no-prompt deploy --all` from the repository root."""
     template = ProcessWorker.get_default_base_job_template()
     client.create_work_pool(WorkPoolCreate(name=POOL, type="process", base_job_template=template))
-    out = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--all"],
-        cwd=REPO,
-        env=server,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_cli([PREFECT, "--no-prompt", "deploy", "--all"], REPO, server, 120)
     assert out.returncode == 0, out.stdout + out.stderr
     return {
         d.name: d
@@ -435,13 +368,8 @@ def worker_runs(
         for c in (tiny_config, example_config)
     ]
     elsewhere = tmp_path_factory.mktemp("worker-cwd")  # not the repository: pull step chdirs
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", POOL, "--run-once"],
-        cwd=elsewhere,
-        env=server,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    worker = run_cli(
+        [PREFECT, "worker", "start", "--pool", POOL, "--run-once"], elsewhere, server, 240
     )
     log = worker.stdout + worker.stderr
     assert worker.returncode == 0, log[-6000:]
@@ -520,7 +448,7 @@ def test_submit_through_served_deployment_then_retry(
 
     project = tmp_path / "project"
     config = tiny_project(project, shared_data)
-    out = subprocess.run(
+    out = run_cli(
         [
             PY,
             str(REPO / "deployments" / "submit.py"),
@@ -530,11 +458,9 @@ def test_submit_through_served_deployment_then_retry(
             "--summary-json",
             "summary.json",
         ],
-        cwd=project,
-        env=server,
-        capture_output=True,
-        text=True,
-        timeout=150,
+        project,
+        server,
+        150,
     )
     assert out.returncode == 0, out.stdout + out.stderr + served.read_text()[-3000:]
     run_id = uuid.UUID(re.search(r"flow run \S+ \(([0-9a-f-]{36})\)", out.stdout).group(1))
@@ -569,14 +495,7 @@ def test_direct_run_retried_with_entrypoint(
     the documented `prefect flow-run retry ID --entrypoint …` re-runs it under its id."""
     project = tmp_path / "project"
     config = tiny_project(project, shared_data)
-    out = subprocess.run(
-        [PY, str(REPO / "flows" / "fermi.py"), "pipeline.yaml"],
-        cwd=project,
-        env=server,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_cli([PY, str(REPO / "flows" / "fermi.py"), "pipeline.yaml"], project, server, 120)
     assert out.returncode == 0, out.stdout + out.stderr
     (run,) = [
         r
@@ -589,13 +508,8 @@ def test_direct_run_retried_with_entrypoint(
     assert run.deployment_id is None and run.state_type == StateType.COMPLETED
     check_products(project)
 
-    retry = subprocess.run(
-        [PREFECT, "flow-run", "retry", str(run.id), "--entrypoint", ENTRYPOINT],
-        cwd=REPO,
-        env=server,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    retry = run_cli(
+        [PREFECT, "flow-run", "retry", str(run.id), "--entrypoint", ENTRYPOINT], REPO, server, 120
     )
     assert retry.returncode == 0, retry.stdout + retry.stderr
     again = client.read_flow_run(run.id)
