@@ -8,6 +8,7 @@ instant this way).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -59,3 +60,16 @@ def preflight(args: argparse.Namespace) -> int | None:
         sys.stdout.write(render_dry_run(plan))
         return 0
     return None
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the process like ``sys.exit(143)``, running ``atexit`` handlers.
+
+    During a flow run Prefect turns SIGTERM into an exception (our ``finally`` blocks kill
+    the tools and remove the staging folder), then sends the signal again to the handler it
+    found installed. With Python's default handler the process then dies without running
+    ``atexit``, which is where Prefect stops the temporary server it started for a run
+    without PREFECT_API_URL: that uvicorn process was left running for good, holding its
+    port and the caller's stdout pipe (measured: a caller waiting for EOF hung).
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))

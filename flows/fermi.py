@@ -32,8 +32,9 @@ import sys
 if __name__ == "__main__":  # config errors and --dry-run: answered before Prefect loads
     import os
 
-    from flows.cli import parse_args, preflight
+    from flows.cli import exit_on_sigterm, parse_args, preflight
 
+    exit_on_sigterm()
     _ARGS = parse_args()
     if (_code := preflight(_ARGS)) is not None:
         sys.exit(_code)
@@ -85,6 +86,7 @@ from flows.cachectl import (
 )
 from flows.cli import load_and_plan, parse_args, preflight
 from flows.progress import Progress
+from flows.shutdown import sigterm_guard
 from flows.stagectl import close_staging, open_staging
 from flows.task_runners import (
     build_task_runner,
@@ -129,6 +131,22 @@ def fermi_pipeline(
     summary_json: str | None = None,
 ) -> RunSummary | State:
     """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small)."""
+    with sigterm_guard():  # a SIGTERM kills the tools and removes the staging folder at once
+        return run_pipeline(
+            config, steps, skip_merge, skip_post, keep_intermediate, workers, summary_json
+        )
+
+
+def run_pipeline(
+    config: str,
+    steps: list[str] | None,
+    skip_merge: bool,
+    skip_post: bool,
+    keep_intermediate: bool,
+    workers: int | None,
+    summary_json: str | None,
+) -> RunSummary | State:
+    """The body of :func:`fermi_pipeline` (inside the flow run)."""
     logger = get_run_logger()
     cfg, plan = load_and_plan(config, steps)
     install = locate(cfg.fermitools.prefix)
@@ -390,7 +408,8 @@ def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> 
 )
 def products_subflow(inputs: str) -> ProductsOutcome:
     """Merges, then post-processing (:func:`products_flow`), as a Prefect subflow."""
-    return products_flow(*_PRODUCT_INPUTS[inputs])
+    with sigterm_guard():  # Prefect installs its own handler again for a subflow
+        return products_flow(*_PRODUCT_INPUTS[inputs])
 
 
 def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:

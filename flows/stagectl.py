@@ -18,7 +18,8 @@ per-file chains *and* the products subflow both read it, so the area must outliv
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from fermipipe import runner
 from fermipipe.config import PipelineConfig
 from fermipipe.plan import Plan
 from fermipipe.staging import StagingArea, WorkdirChoice, choose_workdir, cleanup_orphans
+from flows.shutdown import register_cleanup
 from flows.task_runners import workers_on_this_node
 
 #: Bytes of RAM disk each step of a file may need, per byte of its input: a step's output is
@@ -39,6 +41,8 @@ class Staging:
     area: StagingArea
     choice: WorkdirChoice
     root_existed: bool
+    #: Drops the SIGTERM cleanup of this folder (flows.shutdown) once it is closed.
+    unregister: Callable[[], None] = field(default=lambda: None)
 
     @property
     def path(self) -> Path:
@@ -84,18 +88,25 @@ def open_staging(cfg: PipelineConfig, plan: Plan, workers: int, keep: bool, logg
     root_existed = choice.root.exists()
     area = StagingArea(choice.root, keep=keep, label="run")
     area.__enter__()
-    return Staging(area, choice, root_existed)
+    staging = Staging(area, choice, root_existed)
+    staging.unregister = register_cleanup(lambda: remove_staging(staging))
+    return staging
 
 
 def close_staging(staging: Staging, logger: Any | None = None) -> None:
     """Kill what still runs in the folder, then remove it (unless kept)."""
     if runner.running_groups():
         runner.kill_all()
+    staging.unregister()
+    remove_staging(staging)
+    if staging.area.keep and logger is not None:
+        logger.info("intermediates kept in %s (--keep-intermediate)", staging.path)
+
+
+def remove_staging(staging: Staging) -> None:
+    """Remove the run's folder (unless kept), and its root when this run made it and it is
+    empty now. Idempotent: the SIGTERM watchdog may call it from another thread."""
     staging.area.close()
-    if staging.area.keep:
-        if logger is not None:
-            logger.info("intermediates kept in %s (--keep-intermediate)", staging.path)
-        return
-    if not staging.root_existed:
+    if not staging.area.keep and not staging.root_existed:
         with contextlib.suppress(OSError):
             staging.area.root.rmdir()  # only if empty: nothing of ours is left in it

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pipeline_project import fits_equal, make_project, run_cli, run_flow
+
+from flows.shutdown import GRACE
 
 pytestmark = pytest.mark.timeout(300)
 PRODUCTS = ("example_ccube.fits", "example_ltcube.fits")
@@ -81,11 +84,21 @@ def test_folder_removed_on_sigterm(
     prefect_server: dict[str, str],
 ) -> None:
     config, ram = ram_config(tmp_path)
-    proc = run_cli(config, tmp_path / "s.json", prefect_server)
+    # faulthandler: a SIGABRT prints every thread's stack, should the run ever hang.
+    proc = run_cli(config, tmp_path / "s.json", {**prefect_server, "PYTHONFAULTHANDLER": "1"})
     _wait_for_work(ram, proc)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    try:
+        # flows/shutdown.py ends the process GRACE s after SIGTERM at the latest.
+        out, _ = proc.communicate(timeout=GRACE + 60)
+    except subprocess.TimeoutExpired:
+        if proc.poll() is not None:  # ended, but something it started holds its stdout
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True)
+            pytest.fail(f"exited {proc.returncode}; stdout still open:\n{ps.stdout.decode()}")
+        proc.send_signal(signal.SIGABRT)
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"still running {GRACE + 60:.0f} s after SIGTERM; stacks:\n{out[-12000:]}")
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert staged(ram) == [], out[-3000:]
     assert not (tmp_path / "work").exists()
 

@@ -1,0 +1,123 @@
+"""SIGTERM guarantees (flows/shutdown.py, flows/cli.py), in real processes with real signals:
+the tools and the staging folder go at once, the process ends within the grace period even
+when the normal teardown hangs, and a SIGTERM never leaves Prefect's temporary server behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_project import REPO, make_project
+
+pytestmark = pytest.mark.timeout(240)
+
+# A process whose normal SIGTERM teardown never ends (the handler below it returns and the
+# main thread carries on), with a real tool running (a process group of its own) and a
+# folder registered for cleanup.
+HANGING = """
+import shutil, signal, sys, threading, time
+from pathlib import Path
+from fermipipe import runner
+from fermipipe.plan import Invocation
+from flows.shutdown import register_cleanup, sigterm_guard
+
+folder, pidfile = Path(sys.argv[1]), Path(sys.argv[2])
+folder.mkdir()
+(folder / "intermediate.fits").write_bytes(b"x" * 2880)
+register_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+signal.signal(signal.SIGTERM, lambda *_: print("teardown started, never ends", flush=True))
+tool = Invocation(step="s", file_id="f", engine="shell",
+                  shell=f"echo $$ > {pidfile}; exec sleep 300")
+threading.Thread(target=runner.run_invocation, args=(tool,), daemon=True).start()
+with sigterm_guard(grace=float(sys.argv[3])):
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def wait_for(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_watchdog_cleans_at_once_and_ends_a_hanging_teardown(tmp_path: Path) -> None:
+    folder, pidfile, grace = tmp_path / "staging", tmp_path / "tool.pid", 3.0
+    script = tmp_path / "hanging.py"
+    script.write_text(textwrap.dedent(HANGING))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder), str(pidfile), str(grace)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "the tool to start")
+    tool = int(pidfile.read_text())
+    assert alive(tool) and folder.exists()
+
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    # At once (long before the grace period): the tool's group killed, the folder removed.
+    wait_for(lambda: not alive(tool) and not folder.exists(), grace - 0.5, "the cleanup")
+    assert proc.poll() is None, "the process must still be in its (hanging) teardown"
+    out, err = proc.communicate(timeout=grace + 20)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "teardown started, never ends" in out  # the previous handler did run
+    assert f"still running {grace:.0f} s after SIGTERM; exiting now" in err
+    assert grace <= elapsed < grace + 15
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_without_a_server_leaves_no_temporary_server(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL Prefect starts a temporary server (a uvicorn subprocess that
+    inherits stdout). SIGTERM must stop it too: ``communicate`` returns only when nobody
+    holds the pipe any more — a left-over server made it wait forever."""
+    config = make_project(tmp_path, ram_disk={"enabled": True, "path": str(tmp_path / "shm")})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL" and k != "PREFECT_PROFILE"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "flows" / "fermi.py"), str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(
+        lambda: any((tmp_path / "shm").glob("fermipipe-run-*/lat_*")) or proc.poll() is not None,
+        180,
+        "the chains to start",
+    )
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=5) if proc.poll() is None else ("", None)
+        pytest.fail(f"stdout still open 90 s after SIGTERM (a server left running?)\n{out}")
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "Starting temporary server" in out
+    assert not any((tmp_path / "shm").glob("fermipipe-run-*")), out[-3000:]
