@@ -42,6 +42,20 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+@contextlib.contextmanager
+def _setup_lock(db: Path | None) -> Iterator[None]:
+    """An exclusive flock on ``<db>.lock`` (nothing for an in-memory index)."""
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class HashIndex:
     """Content hashes of files, remembered under their stat signature.
 
@@ -59,7 +73,10 @@ class HashIndex:
             timeout=60,
             isolation_level=None,
         )
-        with self._lock:
+        # Switching a new database to WAL fails at once ("database is locked", no busy
+        # wait) when another process does the same: two runs starting together. The set-up
+        # is serialised across processes by a lock file beside the database.
+        with self._lock, _setup_lock(path):
             if path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(

@@ -142,27 +142,23 @@ def _sum_keys(
                 counts[(i, key)] = counts.get((i, key), 0) + 1
 
 
-def image_sum(
-    inputs: Sequence[Path],
-    output: Path,
-    *,
-    left_out: Mapping[str, str] | None = None,
-) -> MergeInfo:
-    """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
+Pixels = np.ndarray | dict[str, np.ndarray]  # a primary image, or SKYMAP CHANNELn columns
 
-    The first input is the template: its headers are kept, its image (or CHANNEL columns)
-    becomes the accumulator, and every other input must have the same grid and EBOUNDS.
-    The GTI HDU gets the union of all GTIs (its ONTIME is then set to the sum of the inputs'
-    ONTIME, as are EXPOSURE keywords wherever the first input has them); TSTART/TSTOP become
-    min/max with DATE-OBS/DATE-END from the inputs that hold them.
-    """
-    left_out = dict(left_out or {})
-    if not inputs:
-        raise ToolError("image_sum", "no input files to merge", str(output))
-    paths = [Path(p) for p in inputs]
-    first = paths[0]
-    with fits.open(first) as hdul:
-        template = fits.HDUList([hdu.copy() for hdu in hdul])
+
+@dataclass
+class _Reference:
+    """What every input of one image sum must share with the first input (the template)."""
+
+    first: Path
+    sky: bool  # a HEALPix SKYMAP table rather than a primary image
+    grid: dict[str, Any]
+    dtype: np.dtype[Any] | None = None  # of the primary image
+    channels: list[str] = field(default_factory=list)
+    pix: np.ndarray | None = None  # an explicit PIX column (partial-sky HEALPix)
+    ebounds: tuple[np.ndarray, ...] | None = None
+
+
+def _reference(template: fits.HDUList, first: Path) -> _Reference:
     sky = _skymap(template)
     if sky is None and (template[0].data is None or template[0].header.get("NAXIS", 0) < 2):
         raise ToolError(
@@ -171,15 +167,152 @@ def image_sum(
             str(first),
         )
     if sky is None:
-        ref_grid = _grid_keys(template[0].header)
-        dtype = template[0].data.dtype
-        acc = np.array(template[0].data, dtype=np.float64 if dtype.kind == "f" else np.int64)
+        ref = _Reference(first, False, _grid_keys(template[0].header), template[0].data.dtype)
     else:
-        ref_grid = _grid_keys(sky.header, _HPX_KEYS)
-        names = _channels(sky)
-        acc_cols = {c: np.array(sky.data[c], dtype=np.float64) for c in names}
-        ref_pix = np.array(sky.data["PIX"]) if "PIX" in sky.columns.names else None
-    ref_ebounds = _ebounds(template)
+        pix = np.array(sky.data["PIX"]) if "PIX" in sky.columns.names else None
+        ref = _Reference(first, True, _grid_keys(sky.header, _HPX_KEYS), None, _channels(sky), pix)
+    ref.ebounds = _ebounds(template)
+    return ref
+
+
+def _check(ref: _Reference, hdul: fits.HDUList, path: Path) -> None:
+    """Refuse an input whose grid or EBOUNDS differ from the first input's."""
+    if not ref.sky:
+        _compare("WCS", ref.grid, _grid_keys(hdul[0].header), path)
+    else:
+        other = _skymap(hdul)
+        if other is None:
+            raise ToolError("image_sum", "no HEALPix SKYMAP table", str(path))
+        _compare("HEALPix grid", ref.grid, _grid_keys(other.header, _HPX_KEYS), path)
+        if _channels(other) != ref.channels:
+            raise ToolError(
+                "image_sum", "its SKYMAP channels differ from the first input", str(path)
+            )
+        if ref.pix is not None and not np.array_equal(ref.pix, other.data["PIX"]):
+            raise ToolError("image_sum", "its explicit PIX list differs", str(path))
+    ebounds = _ebounds(hdul)
+    same = (ebounds is None) == (ref.ebounds is None) and (
+        ebounds is None
+        or ref.ebounds is None
+        or (
+            len(ebounds) == len(ref.ebounds)
+            and all(np.array_equal(a, b) for a, b in zip(ebounds, ref.ebounds, strict=True))
+        )
+    )
+    if not same:
+        raise ToolError("image_sum", "its EBOUNDS differ from the first input's", str(path))
+
+
+def _pixels(ref: _Reference, hdul: fits.HDUList) -> Pixels:
+    """The input's pixel data (memory-mapped where astropy can: read once, never held twice)."""
+    if not ref.sky:
+        return hdul[0].data
+    sky = _skymap(hdul)
+    assert sky is not None  # _check ran first
+    return {c: sky.data[c] for c in ref.channels}
+
+
+def _accumulator(ref: _Reference, pixels: Pixels) -> Pixels:
+    """A new accumulator holding ``pixels``: int64 for integer images (exact), else float64."""
+    if isinstance(pixels, dict):
+        return {c: np.array(v, dtype=np.float64) for c, v in pixels.items()}
+    assert ref.dtype is not None
+    return np.array(pixels, dtype=np.float64 if ref.dtype.kind == "f" else np.int64)
+
+
+def _add(acc: Pixels, pixels: Pixels) -> None:
+    if isinstance(acc, dict):
+        for c, column in acc.items():
+            column += pixels[c]  # type: ignore[index]
+    else:
+        acc += pixels
+
+
+def _open(path: Path) -> fits.HDUList:
+    try:
+        return fits.open(path, memmap=True)
+    except (OSError, ValueError) as exc:
+        raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
+
+
+#: Where a partial sum records the inputs it covers (checked when the parts are combined).
+_PART_INPUTS = "__inputs__"
+
+
+def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> Path:
+    """The pixel sum of ``inputs`` (a contiguous part of one merge whose first input is
+    ``first``), each checked against ``first``, saved as a NumPy ``.npz`` at ``output``.
+
+    :func:`image_sum` with ``partials=`` adds the parts and builds the product; the parts
+    run in parallel. Accumulators are int64 (counts: exact in any grouping) or float64.
+    """
+    if not inputs:
+        raise ToolError("image_sum", "a partial sum needs at least one input", str(output))
+    with fits.open(first, memmap=True) as template:
+        ref = _reference(template, Path(first))
+    acc: Pixels | None = None
+    for path in map(Path, inputs):
+        with _open(path) as hdul:
+            _check(ref, hdul, path)
+            pixels = _pixels(ref, hdul)
+            if acc is None:
+                acc = _accumulator(ref, pixels)
+            else:
+                _add(acc, pixels)
+    arrays = acc if isinstance(acc, dict) else {"image": acc}
+    with _atomic(Path(output)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays, **{_PART_INPUTS: np.array([str(p) for p in inputs])})
+    return Path(output)
+
+
+def _combine(ref: _Reference, inputs: Sequence[Path], partials: Sequence[Path]) -> Pixels:
+    """Sum the partial sums, in order, after checking they cover exactly ``inputs``."""
+    covered: list[str] = []
+    acc: Pixels | None = None
+    for part in partials:
+        with np.load(part, allow_pickle=False) as npz:
+            covered += [str(p) for p in npz[_PART_INPUTS]]
+            pixels: Pixels = {c: npz[c] for c in ref.channels} if ref.sky else npz["image"]
+            if acc is None:
+                acc = _accumulator(ref, pixels)
+            else:
+                _add(acc, pixels)
+    if covered != [str(p) for p in inputs] or acc is None:
+        raise ToolError(
+            "image_sum", "the partial sums do not cover exactly the inputs", str(partials[0])
+        )
+    return acc
+
+
+def image_sum(
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    left_out: Mapping[str, str] | None = None,
+    partials: Sequence[Path] | None = None,
+) -> MergeInfo:
+    """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
+
+    The first input is the template: its headers are kept, its image (or CHANNEL columns)
+    becomes the accumulator, and every other input must have the same grid and EBOUNDS.
+    The GTI HDU gets the union of all GTIs (its ONTIME is then set to the sum of the inputs'
+    ONTIME, as are EXPOSURE keywords wherever the first input has them); TSTART/TSTOP become
+    min/max with DATE-OBS/DATE-END from the inputs that hold them.
+
+    With ``partials`` (from :func:`partial_image_sum` over consecutive parts of ``inputs``)
+    the pixels are the sum of the parts; headers, GTIs and the summed keywords are still read
+    from every input, in order, so the product is the same either way (summed keywords in
+    the same order of additions: an incremental merge stays equal to a full one).
+    """
+    left_out = dict(left_out or {})
+    if not inputs:
+        raise ToolError("image_sum", "no input files to merge", str(output))
+    paths = [Path(p) for p in inputs]
+    first = paths[0]
+    with _open(first) as hdul:
+        template = fits.HDUList([hdu.copy() for hdu in hdul])
+    ref = _reference(template, first)
+    acc = _combine(ref, paths, partials) if partials else _accumulator(ref, _pixels(ref, template))
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
@@ -195,44 +328,12 @@ def image_sum(
                 tstops.append((float(h["TSTOP"]), h.get("DATE-END")))
 
     for index, path in enumerate(paths):
-        try:
-            hdul = fits.open(path, memmap=True) if index else template
-        except OSError as exc:
-            raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
+        hdul = _open(path) if index else template
         try:
             if index:
-                if sky is None:
-                    _compare("WCS", ref_grid, _grid_keys(hdul[0].header), path)
-                    acc += hdul[0].data  # memmapped: read once, never held twice
-                else:
-                    other = _skymap(hdul)
-                    if other is None:
-                        raise ToolError("image_sum", "no HEALPix SKYMAP table", str(path))
-                    _compare("HEALPix grid", ref_grid, _grid_keys(other.header, _HPX_KEYS), path)
-                    if _channels(other) != names:
-                        raise ToolError(
-                            "image_sum",
-                            "its SKYMAP channels differ from the first input",
-                            str(path),
-                        )
-                    if ref_pix is not None and not np.array_equal(ref_pix, other.data["PIX"]):
-                        raise ToolError("image_sum", "its explicit PIX list differs", str(path))
-                    for c in names:
-                        acc_cols[c] += other.data[c]
-                ebounds = _ebounds(hdul)
-                same = (ebounds is None) == (ref_ebounds is None) and (
-                    ebounds is None
-                    or (
-                        len(ebounds) == len(ref_ebounds)
-                        and all(
-                            np.array_equal(a, b) for a, b in zip(ebounds, ref_ebounds, strict=True)
-                        )
-                    )
-                )
-                if not same:
-                    raise ToolError(
-                        "image_sum", "its EBOUNDS differ from the first input's", str(path)
-                    )
+                _check(ref, hdul, path)
+                if not partials:
+                    _add(acc, _pixels(ref, hdul))
             gti_hdu = find_gti_hdu(hdul)
             if gti_hdu is not None:
                 gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
@@ -242,14 +343,18 @@ def image_sum(
             if index:
                 hdul.close()
 
-    if sky is None:
+    if isinstance(acc, dict):
+        sky = _skymap(template)
+        assert sky is not None
+        for c in ref.channels:
+            sky.data[c] = acc[c]
+    else:
+        dtype = ref.dtype
+        assert dtype is not None
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
         if info is not None and (acc.max(initial=0) > info.max or acc.min(initial=0) < info.min):
             raise ToolError("image_sum", f"the summed counts overflow {dtype}", str(output))
         template[0].data = acc.astype(dtype)
-    else:
-        for c in names:
-            sky.data[c] = acc_cols[c]
     gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
     if gti_index is not None:
         template[gti_index] = update_gti_hdu(template[gti_index], union(gtis))
@@ -282,6 +387,15 @@ def image_sum(
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
     return MergeInfo(Path(output), len(paths), left_out, ontime, exposure)
+
+
+def split_parts(inputs: Sequence[Path], parts: int) -> list[list[Path]]:
+    """``inputs`` in ``parts`` consecutive, near-equal runs (order kept: the parts add up in
+    the inputs' order)."""
+    n = len(inputs)
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [list(inputs[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 # -------------------------------------------------------------------- hierarchical

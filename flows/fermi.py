@@ -6,13 +6,14 @@ The pipeline, as the flow below runs it::
 
     config ─► plan (files × steps → commands)
                 │
-    file 1 ─► step 1 ─► step 2 ─► … ─┐   each file's chain runs on its own: a step starts
-    file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as that file's previous step is done
-    …                                │   (no barrier between steps); a failing file never
-    file N ─► step 1 ─► step 2 ─► … ─┘   stops the others
-                │
-                ▼  every file done (merging waits for failures unless on_failure: skip)
-    products subflow: merges ─► post-processing ─► cleanup of the work folder
+    work subflow: staging area (RAM disk or disk) created and checked
+    ┆ file 1 ─► step 1 ─► step 2 ─► … ─┐   each file's chain runs on its own: a step starts
+    ┆ file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as that file's previous step is done
+    ┆ …                                │   (no barrier between steps); a failing file never
+    ┆ file N ─► step 1 ─► step 2 ─► … ─┘   stops the others
+    ┆           │
+    ┆           ▼  every file done (merging waits for failures unless on_failure: skip)
+    ┆ merges ─► post-processing ─► staging area removed (always: finally)
                 │
                 ▼
     summary: per-step table + artifacts + --summary-json; the run ends Failed if anything
@@ -95,7 +96,7 @@ from flows.task_runners import (
     fast_submission,
     worker_resources,
 )
-from tasks.merge import merge_all, merge_pair
+from tasks.merge import merge_all, merge_pair, merge_part
 from tasks.post import run_post
 from tasks.steps import get_store, run_step
 
@@ -146,19 +147,76 @@ def run_pipeline(
     workers: int | None,
     summary_json: str | None,
 ) -> RunSummary | State:
-    """The body of :func:`fermi_pipeline` (inside the flow run)."""
-    logger = get_run_logger()
+    """The body of :func:`fermi_pipeline`: plan, the work subflow, the summary."""
     cfg, plan = load_and_plan(config, steps)
-    install = locate(cfg.fermitools.prefix)
     n_workers = workers or cfg.resources.max_workers
     check_server_for_dask(cfg.runner)
     summary = RunSummary(config=str(config), workers=n_workers, started=time.time())
-    # The run's own staging folder (RAM disk or disk), removed in the finally below.
-    staging = open_staging(cfg, plan, n_workers, keep_intermediate, logger)
+    request = WorkRequest(cfg, plan, steps, n_workers, skip_merge, skip_post, keep_intermediate)
+    run_work(request, summary)
+    # The summary: complete from what this process saw, whatever Prefect's server kept.
+    return finish_run(summary, summary_json)
+
+
+@dataclass(frozen=True)
+class WorkRequest:
+    """What the work subflow needs from the main flow (kept in this process: see run_work)."""
+
+    cfg: PipelineConfig
+    plan: Plan  # rendered without a work folder: sizes the staging area
+    steps: list[str] | None
+    workers: int
+    skip_merge: bool
+    skip_post: bool
+    keep_intermediate: bool
+
+
+#: Inputs of work subflows running in this process, by handle (see run_work).
+_WORK_INPUTS: dict[str, tuple[WorkRequest, RunSummary]] = {}
+
+
+def run_work(request: WorkRequest, summary: RunSummary) -> None:
+    """Run the work subflow, which fills in ``summary`` (files, merges, post-processing).
+
+    A flow run's parameters go to the Prefect API, which refuses more than 512 KB of them:
+    the plan and per-file summaries of ~100 weekly files already exceed that. So the subflow
+    gets a handle and finds the objects here (a subflow runs in this process).
+    """
+    handle = uuid.uuid4().hex
+    _WORK_INPUTS[handle] = (request, summary)
+    try:
+        work_subflow(handle)
+    finally:
+        _WORK_INPUTS.pop(handle, None)
+
+
+@flow(
+    name="fermipipe-work",
+    validate_parameters=False,
+    task_runner=ThreadPoolTaskRunner(max_workers=32),  # merges: parts, tree-level pairs
+    on_cancellation=[lambda *_: runner.kill_all()],
+)
+def work_subflow(handle: str) -> None:
+    """The staging area's owner: the per-file chains, merges and post-processing run in it,
+    and it is removed on the way out (:func:`staged_work`)."""
+    with sigterm_guard():  # Prefect installs its own SIGTERM handler again for a subflow
+        staged_work(*_WORK_INPUTS[handle])
+
+
+def staged_work(request: WorkRequest, summary: RunSummary) -> None:
+    """Create and check the staging area (RAM disk or disk), run every file's chain in it,
+    merge and post-process, and always remove it — tools still running are killed first —
+    whatever happens (failure, Ctrl-C, SIGTERM, cancellation), unless --keep-intermediate."""
+    logger = get_run_logger()
+    cfg, steps, n_workers = request.cfg, request.steps, request.workers
+    install = locate(cfg.fermitools.prefix)
+    staging = open_staging(cfg, request.plan, n_workers, request.keep_intermediate, logger)
     try:
         plan = build_plan(cfg, only_steps=steps, workdir=staging.path, fermitools=install)
         plan = apply_slices(plan, slice_store(cfg), logger)  # mission FT2 → per-week slices
-        cache = open_cache(cfg, plan, install, keep_intermediate, staging.choice.on_ram_disk)
+        cache = open_cache(
+            cfg, plan, install, request.keep_intermediate, staging.choice.on_ram_disk
+        )
         run = open_run(plan, n_workers, install)
     except BaseException:
         close_staging(staging)
@@ -176,11 +234,11 @@ def run_pipeline(
         for f in summary.files:
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
-        remove_file_intermediates(plan, summary.files, keep_intermediate, cache is not None)
+        remove_file_intermediates(plan, summary.files, request.keep_intermediate, cache is not None)
 
         # 2. Merges and post-processing, unless failures (or the user) say no.
         failed = summary.failed_files()
-        if skip_merge:
+        if request.skip_merge:
             summary.merge_note = "merging skipped (--skip-merge)" + (
                 "; the per-file products are in the cache store" if cache is not None else ""
             )
@@ -195,9 +253,12 @@ def run_pipeline(
             )
         elif plan.merges or plan.post:
             opts = ProductOptions(
-                runner.run_spec(run), skip_post, keep_intermediate, product_cache(cfg, plan, cache)
+                runner.run_spec(run),
+                request.skip_post,
+                request.keep_intermediate,
+                product_cache(cfg, plan, cache),
             )
-            products = run_products(plan, summary.files, opts)
+            products = products_flow(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
         if summary.merge_note:
@@ -207,9 +268,6 @@ def run_pipeline(
         runner.close_run(run.name)
         shutil.rmtree(run.scratch, ignore_errors=True)
         close_staging(staging, logger)  # kills tools still running, then removes the folder
-
-    # 3. The summary: complete from what this process saw, whatever Prefect's server kept.
-    return finish_run(summary, summary_json)
 
 
 # ------------------------------------------------------------------- per-file chains
@@ -382,43 +440,13 @@ def relocate_outputs(plan: Plan, files: list[FileSummary]) -> None:
 # ------------------------------------------------------------- merges and post-processing
 
 
-#: Inputs of products subflows running in this process, by handle (see run_products).
-_PRODUCT_INPUTS: dict[str, tuple[Plan, list[FileSummary], ProductOptions]] = {}
-
-
-def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
-    """Run the products subflow on ``plan``/``files``/``opts`` kept in this process.
-
-    A flow run's parameters go to the Prefect API, which refuses more than 512 KB of them:
-    the plan and per-file summaries of ~100 weekly files already exceed that. So the subflow
-    gets a handle, and finds the objects here (it runs in this process, as a subflow does).
-    """
-    handle = uuid.uuid4().hex
-    _PRODUCT_INPUTS[handle] = (plan, files, opts)
-    try:
-        return products_subflow(handle)
-    finally:
-        _PRODUCT_INPUTS.pop(handle, None)
-
-
-@flow(
-    name="fermipipe-products",
-    validate_parameters=False,
-    task_runner=ThreadPoolTaskRunner(max_workers=32),
-)
-def products_subflow(inputs: str) -> ProductsOutcome:
-    """Merges, then post-processing (:func:`products_flow`), as a Prefect subflow."""
-    with sigterm_guard():  # Prefect installs its own handler again for a subflow
-        return products_flow(*_PRODUCT_INPUTS[inputs])
-
-
 def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
     """Merges, then post-processing, then the per-file intermediates' cleanup (in finally).
 
     Whatever happens here (a failed merge, Ctrl-C, a cancellation), the merge inputs the
     user keeps are copied out and the per-file intermediates are removed on the way out
-    unless --keep-intermediate. The run's staging folder itself (RAM disk) is owned by the
-    main flow (flows/stagectl.py): the per-file chains use it before this subflow starts.
+    unless --keep-intermediate. The staging folder itself is removed by the caller,
+    :func:`staged_work`.
     """
     logger = get_run_logger()
     outcome = ProductsOutcome()
@@ -504,6 +532,8 @@ def run_merge(
             pass  # the product and its manifest already cover exactly these inputs
         elif merge.strategy == "hierarchical":
             out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run)
+        elif merge.strategy == "image_sum":
+            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run)
         else:
             _info, _wall, out.cpu_seconds = merge_all(merge, todo, left_out, run=opts.run)
         if decision is not None and out.mode != "up_to_date":
@@ -554,6 +584,41 @@ def publish_quicklook(name: str, product: Path) -> str | None:
 def artifact_key(name: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "product"
+
+
+#: The fewest maps worth a partial-sum task of their own in an image sum.
+MIN_PER_PART = 4
+
+
+def parallel_image_sum(
+    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
+) -> float:
+    """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
+    one task that adds the parts and writes the product. Few inputs or one worker: a single
+    streaming pass. Returns CPU seconds."""
+    workers = runner.get_run(run).pool.total
+    parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
+    if len(parts) < 2:
+        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run)
+        return cpu
+    scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        futures = merge_part.map(
+            inputs=parts,
+            index=list(range(len(parts))),
+            output=[scratch / f"part{i}.npz" for i in range(len(parts))],
+            plan=unmapped(merge),
+            first=unmapped(inputs[0]),
+            run=unmapped(run),
+        )
+        done = futures.result()  # raises on a failed part (e.g. a map on another grid)
+        _info, _wall, cpu = merge_all(
+            merge, inputs, left_out, run=run, partials=[path for path, _cpu in done]
+        )
+        return cpu + sum(part_cpu for _path, part_cpu in done)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def hierarchical_merge(

@@ -1,7 +1,7 @@
 """The run's staging area: where per-file intermediates live (RAM disk or disk).
 
-Lifecycle (the main flow owns it, in a try/finally around everything that uses it — the
-per-file chains *and* the products subflow both read it, so the area must outlive both):
+Lifecycle (the work subflow owns it, in a try/finally around everything that uses it — the
+per-file chains, then the merges and post-processing):
 
 1. folders left under the RAM-disk path and under ``output.workdir`` by runs that were
    killed (SIGKILL, power loss) are removed (:func:`fermipipe.staging.cleanup_orphans`);

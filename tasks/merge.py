@@ -19,12 +19,18 @@ from fermipipe.runner import StepFailedError, StepResult
 
 @task(name="merge", task_run_name="merge-{plan.name}", cache_policy=NO_CACHE)
 def merge_all(
-    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], *, run: runner.RunSpec | str
+    plan: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    *,
+    run: runner.RunSpec | str,
+    partials: list[Path] | None = None,
 ) -> tuple[MergeInfo, float, float]:
     """image_sum or event concatenation of ``inputs`` into ``plan.output``.
 
     Returns the merge info with wall and CPU seconds. Holds one concurrency slot: the merge
-    competes with the tools for the machine like any of them.
+    competes with the tools for the machine like any of them. ``partials``: the image sum's
+    pixels, already summed in parts by :func:`merge_part` tasks.
     """
     logger = get_run_logger()
     ctx = runner.get_run(run)
@@ -32,7 +38,7 @@ def merge_all(
     with ctx.pool.slot(step, priority=(float("inf"), 0)):
         t0, c0 = time.perf_counter(), time.thread_time()
         if plan.strategy == "image_sum":
-            info = merging.image_sum(inputs, plan.output, left_out=left_out)
+            info = merging.image_sum(inputs, plan.output, left_out=left_out, partials=partials)
         elif merging.use_ftmerge(plan.engine):
             info = _ftmerge(plan, inputs, left_out, run)
         else:
@@ -42,6 +48,27 @@ def merge_all(
         logger.warning("merge %s: left out %s (%s)", plan.name, file_id, reason)
     logger.info("merge %s: %d files → %s (%.2f s)", plan.name, info.inputs, info.output, wall)
     return info, wall, cpu
+
+
+@task(name="merge-part", task_run_name="merge-{plan.name}-part{index}", cache_policy=NO_CACHE)
+def merge_part(
+    plan: MergePlan,
+    inputs: list[Path],
+    index: int,
+    output: Path,
+    *,
+    first: Path,
+    run: runner.RunSpec | str,
+) -> tuple[Path, float]:
+    """One part of a parallel image sum: the pixel sum of ``inputs`` (consecutive inputs of
+    the merge whose first input is ``first``) into ``output``. Returns it with CPU seconds."""
+    ctx = runner.get_run(run)
+    with ctx.pool.slot(f"merge:{plan.name}", priority=(float("inf"), 0)):
+        c0 = time.thread_time()
+        merging.partial_image_sum(inputs, output, first=first)
+        cpu = time.thread_time() - c0
+    get_run_logger().info("merge %s part %d: %d files summed", plan.name, index, len(inputs))
+    return output, cpu
 
 
 def _ftmerge(

@@ -134,3 +134,26 @@ def fits_equal(a: Path, b: Path) -> None:
                 assert y.data is None
             else:
                 assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes(), x.name
+
+
+def task_runs(client: Any, flow_run_id: Any) -> list[Any]:
+    """Task runs of a pipeline flow run: the steps and merges run in its ``fermipipe-work``
+    subflow, so those of its subflow runs are included."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+        )
+    )
+    ids = [flow_run_id, *(child.id for child in children)]
+    runs = client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
+    )
+    # A subflow has a task run of its own in its parent (named after the flow): not a step.
+    return [r for r in runs if not r.name.startswith("fermipipe")]

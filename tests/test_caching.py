@@ -21,10 +21,10 @@ from pipeline_project import (
     ran_steps,
     run_cli,
     run_flow,
+    task_runs,
     write_config,
 )
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
 from fermipipe.cache import ProductStore, sha256_file
 from fermipipe.manifest import read_manifest
@@ -37,13 +37,7 @@ def task_states(flow_run_id: Any) -> dict[str, str]:
     """Task run name → state name of a flow run's task runs, as the server recorded them."""
     with get_client(sync_client=True) as client:
         for _ in range(100):
-            runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])
-                )
-            )
-            # (the products subflow has a parent task run of its own: not a step)
-            states = {r.name: str(r.state_name) for r in runs if not r.name.startswith("fermi")}
+            states = {r.name: str(r.state_name) for r in task_runs(client, flow_run_id)}
             if states and all(n in ("Cached", "Completed") for n in states.values()):
                 return states
             time.sleep(0.2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from pipeline_project import fits_equal
 
 from fermipipe import merge, runner
 from fermipipe.errors import ToolError
@@ -246,3 +248,108 @@ def test_ftmerge_is_chosen_only_for_the_fermitools_engine() -> None:
     assert argv[0] == "ftmerge" and argv[1] == "infile=@/tmp/fermipipe-test.list"
     assert Path("/tmp/fermipipe-test.list").read_text() == "/a b.fits\n"
     Path("/tmp/fermipipe-test.list").unlink()
+
+
+def _summed_in_parts(inputs: list[Path], parts: int, folder: Path) -> list[Path]:
+    runs = merge.split_parts(inputs, parts)
+    assert [p for run in runs for p in run] == inputs and len(runs) == parts
+    return [
+        merge.partial_image_sum(run, folder / f"part{i}.npz", first=inputs[0])
+        for i, run in enumerate(runs)
+    ]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_image_sum_from_partial_sums_equals_one_pass(
+    part_maps: list[Path], tmp_path: Path, parts: int
+) -> None:
+    """Parts summed apart (in parallel in the flow) give the same product, keywords included
+    (EXPOSURE/ONTIME are still added input by input, in order)."""
+    inputs = [*part_maps, *part_maps[::-1], part_maps[1]]  # 7 maps
+    one_pass = tmp_path / "one.fits"
+    merge.image_sum(inputs, one_pass)
+    partials = _summed_in_parts(inputs, parts, tmp_path)
+    in_parts = tmp_path / "parts.fits"
+    merge.image_sum(inputs, in_parts, partials=partials)
+    fits_equal(in_parts, one_pass)
+    expected = sum(fits.getdata(p).astype(np.int64) for p in inputs)
+    assert np.array_equal(fits.getdata(in_parts), expected)
+
+
+def test_healpix_partial_sums(shared_data: Path, tmp_path: Path) -> None:
+    hpx = shared_data / "gammapy-fermi-lat-data" / "2fhl" / "fermi_2fhl_counts_cube_hpx.fits.gz"
+    inputs = [hpx] * 5
+    merge.image_sum(inputs, tmp_path / "one.fits")
+    partials = _summed_in_parts(inputs, 2, tmp_path)
+    merge.image_sum(inputs, tmp_path / "parts.fits", partials=partials)
+    fits_equal(tmp_path / "parts.fits", tmp_path / "one.fits")
+
+
+def test_partial_sums_refuse_other_grids_and_wrong_cover(
+    part_maps: list[Path], tmp_path: Path
+) -> None:
+    other = tmp_path / "shifted.fits"
+    with fits.open(part_maps[0]) as hdul:
+        hdul[0].header["CRVAL1"] += 1.0
+        hdul.writeto(other)
+    with pytest.raises(ToolError, match=r"CRVAL1.*") as err:
+        merge.partial_image_sum([part_maps[1], other], tmp_path / "p.npz", first=part_maps[0])
+    assert "shifted.fits" in str(err.value)
+    partials = _summed_in_parts(part_maps, 2, tmp_path)
+    with pytest.raises(ToolError, match="do not cover exactly the inputs"):
+        merge.image_sum(part_maps[:2], tmp_path / "x.fits", partials=partials)
+    with pytest.raises(ToolError, match="do not cover exactly the inputs"):
+        merge.image_sum(part_maps, tmp_path / "x.fits", partials=partials[::-1])
+    assert not (tmp_path / "x.fits").exists()
+
+
+def test_split_parts_keeps_order_and_balances() -> None:
+    items = [Path(str(i)) for i in range(10)]
+    assert [len(r) for r in merge.split_parts(items, 3)] == [3, 4, 3]
+    assert merge.split_parts(items, 20) == [[p] for p in items]
+    assert merge.split_parts(items, 0) == [items]
+
+
+def test_flow_sums_image_parts_as_parallel_tasks(
+    part_maps: list[Path], tmp_path: Path, prefect_server: dict[str, str]
+) -> None:
+    """In the products subflow an image sum of many maps runs as one merge-part task per
+    worker, then the combining merge; the product equals a one-pass sum."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    from fermipipe.plan import MergePlan
+    from flows.fermi import MIN_PER_PART, parallel_image_sum
+
+    inputs = part_maps * 3  # 9 maps: two parts of at least MIN_PER_PART with 2 workers
+    assert len(inputs) >= 2 * MIN_PER_PART
+    plan = MergePlan("cm", "cmap", tmp_path / "out" / "cm.fits", "image_sum")
+    ctx = runner.open_run("parts", workers=2, scratch=tmp_path / "s", log_dir=tmp_path / "l")
+
+    @flow(name="image-sum-parts")
+    def run() -> float:
+        return parallel_image_sum(plan, inputs, {}, runner.run_spec(ctx))
+
+    try:
+        state = run(return_state=True)
+    finally:
+        runner.close_run("parts")
+    assert state.is_completed() and state.result() > 0
+    merge.image_sum(inputs, tmp_path / "one.fits")
+    fits_equal(plan.output, tmp_path / "one.fits")
+    assert not (tmp_path / "s" / "merge-cm").exists()  # the parts are removed
+    expected = ["merge-cm", "merge-cm-part0", "merge-cm-part1"]
+    with get_client(sync_client=True) as client:
+        for _ in range(100):  # task runs reach the server as events: allow them a moment
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                ),
+                task_run_filter=TaskRunFilter(),
+            )
+            names = sorted(r.name for r in runs)
+            if names == expected:
+                break
+            time.sleep(0.2)
+    assert names == expected

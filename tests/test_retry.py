@@ -13,13 +13,20 @@ from typing import Any
 
 import pytest
 import yaml
-from pipeline_project import REPO, SAMPLE, fits_equal, make_project, ran_steps, run_cli, run_flow
+from pipeline_project import (
+    REPO,
+    SAMPLE,
+    fits_equal,
+    make_project,
+    ran_steps,
+    run_cli,
+    run_flow,
+    task_runs,
+)
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
 )
 
 from fermipipe.runner import StepResult, classify_failure
@@ -138,11 +145,7 @@ def test_transient_failures_are_retried_deterministic_ones_are_not(
     (bad,) = [f for f in summary["per_file"] if f["status"] == "failed"]
     assert bad["steps"][0]["failure_kind"] == "deterministic"
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(
-                flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
+        tasks = task_runs(client, state.state_details.flow_run_id)
         counts = {t.name: t.run_count for t in tasks}
     assert counts == {"copy[good]": 2, "copy[bad]": 1}, counts
 
