@@ -291,6 +291,9 @@ class RunnerConfig(_Strict):
     kind: Literal["threads", "dask"] = "threads"
     address: str | None = None
     cluster: ClusterConfig | None = None
+    #: Run each file's whole chain as one task on one worker, its intermediates on that
+    #: node's RAM disk. Default (unset): on for Dask workers on other nodes.
+    node_local: bool | None = None
 
 
 class CacheConfig(_Strict):

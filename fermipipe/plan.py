@@ -911,6 +911,43 @@ def prepare(
     return cfg, install, plan
 
 
+def rebase_path(value: str, old: Path, new: Path) -> str:
+    """``value`` moved from under ``old`` to under ``new`` if it is a path below ``old``."""
+    o = str(old).rstrip("/") + "/"
+    return str(new).rstrip("/") + "/" + value[len(o) :] if value.startswith(o) else value
+
+
+def rebase(inv: Invocation, old: Path, new: Path) -> Invocation | None:
+    """``inv`` with every file below the folder ``old`` moved below ``new`` (a chain run in
+    a node's own RAM-disk folder instead of the planned work folder).
+
+    Returns None when a shell command cannot be rewritten safely (a folder name that would
+    need quoting there).
+    """
+    o, n = str(old).rstrip("/") + "/", str(new).rstrip("/") + "/"
+    shell = inv.shell
+    if shell is not None:
+        if shlex.quote(o) != o or shlex.quote(n) != n:
+            return None
+        shell = shell.replace(o, n)
+    argv = None
+    if inv.argv is not None:
+        argv = tuple(
+            (w.split("=", 1)[0] + "=" + rebase_path(w.split("=", 1)[1], old, new))
+            if "=" in w and not w.startswith(o)
+            else rebase_path(w, old, new)
+            for w in inv.argv
+        )
+    return replace(
+        inv,
+        params={k: rebase_path(v, old, new) for k, v in inv.params.items()},
+        argv=argv,
+        shell=shell,
+        inputs={k: Path(rebase_path(str(v), old, new)) for k, v in inv.inputs.items()},
+        outputs={k: Path(rebase_path(str(v), old, new)) for k, v in inv.outputs.items()},
+    )
+
+
 def relocate(inv: Invocation, old: Path, new: Path) -> Invocation | None:
     """``inv`` reading ``new`` wherever it read ``old`` (a staged copy, an FT2 slice).
 

@@ -255,6 +255,8 @@ class RunSpec:
 
 _RUNS: dict[str, RunContext] = {}
 _RUNS_LOCK = threading.Lock()
+#: Runs stopped by :func:`kill_run` in this process: their later steps refuse to start.
+_CANCELLED: set[str] = set()
 
 
 def open_run(
@@ -270,6 +272,7 @@ def open_run(
     ctx = RunContext(name, SlotPool(workers, caps), Path(scratch), Path(log_dir), env and dict(env))
     with _RUNS_LOCK:
         _RUNS[name] = ctx
+        _CANCELLED.discard(name)
     _SHUTDOWN.clear()
     return ctx
 
@@ -290,6 +293,8 @@ def get_run(run: str | RunSpec) -> RunContext:
     """The context of ``run`` in this process (opened from the spec on a Dask worker)."""
     name = run if isinstance(run, str) else run.name
     with _RUNS_LOCK:
+        if name in _CANCELLED:
+            raise RunnerShutdown(f"pipeline run {name!r} was cancelled")
         ctx = _RUNS.get(name)
         if ctx is None and isinstance(run, RunSpec):
             ctx = RunContext(
@@ -315,6 +320,7 @@ def close_run(name: str) -> None:
 # ------------------------------------------------------------------ process registry
 
 _PROCS: dict[int, subprocess.Popen[bytes]] = {}
+_PROC_DIRS: dict[int, Path] = {}  # group → its private working directory (under a scratch)
 _PROCS_LOCK = threading.Lock()
 _SHUTDOWN = threading.Event()
 
@@ -380,7 +386,29 @@ def kill_all(grace: float = KILL_GRACE) -> list[int]:
         runs = list(_RUNS.values())
     for ctx in runs:
         ctx.pool.close()
-    groups = running_groups()
+    return _terminate(running_groups(), grace)
+
+
+def kill_run(name: str, grace: float = KILL_GRACE) -> list[int]:
+    """Stop one pipeline run's tools in this process, leaving other runs alone.
+
+    For a Dask worker, which outlives runs and may serve several: the flow calls it on every
+    worker when it is cancelled or interrupted. The run's queued steps refuse to start (now
+    and when they arrive later), its running tool groups are killed (SIGTERM, then SIGKILL).
+    Returns the groups signalled.
+    """
+    with _RUNS_LOCK:
+        _CANCELLED.add(name)
+        ctx = _RUNS.pop(name, None)
+    if ctx is None:
+        return []
+    ctx.pool.close()
+    with _PROCS_LOCK:
+        groups = [g for g, cwd in _PROC_DIRS.items() if cwd.is_relative_to(ctx.scratch.resolve())]
+    return _terminate(groups, grace)
+
+
+def _terminate(groups: list[int], grace: float) -> list[int]:
     for pgid in groups:
         _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -665,7 +693,7 @@ def _execute(
             result.error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
             result.wall_seconds = time.perf_counter() - t0
             return False
-        timed_out = _supervise(proc, timeout, capture, result)
+        timed_out = _supervise(proc, timeout, capture, result, cwd)
         result.wall_seconds = time.perf_counter() - t0
     code = proc.returncode
     result.exit_code = code
@@ -683,12 +711,17 @@ def _execute(
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], timeout: float | None, capture: _Capture, result: StepResult
+    proc: subprocess.Popen[bytes],
+    timeout: float | None,
+    capture: _Capture,
+    result: StepResult,
+    cwd: Path,
 ) -> bool:
     """Register, stream, enforce the timeout, reap; True if the tool timed out."""
     pgid = proc.pid  # session leader: pgid == pid
     with _PROCS_LOCK:
         _PROCS[pgid] = proc
+        _PROC_DIRS[pgid] = Path(cwd).resolve()
     timed_out = False
     try:
         if _SHUTDOWN.is_set():  # kill_all ran between our check and the registration
@@ -712,6 +745,7 @@ def _supervise(
     finally:
         with _PROCS_LOCK:
             _PROCS.pop(pgid, None)
+            _PROC_DIRS.pop(pgid, None)
         if proc.returncode is None:  # an exception on the way: leave nothing running
             _signal_group(pgid, signal.SIGKILL)
             proc.wait()

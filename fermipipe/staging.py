@@ -1,6 +1,7 @@
 """The staging area: a per-run work folder on the RAM disk (or on disk as a fallback).
 
-Lifecycle, owned by the products subflow:
+Lifecycle, owned by the flow's work subflow (and, for node-local chains on a Dask cluster,
+by each chain on its worker's node):
 1. :func:`cleanup_orphans` removes folders left by runs that were killed (their owner process
    is gone), so a crash never leaks RAM-disk memory for long.
 2. :func:`choose_workdir` checks ``MemAvailable`` and the free space of the RAM-disk path
@@ -152,3 +153,34 @@ class StagingArea:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
         return dest
+
+
+@dataclass(frozen=True)
+class NodeStaging:
+    """Where a node-local chain keeps its intermediates, decided on the node that runs it.
+
+    Small and picklable (sent with each chain to a Dask worker): the RAM-disk settings,
+    the shared fallback folder, and the planned work folder whose paths the chain moves.
+    """
+
+    planned: str  # the work folder the plan's paths are under
+    fallback: str  # a folder every node shares (output.workdir)
+    ram_path: str | None  # None: RAM disk disabled
+    min_ram_gb: float = 0.0
+    keep: bool = False
+
+    def open(self, need_bytes: int) -> tuple[StagingArea, WorkdirChoice, list[Path]]:
+        """On this node: remove orphans, choose RAM disk or disk, create a chain's folder.
+        Returns the area (entered), the choice, and the orphans removed."""
+        roots = {Path(self.fallback)} | ({Path(self.ram_path)} if self.ram_path else set())
+        orphans = [folder for root in roots for folder in cleanup_orphans(root)]
+        choice = choose_workdir(
+            ram_disk_enabled=self.ram_path is not None,
+            ram_disk_path=Path(self.ram_path) if self.ram_path else None,
+            min_ram_gb=self.min_ram_gb,
+            need_bytes=need_bytes,
+            fallback=Path(self.fallback),
+        )
+        area = StagingArea(choice.root, keep=self.keep, label="chain")
+        area.__enter__()
+        return area, choice, orphans

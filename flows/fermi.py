@@ -72,6 +72,7 @@ from fermipipe.fermitools import FermitoolsInstall, locate
 from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
+from fermipipe.staging import NodeStaging
 from fermipipe.summary import FileSummary, MergeSummary, RunSummary
 from flows.cachectl import (
     CacheSetup,
@@ -88,14 +89,17 @@ from flows.cachectl import (
 from flows.cli import load_and_plan, parse_args, preflight
 from flows.progress import Progress
 from flows.shutdown import sigterm_guard
-from flows.stagectl import close_staging, open_staging
+from flows.stagectl import STEP_FACTOR, close_staging, node_staging, open_staging
 from flows.task_runners import (
     build_task_runner,
+    cancel_pending,
     check_dask_workers,
     check_server_for_dask,
     fast_submission,
+    kill_remote_tools,
     worker_resources,
 )
+from tasks.chain import run_chain
 from tasks.merge import merge_all, merge_pair, merge_part
 from tasks.post import run_post
 from tasks.steps import get_store, run_step
@@ -230,7 +234,8 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
     )
     try:
         # 1. Every file through its chain of steps.
-        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache)
+        node = node_staging(cfg, plan, request.keep_intermediate, logger)
+        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache, node)
         for f in summary.files:
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
@@ -293,8 +298,10 @@ def process_files(
     n_workers: int,
     cfg: PipelineConfig,
     cache: CacheSetup | None = None,
+    node: NodeStaging | None = None,
 ) -> list[FileSummary]:
-    """Map each step over the files, chaining each file's steps through their futures.
+    """Map each step over the files, chaining each file's steps through their futures
+    (with ``node``: one node-local chain task per file instead, :func:`process_chains`).
 
     With ``cache``, each (file, step) is submitted with its content key (Cached when
     unchanged) or with ``refresh_cache`` when its stored product is missing or damaged
@@ -307,6 +314,9 @@ def process_files(
     # Files whose whole chain is a verified cache hit: one bulk task run, not 4 per file.
     hits = cached_summaries(plan, cache)
     files = tuple(fp for fp in plan.files if fp.file_id not in hits)
+    if node is not None:  # Dask workers on other nodes: one task per chain, on one node
+        done = process_chains(plan, files, run, cfg, cache, node)
+        return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
     depth = max((len(f.chain) for f in files), default=0)
     # A task whose file's previous step is still running holds a thread while it waits, so
     # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
@@ -330,15 +340,122 @@ def process_files(
             wait([fut for level in futures for fut in level])
         except BaseException:
             # Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything: stop every tool group
-            # now — the pool's exit would otherwise wait for tools that never saw the signal.
+            # now — the pool's exit would otherwise wait for tools that never saw the signal —
+            # here and on the Dask workers.
             runner.kill_all()
-            pool.cancel_all()
+            kill_remote_tools(pool, run.name, get_run_logger())
+            cancel_pending(pool, [fut for level in futures for fut in level])
             raise
     done = {
         fp.file_id: summaries.get(i) or summarize_file(fp, [level[i] for level in futures])
         for i, fp in enumerate(files)
     }
     return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
+
+
+def process_chains(
+    plan: Plan,
+    files: Sequence[FilePlan],
+    run: runner.RunSpec,
+    cfg: PipelineConfig,
+    cache: CacheSetup | None,
+    node: NodeStaging,
+) -> dict[str, FileSummary]:
+    """One :func:`tasks.chain.run_chain` task per file: each file's steps run together on
+    one Dask worker, with the intermediates on that node's RAM disk."""
+    merge_names = {m.output_name for m in plan.merges}
+    chains, caches, exports, needs = [], [], [], []
+    for fp in files:
+        kept = {Path(src) for src, _dst in fp.keep}
+        chains.append(fp.chain)
+        entries = cache.steps.get(fp.file_id) if cache is not None else None
+        caches.append(tuple(sc for sc, _must in entries) if entries else (None,) * len(fp.chain))
+        exports.append(
+            tuple(
+                sorted(
+                    {
+                        name
+                        for inv in fp.chain
+                        for name, path in inv.outputs.items()
+                        if name in merge_names or Path(path) in kept
+                    }
+                )
+            )
+        )
+        needs.append(chain_need(fp))
+    # A chain needs, on its worker, the most of each resource any of its steps declares.
+    need: dict[str, float] = {}
+    for step in cfg.steps:
+        for res, amount in (step.worker_resources or {}).items():
+            need[res] = max(need.get(res, 0.0), amount)
+    futures: list[PrefectFuture[list[StepResult]]] = []
+    with build_task_runner(cfg.runner, max(1, len(files))) as pool:
+        try:
+            check_dask_workers(pool)
+            with fast_submission(cfg.runner), worker_resources(cfg.runner, need or None):
+                futures = list(
+                    pool.map(
+                        run_chain,
+                        {
+                            "file_id": [fp.file_id for fp in files],
+                            "chain": chains,
+                            "caches": caches,
+                            "exports": exports,
+                            "run": unmapped(run),
+                            "order": list(range(len(files))),
+                            "node": unmapped(node),
+                            "need_bytes": needs,
+                        },
+                    )
+                )
+            progress = Progress(len(files), logger=get_run_logger())
+            index = {id(fut): i for i, fut in enumerate(futures)}
+            done: dict[str, FileSummary] = {}
+            for fut in as_completed(futures):
+                fp = files[index[id(fut)]]
+                done[fp.file_id] = summarize_chain(fp, fut)
+                progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
+            progress.close()
+        except BaseException:
+            runner.kill_all()
+            kill_remote_tools(pool, run.name, get_run_logger())
+            cancel_pending(pool, futures)
+            raise
+    return done
+
+
+def chain_need(fp: FilePlan) -> int:
+    """Bytes a chain's folder may need: its input × the number of steps (see stagectl)."""
+    try:
+        size = Path(fp.input).stat().st_size
+    except OSError:
+        size = 0
+    return int(size * max(1, len(fp.chain)) * STEP_FACTOR)
+
+
+def summarize_chain(fp: FilePlan, fut: PrefectFuture[list[StepResult]]) -> FileSummary:
+    """The summary of one node-local chain from its task's state."""
+    fut.wait()
+    state = fut.state
+    summary = FileSummary(fp.file_id, str(fp.input), "ok")
+    if not state.is_completed():  # crashed, cancelled, lost with every worker…
+        exc = state.result(raise_on_failure=False)
+        step = fp.chain[0].step if fp.chain else "chain"
+        summary.status, summary.failed_step = "failed", step
+        summary.error = f"{state.name}: {exc if isinstance(exc, BaseException) else state.message}"
+        return summary
+    for result in state.result():
+        if result.status == "skipped":
+            continue
+        if result.from_store:  # no tool ran for it
+            summary.cached_steps.append(result.step)
+        summary.steps.append(result)
+        if result.status == "failed":
+            summary.status, summary.failed_step = "failed", result.step
+            summary.error = result.error or "failed"
+        elif result.status == "empty" and summary.status == "ok":
+            summary.status, summary.error = "empty", f"{result.step}: {result.error}"
+    return summary
 
 
 def follow_progress(

@@ -26,9 +26,15 @@ from typing import Any
 from fermipipe import runner
 from fermipipe.config import PipelineConfig
 from fermipipe.plan import Plan
-from fermipipe.staging import StagingArea, WorkdirChoice, choose_workdir, cleanup_orphans
+from fermipipe.staging import (
+    NodeStaging,
+    StagingArea,
+    WorkdirChoice,
+    choose_workdir,
+    cleanup_orphans,
+)
 from flows.shutdown import register_cleanup
-from flows.task_runners import workers_on_this_node
+from flows.task_runners import is_dask, workers_on_this_node
 
 #: Bytes of RAM disk each step of a file may need, per byte of its input: a step's output is
 #: at most about the size of what it reads (selection, GTI cut, binning), and a file's
@@ -110,3 +116,25 @@ def remove_staging(staging: Staging) -> None:
     if not staging.area.keep and not staging.root_existed:
         with contextlib.suppress(OSError):
             staging.area.root.rmdir()  # only if empty: nothing of ours is left in it
+
+
+def node_staging(cfg: PipelineConfig, plan: Plan, keep: bool, logger: Any) -> NodeStaging | None:
+    """Node-local chains or not (``runner.node_local``; by default: on a Dask cluster whose
+    workers are on other nodes, where a RAM disk holds only what its own node ran)."""
+    wanted = cfg.runner.node_local
+    if wanted is None:
+        wanted = is_dask(cfg.runner) and not workers_on_this_node(cfg.runner)
+    if not wanted:
+        return None
+    ram = cfg.resources.ram_disk
+    logger.info(
+        "node-local chains: each file's steps run on one worker, intermediates on its node's %s",
+        f"RAM disk ({ram.path})" if ram.enabled else "work folder",
+    )
+    return NodeStaging(
+        planned=str(plan.workdir),
+        fallback=str(Path(cfg.output.workdir)),
+        ram_path=str(ram.path) if ram.enabled else None,
+        min_ram_gb=ram.min_ram_gb,
+        keep=keep,
+    )

@@ -16,7 +16,8 @@ import contextlib
 import os
 import shlex
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL
@@ -188,3 +189,55 @@ def worker_resources(runner: RunnerConfig, resources: dict[str, float] | None) -
 
     with dask.annotate(resources=dict(resources)):
         yield
+
+
+#: Seconds the flow waits for the workers to confirm that a cancelled run's tools are dead.
+REMOTE_KILL_TIMEOUT = 15.0
+
+
+def kill_remote_tools(pool: TaskRunner[Any], run_name: str, logger: Any) -> None:
+    """On every Dask worker, stop this run's tools (:func:`fermipipe.runner.kill_run`).
+
+    Cancelling Dask futures does not stop a task that is already running, and a Fermitools
+    step runs for minutes in a process of its own on the worker's node: without this, Ctrl-C,
+    SIGTERM or a cancellation from the UI left those tools running. Other runs sharing the
+    workers are not touched. Bounded: an unreachable scheduler must not hold up the exit.
+    No-op on threads (the flow's own process kills its tools).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if not isinstance(pool, DaskTaskRunner) or pool._client is None:  # never connected
+        return
+    from fermipipe import runner
+
+    client = pool._client
+    done: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            done["groups"] = client.run(runner.kill_run, run_name)
+        except Exception as exc:  # noqa: BLE001 - reported below; the run is ending anyway
+            done["error"] = exc
+
+    thread = threading.Thread(target=call, name="kill-remote-tools", daemon=True)
+    thread.start()
+    thread.join(REMOTE_KILL_TIMEOUT)
+    if "groups" in done:
+        killed = {addr: g for addr, g in done["groups"].items() if g}
+        logger.warning("stopped this run's tools on the Dask workers: %s", killed or "none running")
+    else:
+        logger.error(
+            "could not stop this run's tools on the Dask workers: %s",
+            done.get("error", f"no answer within {REMOTE_KILL_TIMEOUT:g} s"),
+        )
+
+
+def cancel_pending(pool: TaskRunner[Any], futures: Iterable[Any]) -> None:
+    """Cancel the submitted tasks that have not started (threads: the pool's own
+    ``cancel_all``; Dask, whose runner has none: each future's Dask future)."""
+    if isinstance(pool, ThreadPoolTaskRunner):
+        pool.cancel_all()
+        return
+    for fut in futures:
+        with contextlib.suppress(Exception):  # already finished or lost with its worker
+            fut.wrapped_future.cancel()

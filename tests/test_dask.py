@@ -386,3 +386,103 @@ def test_slurm_config_builds_a_job_script_with_its_directives(
     # Every ltcube invocation asks for one `ltcube` resource: two per 8-core worker at most.
     ltcube = next(s for s in cfg.steps if s.name == "ltcube")
     assert ltcube.worker_resources == {"ltcube": 1}
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sigterm_stops_the_runs_tools_on_the_workers(
+    server: dict[str, str], local_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Cancelling Dask futures does not stop a running task: the flow asks every worker to
+    kill this run's tool groups. The workers themselves live on."""
+    config, _local_products = local_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["steps"][0]["inputs"]["infile"] = "{staged}"
+    slow = {**STAGE_STEP, "command": STAGE_STEP["command"].replace("sleep 4", "sleep 300")}
+    with dask_cluster(tmp_path / "dask", server) as cluster:
+        stop_config, products = variant(
+            config,
+            "stop",
+            steps=[slow, *cfg["steps"]],
+            runner={"kind": "dask", "address": cluster.address},
+        )
+        stamps = products / "stamps"
+        log = tmp_path / "stop-run.log"
+        with log.open("w") as out:
+            run = subprocess.Popen(
+                [PY, "flows/fermi.py", str(stop_config)],
+                cwd=REPO,
+                env=server,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                wait_until(
+                    lambda: stamps.is_dir() and len(list(stamps.iterdir())) == 2,
+                    120,
+                    "both workers to start a tool",
+                )
+                wait_until(lambda: all(p.read_text().strip() for p in stamps.iterdir()), 10, "pids")
+                tools = [int(p.read_text()) for p in stamps.iterdir()]
+                assert not any(group_gone(g) for g in tools)
+                run.send_signal(signal.SIGTERM)
+                code = run.wait(timeout=90)
+            finally:
+                stop_group(run, signal.SIGKILL, 5)
+            text = log.read_text()
+            assert code == 128 + signal.SIGTERM, text[-4000:]
+            wait_until(lambda: all(group_gone(g) for g in tools), 20, "the tools to be killed")
+            assert "stopped this run's tools on the Dask workers" in text, text[-4000:]
+            assert all(w.poll() is None for w in cluster.workers.values())  # workers live on
+
+
+def test_node_local_chains_use_the_workers_ram_disk(
+    server: dict[str, str], local_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``runner.node_local``: each file's chain is one task on one worker, staged in a folder
+    of its own on that node's RAM disk (here a folder standing for it), removed afterwards;
+    the products equal the local run's. On loopback the workers share the node, so the mode
+    is forced; on a cluster with workers elsewhere it is the default."""
+    config, local_products = local_run
+    ram = tmp_path / "shm"
+    ram.mkdir()
+    cfg = yaml.safe_load(config.read_text())
+    with dask_cluster(tmp_path / "dask", server) as cluster:
+        node_config, products = variant(
+            config,
+            "node",
+            resources={"cores": 2, "ram_disk": {"enabled": True, "path": str(ram)}},
+            steps=cfg["steps"],
+            runner={"kind": "dask", "address": cluster.address, "node_local": True},
+        )
+        log = tmp_path / "node-run.log"
+        code, summary = run_pipeline(node_config, server, log)
+        assert code == 0, log.read_text()[-4000:]
+        logs = {name: path.read_text() for name, path in cluster.logs.items()}
+
+    assert summary["state"] == "Completed"
+    assert summary["files"]["ok"] == 3 and summary["files"]["failed"] == 0
+    for name in PRODUCTS:
+        assert_same_fits(local_products / name, products / name, history=False)
+    # One chain task per file, run by the workers, each in a fresh folder on the RAM disk.
+    chains = [
+        line
+        for text in logs.values()
+        for line in text.splitlines()
+        if re.search(rf"chain in {re.escape(str(ram))}/fermipipe-chain-\d+-[0-9a-f]+ ", line)
+    ]
+    assert len(chains) == 3, "\n".join(chains)
+    assert all(
+        any("Task run 'chain[" in line and "Completed" in line for line in text.splitlines())
+        for text in logs.values()
+    ), "both workers ran chains"
+    assert "Task run 'select[" not in "".join(logs.values())  # no per-step tasks
+    assert not any(ram.glob("fermipipe-*")), sorted(ram.iterdir())  # every folder removed
+    assert [s["status"] for f in summary["per_file"] for s in f["steps"]] == ["ok"] * 12

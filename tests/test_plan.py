@@ -694,3 +694,44 @@ def test_ftmerge_strategy_engine(data: Path, tmp_path: Path) -> None:
     )
     assert plan.merges[0].engine == "fermitools"
     assert plan.merges[0].inputs == tuple(fp.chain[0].outputs["chunk_sel"] for fp in plan.files)
+
+
+def test_rebase_moves_every_work_folder_path_and_nothing_else() -> None:
+    from fermipipe.plan import Invocation, rebase
+
+    old, new = Path("/shm/run-1"), Path("/node/chain-7")
+    inv = Invocation(
+        step="bin",
+        file_id="w1",
+        engine="fermitools",
+        tool="gtbin",
+        params={"evfile": "/shm/run-1/w1/sel.fits", "scfile": "/data/ft2.fits", "nxpix": "10"},
+        argv=("gtbin", "evfile=/shm/run-1/w1/sel.fits", "scfile=/data/ft2.fits", "/shm/run-1/x"),
+        inputs={"evfile": Path("/shm/run-1/w1/sel.fits"), "scfile": Path("/data/ft2.fits")},
+        outputs={"outfile": Path("/shm/run-1/w1/cc.fits"), "kept": Path("/out/cc.fits")},
+    )
+    moved = rebase(inv, old, new)
+    assert moved is not None
+    assert moved.params == {
+        "evfile": "/node/chain-7/w1/sel.fits",
+        "scfile": "/data/ft2.fits",
+        "nxpix": "10",
+    }
+    assert moved.argv == (
+        "gtbin",
+        "evfile=/node/chain-7/w1/sel.fits",
+        "scfile=/data/ft2.fits",
+        "/node/chain-7/x",
+    )
+    assert moved.inputs["evfile"] == Path("/node/chain-7/w1/sel.fits")
+    assert moved.inputs["scfile"] == Path("/data/ft2.fits")
+    assert moved.outputs == {
+        "outfile": Path("/node/chain-7/w1/cc.fits"),
+        "kept": Path("/out/cc.fits"),  # a product outside the work folder stays put
+    }
+    # A folder name that is only a prefix of another is not a parent.
+    lookalike = Invocation(step="s", file_id="w1", engine="native", params={"a": "/shm/run-10/f"})
+    assert rebase(lookalike, old, new).params == {"a": "/shm/run-10/f"}  # type: ignore[union-attr]
+    shell = Invocation(step="s", file_id="w1", engine="shell", shell="cp /shm/run-1/a /shm/run-1/b")
+    assert rebase(shell, old, new).shell == "cp /node/chain-7/a /node/chain-7/b"  # type: ignore[union-attr]
+    assert rebase(shell, old, Path("/node/my chain")) is None  # would need quoting

@@ -379,3 +379,46 @@ def test_native_tool_error_is_a_failed_result(tmp_path: Path) -> None:
     result = run_invocation(inv)
     assert result.status == "failed"
     assert "emnn" in (result.error or "")
+
+
+def test_kill_run_stops_only_that_runs_tools(tmp_path: Path) -> None:
+    """A Dask worker serves several runs: cancelling one kills its tools only, and its steps
+    arriving later refuse to start."""
+    specs, pidfiles, threads = {}, {}, []
+    for name in ("run-a", "run-b"):
+        ctx = runner.open_run(name, workers=1, scratch=tmp_path / name, log_dir=tmp_path / "l")
+        specs[name] = runner.run_spec(ctx)
+        pidfiles[name] = tmp_path / f"{name}.pid"
+        tool = program(
+            tmp_path,
+            f"{name}.py",
+            f"""
+            import os, time
+            open({str(pidfiles[name])!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+            """,
+        )
+        thread = threading.Thread(
+            target=run_invocation,
+            args=(argv("s", PY, tool),),
+            kwargs={"pool": ctx.pool, "scratch": ctx.scratch},
+        )
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + 20
+    while not all(p.exists() and p.read_text() for p in pidfiles.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = {name: int(p.read_text()) for name, p in pidfiles.items()}
+    try:
+        assert runner.kill_run("run-a") == [pid["run-a"]]
+        threads[0].join(10)
+        assert not threads[0].is_alive() and not alive(pid["run-a"])
+        assert alive(pid["run-b"])  # the other run goes on
+        with pytest.raises(runner.RunnerShutdown, match="cancelled"):
+            runner.get_run(specs["run-a"])  # a step of the cancelled run arriving later
+        assert runner.get_run(specs["run-b"]).name == "run-b"
+    finally:
+        runner.kill_run("run-b")
+        threads[1].join(10)
+    assert not alive(pid["run-b"])

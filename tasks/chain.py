@@ -1,0 +1,141 @@
+"""Prefect task: one file's whole chain on one worker, in that node's own RAM-disk folder.
+
+Used on a Dask cluster whose workers are on other nodes (``runner.node_local``): a RAM disk
+belongs to one node, so a file's steps must all run where its intermediates are. The task
+opens a folder on the node (RAM disk when ``MemAvailable`` and free space allow, else the
+shared work folder), stages the input there, runs the steps in order — each through the
+same code as a per-step task (:func:`tasks.steps.execute_step`: cache store, retries of
+transient failures) — copies what outlives the chain (merge inputs, kept products) to the
+shared folder atomically, and removes its folder whatever happens. Orphans of killed
+workers on the node are removed by the next chain there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from fermipipe import runner
+from fermipipe.plan import Invocation, rebase, rebase_path
+from fermipipe.runner import StepFailedError, StepResult
+from fermipipe.staging import NodeStaging
+from tasks.steps import RETRY_DELAYS, StepCache, execute_step
+
+
+def rebase_cache(cache: StepCache | None, old: Path, new: Path) -> StepCache | None:
+    """The StepCache of a step whose work-folder files moved from ``old`` to ``new``."""
+    if cache is None:
+        return None
+
+    def move(path: str) -> str:
+        return rebase_path(path, old, new)
+
+    return dataclasses.replace(
+        cache,
+        upstream=tuple((move(p), key, name) for p, key, name in cache.upstream),
+        workdir=str(new),
+        drop=tuple(move(p) for p in cache.drop),
+        stage=(cache.stage[0], move(cache.stage[1])) if cache.stage else None,
+    )
+
+
+def export(path: Path, destination: Path) -> None:
+    """Copy a chain's product from the node folder to the shared folder, atomically."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        tmp.replace(destination)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@task(name="run-chain", task_run_name="chain[{file_id}]", cache_policy=NO_CACHE)
+def run_chain(
+    file_id: str,
+    chain: tuple[Invocation, ...],
+    caches: tuple[StepCache | None, ...],
+    exports: tuple[str, ...],
+    *,
+    run: runner.RunSpec,
+    order: int,
+    node: NodeStaging,
+    need_bytes: int,
+) -> list[StepResult]:
+    """Run ``chain`` (one file's steps) here; returns each step's result, in order.
+
+    A failed step ends the chain: its result (status ``failed``) is the last one. ``exports``
+    names the outputs (placeholders) read after the chain — by the merges, or kept for the
+    user: a non-stored one is copied to its planned path in the shared work folder.
+    """
+    logger = get_run_logger()
+    area, choice, orphans = node.open(need_bytes)
+    for folder in orphans:
+        logger.warning("removed %s, left on this node by a killed worker", folder)
+    planned, here = Path(node.planned), area.path
+    logger.info("%s: chain in %s (%s)", file_id, here, choice.reason)
+    results: list[StepResult] = []
+    try:
+        moved = [rebase(inv, planned, here) for inv in chain]
+        if any(inv is None for inv in moved):  # a shell step cannot be moved: stay put
+            logger.warning("%s: a shell step cannot be moved; chain in %s", file_id, planned)
+            moved, here = list(chain), planned
+        invs = [inv for inv in moved if inv is not None]
+        cache_list = [rebase_cache(c, planned, here) for c in caches]
+        previous: StepResult | None = None
+        for k, (inv, cache) in enumerate(zip(invs, cache_list, strict=True)):
+            result = _step_with_retries(inv, previous, run, order, k, cache, logger)
+            results.append(result)
+            if result.status == "failed":
+                break
+            if result.status != "skipped":
+                previous = result
+            _export(result, chain[k], exports, here, planned)
+    finally:
+        area.close()
+    return results
+
+
+def _step_with_retries(
+    inv: Invocation,
+    previous: StepResult | None,
+    run: runner.RunSpec,
+    order: int,
+    k: int,
+    cache: StepCache | None,
+    logger: object,
+) -> StepResult:
+    """One step; a transient failure is tried again after each of RETRY_DELAYS."""
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        try:
+            return execute_step(inv, previous, run=run, order=order, step_index=k, cache=cache)
+        except StepFailedError as exc:
+            if exc.result.failure_kind != "transient" or attempt == len(RETRY_DELAYS):
+                return exc.result
+            time.sleep(RETRY_DELAYS[attempt])
+    raise AssertionError("unreachable")
+
+
+def _export(
+    result: StepResult, planned_inv: Invocation, exports: tuple[str, ...], here: Path, planned: Path
+) -> None:
+    """Copy the outputs read after the chain out of the node folder; point the result at
+    their shared copies (stored outputs are already in the shared cache store)."""
+    if here == planned:
+        return
+    for name, path in list(result.outputs.items()):
+        if name not in exports or not Path(path).is_relative_to(here):
+            continue
+        destination = Path(planned_inv.outputs[name])
+        if Path(path).exists():
+            export(Path(path), destination)
+            result.outputs[name] = str(destination)
