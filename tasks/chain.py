@@ -18,13 +18,14 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from fermipipe import runner
-from fermipipe.plan import Invocation, rebase, rebase_path
+from fermipipe.plan import Invocation, rebase, rebase_path, relocate
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.staging import NodeStaging
 from tasks.steps import RETRY_DELAYS, StepCache, execute_step
@@ -90,6 +91,8 @@ def run_chain(
             logger.warning("%s: a shell step cannot be moved; chain in %s", file_id, planned)
             moved, here = list(chain), planned
         invs = [inv for inv in moved if inv is not None]
+        if choice.on_ram_disk and here != planned:
+            invs = stage_spacecraft(invs, here, logger)
         cache_list = [rebase_cache(c, planned, here) for c in caches]
         previous: StepResult | None = None
         for k, (inv, cache) in enumerate(zip(invs, cache_list, strict=True)):
@@ -105,6 +108,30 @@ def run_chain(
     return results
 
 
+def stage_spacecraft(invs: list[Invocation], folder: Path, logger: Any) -> list[Invocation]:
+    """Copy each spacecraft file the chain reads (a week's FT2 or its slice of the mission
+    file) into the node's folder, and let the steps read that copy: gtmktime and gtltcube
+    read it whole, from RAM then rather than from the shared file system."""
+    produced = {Path(p) for inv in invs for p in inv.outputs.values()}
+    sources = sorted(
+        {
+            Path(inv.inputs["scfile"])
+            for inv in invs
+            if "scfile" in inv.inputs and Path(inv.inputs["scfile"]) not in produced
+        }
+    )
+    for src in sources:
+        copy = folder / "spacecraft" / src.name
+        export(src, copy)
+        moved = [relocate(inv, src, copy) for inv in invs]
+        if any(inv is None for inv in moved):  # a shell step that cannot be rewritten
+            copy.unlink()
+            continue
+        invs = [inv for inv in moved if inv is not None]
+        logger.info("staged spacecraft file %s on this node", src.name)
+    return invs
+
+
 def _step_with_retries(
     inv: Invocation,
     previous: StepResult | None,
@@ -112,7 +139,7 @@ def _step_with_retries(
     order: int,
     k: int,
     cache: StepCache | None,
-    logger: object,
+    logger: Any,
 ) -> StepResult:
     """One step; a transient failure is tried again after each of RETRY_DELAYS."""
     for attempt in range(len(RETRY_DELAYS) + 1):

@@ -265,8 +265,9 @@ STAGE_STEP = {
 }
 
 
+@pytest.mark.parametrize("node_local", [False, True], ids=["per-step", "node-local"])
 def test_a_worker_killed_mid_run_has_its_files_rerun_elsewhere(
-    server: dict[str, str], local_run: tuple[Path, Path], tmp_path: Path
+    server: dict[str, str], local_run: tuple[Path, Path], tmp_path: Path, node_local: bool
 ) -> None:
     config, local_products = local_run
     cfg = yaml.safe_load(config.read_text())
@@ -274,9 +275,9 @@ def test_a_worker_killed_mid_run_has_its_files_rerun_elsewhere(
     with dask_cluster(tmp_path / "dask", server) as cluster:
         kill_config, products = variant(
             config,
-            "kill",
+            "kill-node" if node_local else "kill",  # own products, stamps and cache
             steps=[STAGE_STEP, *cfg["steps"]],
-            runner={"kind": "dask", "address": cluster.address},
+            runner={"kind": "dask", "address": cluster.address, "node_local": node_local},
         )
         stamps = products / "stamps"
         log = tmp_path / "kill-run.log"
@@ -479,6 +480,11 @@ def test_node_local_chains_use_the_workers_ram_disk(
         if re.search(rf"chain in {re.escape(str(ram))}/fermipipe-chain-\d+-[0-9a-f]+ ", line)
     ]
     assert len(chains) == 3, "\n".join(chains)
+    # Each week's spacecraft file was read from a copy on the node's RAM disk.
+    staged = [
+        line for text in logs.values() for line in text.splitlines() if "staged spacecraft" in line
+    ]
+    assert len(staged) == 3, "\n".join(staged)
     assert all(
         any("Task run 'chain[" in line and "Completed" in line for line in text.splitlines())
         for text in logs.values()
