@@ -107,7 +107,7 @@ from tasks.steps import get_store, run_step
 
 @dataclass(frozen=True)
 class ProductOptions:
-    """What the products subflow needs besides the plan and the per-file outcomes."""
+    """What merges and post-processing need besides the plan and the per-file outcomes."""
 
     run: runner.RunSpec  # the runner context (picklable: rebuilt on Dask workers)
     skip_post: bool = False

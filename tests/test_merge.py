@@ -313,7 +313,7 @@ def test_split_parts_keeps_order_and_balances() -> None:
 def test_flow_sums_image_parts_as_parallel_tasks(
     part_maps: list[Path], tmp_path: Path, prefect_server: dict[str, str]
 ) -> None:
-    """In the products subflow an image sum of many maps runs as one merge-part task per
+    """In the work subflow an image sum of many maps runs as one merge-part task per
     worker, then the combining merge; the product equals a one-pass sum."""
     from prefect import flow
     from prefect.client.orchestration import get_client
