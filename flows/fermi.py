@@ -88,7 +88,7 @@ from flows.cachectl import (
 )
 from flows.cli import load_and_plan, parse_args, preflight
 from flows.progress import Progress
-from flows.shutdown import sigterm_guard
+from flows.shutdown import on_interrupt
 from flows.stagectl import STEP_FACTOR, close_staging, node_staging, open_staging
 from flows.task_runners import (
     build_task_runner,
@@ -136,10 +136,9 @@ def fermi_pipeline(
     summary_json: str | None = None,
 ) -> RunSummary | State:
     """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small)."""
-    with sigterm_guard():  # a SIGTERM kills the tools and removes the staging folder at once
-        return run_pipeline(
-            config, steps, skip_merge, skip_post, keep_intermediate, workers, summary_json
-        )
+    return run_pipeline(
+        config, steps, skip_merge, skip_post, keep_intermediate, workers, summary_json
+    )
 
 
 def run_pipeline(
@@ -203,8 +202,7 @@ def run_work(request: WorkRequest, summary: RunSummary) -> None:
 def work_subflow(handle: str) -> None:
     """The staging area's owner: the per-file chains, merges and post-processing run in it,
     and it is removed on the way out (:func:`staged_work`)."""
-    with sigterm_guard():  # Prefect installs its own SIGTERM handler again for a subflow
-        staged_work(*_WORK_INPUTS[handle])
+    staged_work(*_WORK_INPUTS[handle])
 
 
 def staged_work(request: WorkRequest, summary: RunSummary) -> None:
@@ -269,6 +267,9 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
         if summary.merge_note:
             logger.warning(summary.merge_note)
         relocate_outputs(plan, summary.files)
+    except BaseException as exc:
+        on_interrupt(exc)  # wherever a SIGTERM lands, the folder goes at once
+        raise
     finally:
         runner.close_run(run.name)
         shutil.rmtree(run.scratch, ignore_errors=True)
@@ -338,10 +339,11 @@ def process_files(
                 previous = list(mapped)
             summaries = follow_progress(files, futures)
             wait([fut for level in futures for fut in level])
-        except BaseException:
+        except BaseException as exc:
             # Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything: stop every tool group
             # now — the pool's exit would otherwise wait for tools that never saw the signal —
             # here and on the Dask workers.
+            on_interrupt(exc)  # SIGTERM: staging folder removed at once, exit bounded
             runner.kill_all()
             kill_remote_tools(pool, run.name, get_run_logger())
             cancel_pending(pool, [fut for level in futures for fut in level])
@@ -416,7 +418,8 @@ def process_chains(
                 done[fp.file_id] = summarize_chain(fp, fut)
                 progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
             progress.close()
-        except BaseException:
+        except BaseException as exc:
+            on_interrupt(exc)
             runner.kill_all()
             kill_remote_tools(pool, run.name, get_run_logger())
             cancel_pending(pool, futures)
@@ -580,7 +583,8 @@ def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) ->
                 if outcome.post[-1].status == "failed":
                     outcome.note = f"post-processing stopped: {inv.step} failed"
                     break
-    except BaseException:
+    except BaseException as exc:
+        on_interrupt(exc)
         runner.kill_all()
         raise
     finally:

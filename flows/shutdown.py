@@ -1,26 +1,29 @@
 """What a SIGTERM guarantees, whatever Prefect's own teardown does.
 
-During a flow run Prefect turns SIGTERM into an exception in the main thread; our ``finally``
-blocks then kill the tools and remove the staging folder. That path waits for Prefect first
-— task threads to wind down, the crash to be reported to the server — and a busy server can
-hold it for minutes (a batch system's grace period is often 30 s). So, while
-:func:`sigterm_guard` is active, a SIGTERM also starts a watchdog thread that at once kills
-every tool group (:func:`fermipipe.runner.kill_all`) and runs the registered cleanups (the
-run's staging folder), and, if the process is still alive ``grace`` seconds later, runs them
-again and ends it with status 143. Then Prefect's handler runs as before.
+During a flow run Prefect turns SIGTERM (a batch system's stop, ``kill``, or the runner
+acting on a cancellation from the UI) into a ``TerminationSignal`` exception in the main
+thread; our ``except``/``finally`` blocks then kill the tools and remove the staging folder.
+That path waits for Prefect first — task threads to wind down, the crash or cancellation to
+be reported to the server — and a busy server can hold it for minutes, while a batch
+system's grace period is often 30 s. So the first of those blocks to see the exception calls
+:func:`on_interrupt`, which starts a watchdog thread that at once kills every tool group
+(:func:`fermipipe.runner.kill_all`) and runs the registered cleanups (the run's staging
+folder), and, if the process is still alive ``GRACE`` seconds later, runs them again and
+ends it with status 143.
+
+Prefect's SIGTERM handler itself is left in place: it must be the installed handler for the
+runner's cancellation protocol (a cancelled run ends Cancelled, not Crashed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 from fermipipe import runner
 
@@ -71,29 +74,15 @@ def _watchdog(signum: int, grace: float) -> None:
     os._exit(128 + signum)
 
 
-@contextlib.contextmanager
-def sigterm_guard(grace: float = GRACE) -> Iterator[None]:
-    """Within the block, SIGTERM starts the watchdog, then goes to the handler found here
-    (Prefect's, inside a flow). Only the main thread can set signal handlers: elsewhere this
-    does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
+    """Called from ``except BaseException`` blocks: on a SIGTERM (Prefect's
+    ``TerminationSignal``) start the watchdog, once. Anything else: nothing (Ctrl-C and
+    errors take the normal path)."""
+    from prefect.exceptions import TerminationSignal
+
+    if not isinstance(exc, TerminationSignal) or _FIRED.is_set():
         return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        if not _FIRED.is_set():
-            _FIRED.set()
-            threading.Thread(
-                target=_watchdog, args=(signum, grace), name="sigterm-watchdog", daemon=True
-            ).start()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:  # terminate, but through the finally blocks
-            raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    _FIRED.set()
+    threading.Thread(
+        target=_watchdog, args=(exc.signal, grace), name="sigterm-watchdog", daemon=True
+    ).start()

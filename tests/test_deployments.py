@@ -516,3 +516,66 @@ def test_direct_run_retried_with_entrypoint(
     assert again.state_type == StateType.COMPLETED, again.state
     assert again.run_count == 2
     check_products(project)
+
+
+@pytest.mark.timeout(240)
+def test_cancel_from_the_ui_kills_tools_and_removes_the_staging_folder(
+    server: dict[str, str], client: SyncPrefectClient, served: Path, tmp_path: Path
+) -> None:
+    """The UI's Cancel on a run of the served deployment while a tool is in the middle of a
+    long step: the flow run ends Cancelled, the tool's process group is killed and the run's
+    RAM-disk folder is removed."""
+    from prefect.states import Cancelling
+
+    deadline = time.monotonic() + 90
+    while True:  # serve.py registers its deployments once it has started
+        try:
+            deployment = client.read_deployment_by_name("fermipipe/served")
+            break
+        except Exception:  # noqa: BLE001 - ObjectNotFound until it is registered
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve.py registered nothing: {served.read_text()[-3000:]}")
+            time.sleep(1)
+    project, ram = tmp_path / "project", tmp_path / "shm"
+    (project / "in").mkdir(parents=True)
+    ram.mkdir()
+    (project / "in" / "week.fits").write_bytes(b"\0" * 2880)
+    pidfile = tmp_path / "tool.pid"
+    config = {
+        "resources": {"cores": 1, "ram_disk": {"enabled": True, "path": str(ram)}},
+        "input": {"directory": "in", "pattern": "*.fits"},
+        "steps": [
+            {
+                "name": "slow",
+                "command": f"echo $$ > {pidfile} && sleep 300 && cp {{input}} {{out}}",
+                "outputs": {"out": "{stem}_out.fits"},
+            }
+        ],
+        "output": {"directory": "products"},
+    }
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = client.create_flow_run_from_deployment(
+        deployment.id, parameters={"config": str(project / "pipeline.yaml")}
+    )
+    deadline = time.monotonic() + 120
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the tool never started: {served.read_text()[-3000:]}")
+        time.sleep(0.2)
+    tool = int(pidfile.read_text())
+    assert any(ram.glob("fermipipe-run-*")), "the run works on the RAM disk"
+    os.killpg(tool, 0)  # running
+
+    client.set_flow_run_state(run.id, Cancelling(message="Cancel from the UI"), force=True)
+    final = wait_final(client, run.id, 120)
+    assert final.state_type == StateType.CANCELLED, final.state
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            os.killpg(tool, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail("the tool's process group is still running after the cancellation")
+        time.sleep(0.2)
+    assert not any(ram.glob("fermipipe-*")), sorted(ram.iterdir())

@@ -18,26 +18,37 @@ from pipeline_project import REPO, make_project
 
 pytestmark = pytest.mark.timeout(240)
 
-# A process whose normal SIGTERM teardown never ends (the handler below it returns and the
-# main thread carries on), with a real tool running (a process group of its own) and a
-# folder registered for cleanup.
+# A process whose normal SIGTERM teardown never ends: its SIGTERM handler raises Prefect's
+# TerminationSignal (as Prefect's own does during a flow run), the except block calls
+# on_interrupt as the flow's do, then the teardown hangs. A real tool (a process group of its
+# own) is running and a folder is registered for cleanup.
 HANGING = """
 import shutil, signal, sys, threading, time
 from pathlib import Path
+from prefect.exceptions import TerminationSignal
 from fermipipe import runner
 from fermipipe.plan import Invocation
-from flows.shutdown import register_cleanup, sigterm_guard
+from flows.shutdown import on_interrupt, register_cleanup
 
 folder, pidfile = Path(sys.argv[1]), Path(sys.argv[2])
 folder.mkdir()
 (folder / "intermediate.fits").write_bytes(b"x" * 2880)
 register_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
-signal.signal(signal.SIGTERM, lambda *_: print("teardown started, never ends", flush=True))
+
+def prefect_like(signum, frame):
+    raise TerminationSignal(signal=signum)
+
+signal.signal(signal.SIGTERM, prefect_like)
 tool = Invocation(step="s", file_id="f", engine="shell",
                   shell=f"echo $$ > {pidfile}; exec sleep 300")
 threading.Thread(target=runner.run_invocation, args=(tool,), daemon=True).start()
-with sigterm_guard(grace=float(sys.argv[3])):
+try:
     print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+except BaseException as exc:
+    on_interrupt(exc, grace=float(sys.argv[3]))
+    print("teardown started, never ends", flush=True)
     while True:
         time.sleep(0.05)
 """
