@@ -4,8 +4,8 @@ Used on a Dask cluster whose workers are on other nodes (``runner.node_local``):
 belongs to one node, so a file's steps must all run where its intermediates are. The task
 opens a folder on the node (RAM disk when ``MemAvailable`` and free space allow, else the
 shared work folder), stages the input there, runs the steps in order — each through the
-same code as a per-step task (:func:`tasks.steps.execute_step`: cache store, retries of
-transient failures) — copies what outlives the chain (merge inputs, kept products) to the
+function of a per-step task (``tasks.steps.run_step.fn``: cache store; transient failures
+retried) — copies what outlives the chain (merge inputs, kept products) to the
 shared folder atomically, and removes its folder whatever happens. Orphans of killed
 workers on the node are removed by the next chain there.
 """
@@ -28,7 +28,7 @@ from fermipipe import runner
 from fermipipe.plan import Invocation, rebase, rebase_path, relocate
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.staging import NodeStaging
-from tasks.steps import RETRY_DELAYS, StepCache, execute_step
+from tasks.steps import RETRY_DELAYS, StepCache, run_step
 
 
 def rebase_cache(cache: StepCache | None, old: Path, new: Path) -> StepCache | None:
@@ -144,7 +144,7 @@ def _step_with_retries(
     """One step; a transient failure is tried again after each of RETRY_DELAYS."""
     for attempt in range(len(RETRY_DELAYS) + 1):
         try:
-            return execute_step(inv, previous, run=run, order=order, step_index=k, cache=cache)
+            return run_step.fn(inv, previous, run=run, order=order, step_index=k, cache=cache)
         except StepFailedError as exc:
             if exc.result.failure_kind != "transient" or attempt == len(RETRY_DELAYS):
                 return exc.result

@@ -174,23 +174,10 @@ def run_step(
     later steps are not run; transient failures are retried with backoff first); an empty
     product returns a result with status ``empty``. ``order``/``step_index`` set the
     priority of the concurrency slot: earlier files' next steps go first among the work that
-    is ready. ``cache`` (None: no caching) is described in the module docstring.
+    is ready. ``cache`` (None: no caching) is described in the module docstring. A
+    node-local chain (tasks/chain.py) calls the plain function, ``run_step.fn``, step after
+    step.
     """
-    return execute_step(
-        invocation, previous, run=run, order=order, step_index=step_index, cache=cache
-    )
-
-
-def execute_step(
-    invocation: Invocation,
-    previous: StepResult | None,
-    *,
-    run: runner.RunSpec | str,
-    order: int,
-    step_index: int,
-    cache: StepCache | None = None,
-) -> StepResult:
-    """The body of :func:`run_step` (also run step after step by a node-local chain)."""
     if previous is not None and previous.status != "ok":
         skipped = StepResult(
             invocation.step,

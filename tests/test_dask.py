@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+from processes import group_gone
 
 from deployments.localserver import (
     free_port,
@@ -154,6 +155,20 @@ def run_pipeline(
         )
     data = json.loads(summary.read_text()) if summary.exists() else {}
     return proc.returncode, data
+
+
+def start_pipeline(
+    config: Path, env: dict[str, str], out: Any, *extra: str
+) -> subprocess.Popen[Any]:
+    """``python flows/fermi.py CONFIG`` started in a session of its own, output to ``out``."""
+    return subprocess.Popen(
+        [PY, "flows/fermi.py", str(config), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def comparable_cards(header: fits.Header) -> list[tuple[str, Any]]:
@@ -284,14 +299,7 @@ def test_a_worker_killed_mid_run_has_its_files_rerun_elsewhere(
         summary_path = log.with_suffix(".json")
         pids = {str(p.pid): name for name, p in cluster.workers.items()}
         with log.open("w") as out:
-            run = subprocess.Popen(
-                [PY, "flows/fermi.py", str(kill_config), "--summary-json", str(summary_path)],
-                cwd=REPO,
-                env=server,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            run = start_pipeline(kill_config, server, out, "--summary-json", str(summary_path))
             try:
                 # Kill the first worker seen running a stage (mid-sleep: its tool is alive).
                 wait_until(
@@ -389,14 +397,6 @@ def test_slurm_config_builds_a_job_script_with_its_directives(
     assert ltcube.worker_resources == {"ltcube": 1}
 
 
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_sigterm_stops_the_runs_tools_on_the_workers(
     server: dict[str, str], local_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -416,14 +416,7 @@ def test_sigterm_stops_the_runs_tools_on_the_workers(
         stamps = products / "stamps"
         log = tmp_path / "stop-run.log"
         with log.open("w") as out:
-            run = subprocess.Popen(
-                [PY, "flows/fermi.py", str(stop_config)],
-                cwd=REPO,
-                env=server,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            run = start_pipeline(stop_config, server, out)
             try:
                 wait_until(
                     lambda: stamps.is_dir() and len(list(stamps.iterdir())) == 2,

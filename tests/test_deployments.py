@@ -53,6 +53,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import AwaitingRetry
 from prefect.utilities.templating import apply_values
 from prefect.workers.process import ProcessWorker
+from processes import group_gone
 
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
@@ -564,17 +565,13 @@ def test_cancel_from_the_ui_kills_tools_and_removes_the_staging_folder(
         time.sleep(0.2)
     tool = int(pidfile.read_text())
     assert any(ram.glob("fermipipe-run-*")), "the run works on the RAM disk"
-    os.killpg(tool, 0)  # running
+    assert not group_gone(tool)  # running
 
     client.set_flow_run_state(run.id, Cancelling(message="Cancel from the UI"), force=True)
     final = wait_final(client, run.id, 120)
     assert final.state_type == StateType.CANCELLED, final.state
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            os.killpg(tool, 0)
-        except ProcessLookupError:
-            break
+    while not group_gone(tool):
         if time.monotonic() > deadline:
             pytest.fail("the tool's process group is still running after the cancellation")
         time.sleep(0.2)

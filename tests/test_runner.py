@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from processes import alive
 
 from fermipipe import runner
 from fermipipe.plan import Invocation
@@ -46,15 +47,6 @@ def argv(step: str, *words: str | Path, **kw: object) -> Invocation:
         argv=tuple(str(w) for w in words),
         **kw,  # type: ignore[arg-type]
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 @pytest.fixture(autouse=True)

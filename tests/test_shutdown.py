@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pipeline_project import REPO, make_project
+from processes import alive
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,15 +53,6 @@ except BaseException as exc:
     while True:
         time.sleep(0.05)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
 def wait_for(check: object, timeout: float, what: str) -> None:
