@@ -65,7 +65,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import merge as merging
-from fermipipe import runner
+from fermipipe import native, runner
 from fermipipe.cache import sha256_file
 from fermipipe.config import PipelineConfig
 from fermipipe.fermitools import FermitoolsInstall, locate
@@ -318,6 +318,12 @@ def process_files(
     if node is not None:  # Dask workers on other nodes: one task per chain, on one node
         done = process_chains(plan, files, run, cfg, cache, node)
         return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
+    # The native tools' modules are imported here, once, not by the task threads at the
+    # moment they first run a tool. Measured: a SIGTERM that lands while this thread holds
+    # Python's import lock leaves it held, and threads importing then block for good.
+    for name in sorted({inv.tool for fp in files for inv in fp.chain if inv.engine == "native"}):
+        if name:
+            native.get_tool(name)
     depth = max((len(f.chain) for f in files), default=0)
     # A task whose file's previous step is still running holds a thread while it waits, so
     # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots

@@ -17,6 +17,8 @@ runner's cancellation protocol (a cancelled run ends Cancelled, not Crashed).
 
 from __future__ import annotations
 
+import _imp
+import faulthandler
 import itertools
 import os
 import signal
@@ -67,11 +69,30 @@ def _watchdog(signum: int, grace: float) -> None:
     time.sleep(grace)  # a daemon thread: it dies with the process if teardown ends first
     sys.stderr.write(
         f"fermipipe: still running {grace:.0f} s after {signal.Signals(signum).name}; "
-        "exiting now (tools killed, staging folder removed)\n"
+        "exiting now (tools killed, staging folder removed). Where each thread was:\n"
     )
     sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)  # for the bug report: what hung
     run_cleanups()  # a task thread may have recreated a folder in the meantime
+    _stop_temporary_servers()
     os._exit(128 + signum)
+
+
+def _stop_temporary_servers() -> None:
+    """Stop the Prefect server this process started for itself (no PREFECT_API_URL).
+
+    ``os._exit`` skips ``atexit``, where Prefect stops it: the uvicorn subprocess would run
+    on for good, holding its port and our stdout. ``SubprocessASGIServer._instances`` is a
+    Prefect internal (3.9): re-check on upgrades.
+    """
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:  # never started one
+        return
+    for server in list(getattr(module.SubprocessASGIServer, "_instances", {}).values()):
+        try:
+            server.stop()
+        except Exception as exc:  # noqa: BLE001 - best effort on the way out
+            sys.stderr.write(f"fermipipe: could not stop Prefect's temporary server: {exc}\n")
 
 
 def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
@@ -83,6 +104,29 @@ def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
     if not isinstance(exc, TerminationSignal) or _FIRED.is_set():
         return
     _FIRED.set()
+    if release_orphaned_import_lock():
+        sys.stderr.write("fermipipe: released the import lock the SIGTERM left held\n")
     threading.Thread(
         target=_watchdog, args=(exc.signal, grace), name="sigterm-watchdog", daemon=True
     ).start()
+
+
+def release_orphaned_import_lock() -> int:
+    """Release Python's global import lock if this thread still holds it; returns how many
+    holds were released.
+
+    Seen here (stacks dumped by the watchdog after a SIGTERM under load): task threads
+    blocked for good in importlib's ``_imp.acquire_lock()``, so the teardown, which waits for
+    them, hung. A signal's exception can be raised in the main thread between that acquire
+    and the ``try`` that releases it (the main thread imports lazily, e.g. inside Prefect);
+    it then propagates and the lock stays held by the main thread. Called from our
+    ``except`` blocks, where no import of this thread is in progress any more, so a hold
+    found here can only be such an orphan.
+    """
+    released = 0
+    while True:
+        try:
+            _imp.release_lock()
+        except RuntimeError:  # not held by this thread (any more)
+            return released
+        released += 1
