@@ -346,13 +346,7 @@ def process_files(
             summaries = follow_progress(files, futures)
             wait([fut for level in futures for fut in level])
         except BaseException as exc:
-            # Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything: stop every tool group
-            # now — the pool's exit would otherwise wait for tools that never saw the signal —
-            # here and on the Dask workers.
-            on_interrupt(exc)  # SIGTERM: staging folder removed at once, exit bounded
-            runner.kill_all()
-            kill_remote_tools(pool, run.name, get_run_logger())
-            cancel_pending(pool, [fut for level in futures for fut in level])
+            abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
             raise
     done = {
         fp.file_id: summaries.get(i) or summarize_file(fp, [level[i] for level in futures])
@@ -425,12 +419,19 @@ def process_chains(
                 progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
             progress.close()
         except BaseException as exc:
-            on_interrupt(exc)
-            runner.kill_all()
-            kill_remote_tools(pool, run.name, get_run_logger())
-            cancel_pending(pool, futures)
+            abort_submitted(exc, pool, run.name, futures)
             raise
     return done
+
+
+def abort_submitted(exc: BaseException, pool: Any, run_name: str, futures: list[Any]) -> None:
+    """Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything while tasks are out: stop
+    every tool group now — the pool's exit would otherwise wait for tools that never saw the
+    signal — here and on the Dask workers, and cancel what has not started."""
+    on_interrupt(exc)  # SIGTERM: staging folder removed at once, exit bounded
+    runner.kill_all()
+    kill_remote_tools(pool, run_name, get_run_logger())
+    cancel_pending(pool, futures)
 
 
 def chain_need(fp: FilePlan) -> int:
