@@ -26,9 +26,9 @@ from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
-from deployments._params import add_flow_flags, check_flow_flags, flow_parameters
 from fermipipe.config import load_config
 from fermipipe.errors import ConfigError
+from flows.cli import add_flow_flags, check_flow_flags, flow_parameters, report_config_error
 from flows.fermi import fermi_pipeline
 
 #: The FSSC publishes one photon file per mission week: re-run once a week, Friday 06:00 UTC
@@ -63,9 +63,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("a schedule needs at least one CONFIG to run")
     for config in args.configs:  # a bad config is refused now, not at its first run
         try:
-            load_config(config)
+            load_config(config, root=args.root, overrides=args.settings)
         except ConfigError as exc:
-            p.exit(2, f"fermipipe: config error: {exc}\n")
+            report_config_error(exc)
+            p.exit(2)
     return args
 
 

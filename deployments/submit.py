@@ -25,8 +25,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import wait_for_flow_run
 from prefect.utilities.urls import url_for
 
-from deployments._params import FLOW_NAME, add_flow_flags, check_flow_flags, flow_parameters
-from flows.cli import preflight
+from flows.cli import FLOW_NAME, add_flow_flags, check_flow_flags, flow_parameters, preflight
 
 DEFAULT_DEPLOYMENT = f"{FLOW_NAME}/on-demand"
 
@@ -50,7 +49,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_flow_flags(p)
     args = p.parse_args(argv)
     check_flow_flags(p, args)
-    args.step_list = [s for s in args.steps.split(",") if s] if args.steps else None
     args.dry_run = False  # for flows.cli.preflight
     return args
 

@@ -69,6 +69,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,7 @@ __all__ = [
     "PostStepConfig",
     "RamDisk",
     "Resources",
+    "RunChoices",
     "RunnerConfig",
     "StepConfig",
     "glob_files",
@@ -127,8 +129,22 @@ _STEP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def placeholders(template: str) -> list[str]:
-    """Return the ``{name}`` placeholders used by ``template``, in order of appearance."""
-    return [m.group(1) for m in _FIELD.finditer(template) if m.group(1)]
+    """Return the ``{name}`` placeholders used by ``template``, in order of appearance.
+
+    ``${...}`` is not one: it is interpolation, resolved (or reported) at load time."""
+    return [
+        m.group(1)
+        for m in _FIELD.finditer(template)
+        if m.group(1) and not template[: m.start()].endswith("$")
+    ]
+
+
+def bare_placeholder(name: str) -> str:
+    """``temp_select`` for ``"{temp_select}"``: the existing format writes placeholder names
+    in braces in ``outputs:`` and ``cleanup:`` lists; either spelling means the same."""
+    text = name.strip()
+    match = _FIELD.fullmatch(text)
+    return match.group(1) if match and match.group(1) else text
 
 
 def _error(error_type: str, template: str, /, **values: Any) -> PydanticCustomError:
@@ -177,9 +193,27 @@ class RamDisk(_Strict):
     required before the RAM disk is used (the staging helper falls back to disk otherwise).
     """
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     enabled: bool = False
     path: Path = Path("/dev/shm")
     min_ram_gb: float = Field(default=0.0, ge=0)
+    #: Keep the run's work folder (per-file intermediates) after the run, like
+    #: ``--keep-intermediate`` (the existing runner's ``keep``).
+    keep_intermediate: bool = Field(default=False, alias="keep")
+
+
+class LtcubeCache(_Strict):
+    """``resources.ltcube_cache``: reuse weekly livetime cubes across runs whose gtltcube
+    inputs and parameters are unchanged (the existing runner's key).
+
+    Here the content cache does this for every step; ``enabled: false`` makes gtltcube steps
+    always run (never taken from the cache), and ``path`` is where the cache lives when
+    ``cache.directory`` is not set (relative to the config file's directory).
+    """
+
+    enabled: bool = True
+    path: Path | None = None
 
 
 class Resources(_Strict):
@@ -190,6 +224,14 @@ class Resources(_Strict):
     cores: int | Literal["auto"] = "auto"
     ram_disk: RamDisk = Field(default_factory=RamDisk)
     timeout: float | None = Field(default=None, gt=0)
+    ltcube_cache: LtcubeCache = Field(default_factory=LtcubeCache)
+    #: Merge while files are processed (the existing runner's key). Accepted; merges start
+    #: once every file's chain has finished (the run says so once when this is true).
+    stream_merge: bool = True
+    #: Give each week only its slice of a mission-long spacecraft file (default true).
+    slice_scfile: bool = True
+    #: Sum image_sum merges in parallel partial sums (default true); false = one pass.
+    parallel_accum: bool = True
 
     @field_validator("cores", mode="before")
     @classmethod
@@ -248,12 +290,15 @@ def glob_files(directory: Path, pattern: str) -> list[Path]:
 
 
 class OutputConfig(_Strict):
-    """``output``: ``directory`` receives merged products, post-processing outputs and kept
-    per-file products (default ``products/`` next to the config); ``workdir`` holds per-file
-    intermediates when no RAM disk is used (default ``work/`` next to the config)."""
+    """``output``: ``directory`` receives merged products given as bare file names,
+    post-processing outputs, kept per-file products, logs and the cache (default
+    ``products/`` in the run root); ``workdir`` holds per-file intermediates when no RAM disk
+    is used (default ``work/`` in the run root). Paths given here are relative to the config
+    file's directory; the defaults are in the run root because a config kept with the data
+    (or read-only, like a shared one) should not receive products."""
 
-    directory: Path = Path("products")
-    workdir: Path = Path("work")
+    directory: Path | None = None
+    workdir: Path | None = None
 
 
 class FermitoolsConfig(_Strict):
@@ -294,6 +339,18 @@ class RunnerConfig(_Strict):
     #: Run each file's whole chain as one task on one worker, its intermediates on that
     #: node's RAM disk. Default (unset): on for Dask workers on other nodes.
     node_local: bool | None = None
+
+
+class RunOptions(_Strict):
+    """``run``: which parts run, as the command-line flags do (the flags win).
+
+    ``steps``: names of steps, merges and post-processing steps to run (``--steps``);
+    ``skip_merge`` (``--skip-merge``); ``skip_post`` (``--skip-post``).
+    """
+
+    steps: list[str] | None = None
+    skip_merge: bool = False
+    skip_post: bool = False
 
 
 class CacheConfig(_Strict):
@@ -347,7 +404,8 @@ class _CommandOrTool(_Strict):
                     raise _error(
                         "outputs", "list items must be placeholder names (got {item!r})", item=item
                     )
-                out[item] = f"{{stem}}_{item}.fits"
+                name = bare_placeholder(item)
+                out[name] = f"{{stem}}_{name}.fits"
             return out
         return value
 
@@ -437,17 +495,35 @@ class StepConfig(_CommandOrTool):
     """
 
     cleanup: bool | list[str] = False
+    keep: bool | list[str] = False
     max_parallel: int | None = Field(default=None, ge=1)
     worker_resources: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("cleanup", "keep", mode="before")
+    @classmethod
+    def _bare_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [bare_placeholder(v) if isinstance(v, str) else v for v in value]
+        return value
+
     @property
     def cleanup_outputs(self) -> list[str]:
-        """The output placeholders this step deletes after use."""
+        """The output placeholders deleted after use: this step's own (``cleanup: true``) or
+        the listed outputs of this or earlier steps."""
         if self.cleanup is True:
             return list(self.outputs)
         if self.cleanup is False:
             return []
         return list(self.cleanup)
+
+    @property
+    def keep_outputs(self) -> list[str]:
+        """The output placeholders copied to ``output.directory`` (``keep``)."""
+        if self.keep is True:
+            return list(self.outputs)
+        if self.keep is False:
+            return []
+        return list(self.keep)
 
 
 class MergeConfig(_Strict):
@@ -511,6 +587,17 @@ class PostStepConfig(_CommandOrTool):
     """
 
 
+@dataclass(frozen=True)
+class RunChoices:
+    """What one run does: the command-line flags over the config's ``run:`` section (and
+    ``resources.ram_disk.keep_intermediate``); a flag given on the command line wins."""
+
+    steps: list[str] | None = None
+    skip_merge: bool = False
+    skip_post: bool = False
+    keep_intermediate: bool = False
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline configuration (see the module docstring for every key)."""
 
@@ -527,9 +614,18 @@ class PipelineConfig(_Strict):
     on_failure: Literal["stop", "skip"] = "stop"
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    #: The existing format's keys (``../shared/seed``): ``fermi_base`` is the Fermitools
+    #: prefix (= ``fermitools.prefix``); ``run`` selects what runs; ``vars`` holds values
+    #: used by ``${vars.x}`` (resolved at load); ``science_models`` is carried into the run
+    #: summary and the manifests (it drives nothing yet).
+    fermi_base: Path | None = None
+    run: RunOptions = Field(default_factory=RunOptions)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    science_models: dict[str, Any] = Field(default_factory=dict)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<config>")
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("common_files")
     @classmethod
@@ -551,16 +647,45 @@ class PipelineConfig(_Strict):
         """The config file's path (or ``<config>``), used in error messages."""
         return self._source
 
+    @property
+    def root(self) -> Path:
+        """The run root: ``${root:...}`` and root-relative paths (merge ``output_file`` with a
+        folder, what commands read and write relatively) are relative to it. The directory the
+        run is started from, or ``--root``."""
+        return self._root
+
+    def merge_output(self, output_file: str) -> Path:
+        """Where a merge writes ``output_file``: a bare file name goes to
+        ``output.directory``; a relative path with a folder (``./data/x.fits``) is relative to
+        the run root, as the existing runner's users write it; absolute paths stay."""
+        path = Path(output_file)
+        if path.is_absolute():
+            return path
+        if len(path.parts) == 1 and not output_file.startswith("./"):
+            return self.output.directory / path
+        return Path(os.path.normpath(self._root / path))
+
+    def choices(
+        self,
+        steps: list[str] | None = None,
+        skip_merge: bool = False,
+        skip_post: bool = False,
+        keep_intermediate: bool = False,
+    ) -> RunChoices:
+        """The run's choices: command-line values (``steps``, flags) over ``run:``."""
+        return RunChoices(
+            steps if steps else self.run.steps,
+            skip_merge or self.run.skip_merge,
+            skip_post or self.run.skip_post,
+            keep_intermediate or self.resources.ram_disk.keep_intermediate,
+        )
+
     def step(self, name: str) -> StepConfig:
         """The step called ``name`` (KeyError if none)."""
         for step in self.steps:
             if step.name == name:
                 return step
         raise KeyError(name)
-
-    def output_step(self) -> dict[str, StepConfig]:
-        """Map every step-output placeholder to the step that writes it."""
-        return {out: step for step in self.steps for out in step.outputs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,33 +712,38 @@ def _loc_text(loc: Iterable[Any]) -> str:
     return text
 
 
-def _pydantic_error(source: str, exc: ValidationError) -> ConfigError:
-    err = exc.errors(include_url=False)[0]
-    loc = list(err["loc"])
-    ctx = err.get("ctx") or {}
-    if err["type"] == "unknown_key":
-        loc.append(ctx["key"])
-        message = err["msg"]
-    elif err["type"] == "missing":
-        message = "required key is missing"
-    elif err["type"] == "extra_forbidden":
-        message = "unknown key"
-    else:
-        message = err["msg"]
-        # A union (e.g. cleanup: bool | list) reports one error per member at the same key:
-        # say "X or Y" in one line rather than only the first.
-        where = _loc_text(loc)
-        for other in exc.errors(include_url=False)[1:]:
-            if _loc_text(other["loc"]) == where and other["msg"] not in message:
-                message += f" or {other['msg'][0].lower()}{other['msg'][1:]}"
-        value = err.get("input")
-        if (
-            err["type"] != "value_error"
-            and isinstance(value, str | int | float | bool)
-            and repr(value) not in message
-        ):
-            message += f" (got {value!r})"
-    return _fail(source, _loc_text(loc), message)
+def _pydantic_problems(exc: ValidationError, problems: _Problems) -> None:
+    """One line per key the models rejected (union members at one key joined with "or")."""
+    errors = exc.errors(include_url=False)
+    by_where: dict[str, list[dict[str, Any]]] = {}
+    for err in errors:
+        loc = list(err["loc"])
+        if err["type"] == "unknown_key":
+            loc.append((err.get("ctx") or {})["key"])
+        by_where.setdefault(_loc_text(loc), []).append(dict(err))
+    for where, group in by_where.items():
+        err = group[0]
+        if err["type"] == "unknown_key":
+            message = err["msg"]
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif err["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = err["msg"]
+            # A union (e.g. cleanup: bool | list) reports one error per member at the same
+            # key: say "X or Y" in one line rather than only the first.
+            for other in group[1:]:
+                if other["msg"] not in message:
+                    message += f" or {other['msg'][0].lower()}{other['msg'][1:]}"
+            value = err.get("input")
+            if (
+                err["type"] != "value_error"
+                and isinstance(value, str | int | float | bool)
+                and repr(value) not in message
+            ):
+                message += f" (got {value!r})"
+        problems.add(where, message)
 
 
 def _resolve(base: Path, path: Path | str) -> Path:
@@ -627,7 +757,7 @@ def _is_template(value: str) -> bool:
 
 
 def _check_template(
-    source: str,
+    problems: _Problems,
     where: str,
     template: str,
     scope: Iterable[str],
@@ -640,36 +770,34 @@ def _check_template(
         if name in allowed:
             continue
         if name in later:
-            raise _fail(
-                source,
+            problems.add(
                 where,
                 f"placeholder {{{name}}} is an output of the later step {later[name]!r}; "
                 "a step can only use outputs of earlier steps",
             )
+            continue
         hint = _did_you_mean(name, allowed, "{{{}}}")
-        raise _fail(
-            source,
+        problems.add(
             where,
             f"unknown placeholder {{{name}}}{hint}; available: "
             + ", ".join(f"{{{n}}}" for n in sorted(allowed)),
         )
 
 
-def _check_outputs_used(source: str, where: str, step: _CommandOrTool) -> None:
+def _check_outputs_used(problems: _Problems, where: str, step: _CommandOrTool) -> None:
     """A command step must name each of its outputs, or the tool cannot know where to write."""
     assert step.command is not None
     used = set(placeholders(step.command))
     for out in step.outputs:
         if out not in used:
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.outputs.{out}",
                 f"output {{{out}}} is not used in the command of step {step.name!r}, so the "
                 "command cannot write it",
             )
 
 
-def _check_cross(cfg: PipelineConfig, source: str) -> None:
+def _check_cross(cfg: PipelineConfig, problems: _Problems) -> None:
     """Whole-config checks the models cannot do one by one."""
     common = set(cfg.common_files)
     per_file = set(PER_FILE_PLACEHOLDERS)
@@ -683,55 +811,56 @@ def _check_cross(cfg: PipelineConfig, source: str) -> None:
     for i, step in enumerate(cfg.steps):
         where = f"steps[{i}]"
         if step.name in seen_steps:
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.name",
                 f"step name {step.name!r} is used twice (steps[{seen_steps[step.name]}])",
             )
         seen_steps[step.name] = i
         for out, template in step.outputs.items():
             if out in per_file or out in common or out in GLOBAL_PLACEHOLDERS:
-                raise _fail(
-                    source,
+                problems.add(
                     f"{where}.outputs.{out}",
                     f"output name {out!r} is already a common file or reserved placeholder",
                 )
             if out in writer:
-                raise _fail(
-                    source,
+                problems.add(
                     f"{where}.outputs.{out}",
                     f"output {out!r} is also written by step {writer[out]!r}",
                 )
             if template in file_writer:
-                raise _fail(
-                    source,
+                problems.add(
                     f"{where}.outputs.{out}",
                     f"file name {template!r} is also written by step {file_writer[template]!r}",
                 )
             _check_template(
-                source, f"{where}.outputs.{out}", template, OUTPUT_NAME_PLACEHOLDERS, {}
+                problems, f"{where}.outputs.{out}", template, OUTPUT_NAME_PLACEHOLDERS, {}
             )
         later = {o: s for o, s in all_outputs.items() if o not in writer and o not in step.outputs}
         scope = per_file | globals_ | common | set(writer) | set(step.outputs)
         if step.command is not None:
-            _check_template(source, f"{where}.command", step.command, scope, later)
-            _check_outputs_used(source, where, step)
+            _check_template(problems, f"{where}.command", step.command, scope, later)
+            _check_outputs_used(problems, where, step)
         for key, value in step.params.items():
             if isinstance(value, str):
-                _check_template(source, f"{where}.params.{key}", value, scope, later)
+                _check_template(problems, f"{where}.params.{key}", value, scope, later)
         for key, value in step.inputs.items():
-            _check_template(source, f"{where}.inputs.{key}", value, scope, later)
+            _check_template(problems, f"{where}.inputs.{key}", value, scope, later)
         if step.tool is not None:
-            structured_output_params(step, where=where, source=source)
-        if isinstance(step.cleanup, list):
-            for j, name in enumerate(step.cleanup):
-                if name not in step.outputs:
-                    hint = _did_you_mean(name, step.outputs)
-                    raise _fail(
-                        source,
-                        f"{where}.cleanup[{j}]",
-                        f"{name!r} is not an output of step {step.name!r}{hint}",
-                    )
+            _structured_outputs(problems, step, where)
+        mine_or_earlier = set(writer) | set(step.outputs)
+        for key, names in (("cleanup", step.cleanup), ("keep", step.keep)):
+            if not isinstance(names, list):
+                continue
+            allowed = mine_or_earlier if key == "cleanup" else set(step.outputs)
+            whose = "this or an earlier step" if key == "cleanup" else f"step {step.name!r}"
+            for j, name in enumerate(names):
+                if name in allowed:
+                    continue
+                if name in all_outputs:
+                    why = f" (it is made by the later step {all_outputs[name]!r})"
+                else:
+                    why = _did_you_mean(name, allowed)
+                problems.add(f"{where}.{key}[{j}]", f"{name!r} is not an output of {whose}{why}")
         for out, template in step.outputs.items():
             writer[out] = step.name
             file_writer[template] = step.name
@@ -742,15 +871,14 @@ def _check_cross(cfg: PipelineConfig, source: str) -> None:
     for i, merge in enumerate(cfg.merging):
         where = f"merging[{i}]"
         if merge.name in merge_names:
-            raise _fail(source, f"{where}.name", f"merge name {merge.name!r} is used twice")
+            problems.add(f"{where}.name", f"merge name {merge.name!r} is used twice")
         if (
             merge.name in common
             or merge.name in writer
             or merge.name in per_file
             or merge.name in GLOBAL_PLACEHOLDERS
         ):
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.name",
                 f"merge name {merge.name!r} clashes with a common file, step output or reserved "
                 "placeholder (post-processing refers to merged files by merge name)",
@@ -758,22 +886,19 @@ def _check_cross(cfg: PipelineConfig, source: str) -> None:
         merge_names[merge.name] = i
         fields = placeholders(merge.input_pattern)
         if len(fields) != 1 or merge.input_pattern.strip() != f"{{{fields[0]}}}":
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.input_pattern",
                 f"{merge.input_pattern!r} must be one step-output placeholder, e.g. "
                 '"{chunk_ccube}"',
             )
-        if fields[0] not in writer:
+        elif fields[0] not in writer:
             hint = _did_you_mean(fields[0], writer, "{{{}}}")
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.input_pattern",
                 f"{{{fields[0]}}} is not an output of any step{hint}",
             )
         if merge.output_file in merge_files:
-            raise _fail(
-                source,
+            problems.add(
                 f"{where}.output_file",
                 f"{merge.output_file!r} is also written by merge {merge_files[merge.output_file]!r}",
             )
@@ -786,32 +911,29 @@ def _check_cross(cfg: PipelineConfig, source: str) -> None:
     for i, post in enumerate(cfg.post_processing):
         where = f"post_processing[{i}]"
         if post.name in post_names:
-            raise _fail(
-                source, f"{where}.name", f"post-processing name {post.name!r} is used twice"
-            )
+            problems.add(f"{where}.name", f"post-processing name {post.name!r} is used twice")
         post_names.add(post.name)
         for out, template in post.outputs.items():
             if out in post_scope:
-                raise _fail(
-                    source,
+                problems.add(
                     f"{where}.outputs.{out}",
                     f"output name {out!r} is already a common file, merge or earlier output",
                 )
-            _check_template(source, f"{where}.outputs.{out}", template, (), {})
+            _check_template(problems, f"{where}.outputs.{out}", template, (), {})
             if Path(template) in post_files:
-                raise _fail(source, f"{where}.outputs.{out}", f"file {template!r} is written twice")
+                problems.add(f"{where}.outputs.{out}", f"file {template!r} is written twice")
             post_files.add(Path(template))
         scope = post_scope | set(post.outputs)
         if post.command is not None:
-            _check_template(source, f"{where}.command", post.command, scope, {})
-            _check_outputs_used(source, where, post)
+            _check_template(problems, f"{where}.command", post.command, scope, {})
+            _check_outputs_used(problems, where, post)
         for key, value in post.params.items():
             if isinstance(value, str):
-                _check_template(source, f"{where}.params.{key}", value, scope, {})
+                _check_template(problems, f"{where}.params.{key}", value, scope, {})
         for key, value in post.inputs.items():
-            _check_template(source, f"{where}.inputs.{key}", value, scope, {})
+            _check_template(problems, f"{where}.inputs.{key}", value, scope, {})
         if post.tool is not None:
-            structured_output_params(post, where=where, source=source)
+            _structured_outputs(problems, post, where)
         post_scope |= set(post.outputs)
 
 
@@ -855,13 +977,31 @@ def structured_output_params(
     return result
 
 
+def _structured_outputs(problems: _Problems, step: _CommandOrTool, where: str) -> None:
+    try:
+        structured_output_params(step, where=where, source=problems.source)
+    except ConfigError as exc:
+        problems.lines.append(str(exc))
+
+
 def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     cfg.input.directory = _resolve(base, cfg.input.directory)
     cfg.common_files = {k: _resolve(base, v) for k, v in cfg.common_files.items()}
-    cfg.output.directory = _resolve(base, cfg.output.directory)
-    cfg.output.workdir = _resolve(base, cfg.output.workdir)
+    root = cfg.root
+    out = cfg.output
+    out.directory = _resolve(base, out.directory) if out.directory else root / "products"
+    out.workdir = _resolve(base, out.workdir) if out.workdir else root / "work"
+    if cfg.fermi_base is not None:
+        cfg.fermi_base = _resolve(base, cfg.fermi_base)
+        if cfg.fermitools.prefix is None:
+            cfg.fermitools.prefix = cfg.fermi_base
     if cfg.fermitools.prefix is not None:
         cfg.fermitools.prefix = _resolve(base, cfg.fermitools.prefix)
+    lt_path = cfg.resources.ltcube_cache.path
+    if lt_path is not None:
+        cfg.resources.ltcube_cache.path = _resolve(base, lt_path)
+        if cfg.cache.directory is None:
+            cfg.cache.directory = cfg.resources.ltcube_cache.path
     if cfg.cache.directory is not None:
         cfg.cache.directory = _resolve(base, cfg.cache.directory)
     for step in (*cfg.steps, *cfg.post_processing):
@@ -870,31 +1010,46 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
         }
 
 
-def _check_files(cfg: PipelineConfig, source: str) -> None:
+def _check_files(cfg: PipelineConfig, problems: _Problems) -> None:
     if cfg.fermitools.prefix is not None:
         from fermipipe.fermitools import locate
 
+        key = "fermi_base" if cfg.fermi_base == cfg.fermitools.prefix else "fermitools.prefix"
         try:
             locate(cfg.fermitools.prefix, {})
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            text = str(exc).removeprefix("fermitools.prefix: ")
+            problems.add(key, text)
     for name, path in cfg.common_files.items():
         if not path.is_file():
-            raise _fail(source, f"common_files.{name}", f"file not found: {path}")
+            problems.add(f"common_files.{name}", f"file not found: {path}")
     for steps, key in ((cfg.steps, "steps"), (cfg.post_processing, "post_processing")):
         for i, step in enumerate(steps):
             for param, value in step.inputs.items():
                 if not _is_template(value) and not Path(value).exists():
-                    raise _fail(source, f"{key}[{i}].inputs.{param}", f"file not found: {value}")
+                    problems.add(f"{key}[{i}].inputs.{param}", f"file not found: {value}")
     directory = cfg.input.directory
     if not directory.is_dir():
-        raise _fail(source, "input.directory", f"directory not found: {directory}")
-    if not glob_files(directory, cfg.input.pattern):
-        raise _fail(
-            source,
-            "input.pattern",
-            f"no file matches {cfg.input.pattern!r} in {directory}",
-        )
+        problems.add("input.directory", f"directory not found: {directory}")
+    elif not glob_files(directory, cfg.input.pattern):
+        problems.add("input.pattern", f"no file matches {cfg.input.pattern!r} in {directory}")
+
+
+class _Problems:
+    """Every problem found in a config, one line each, raised together at the end."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        line = f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
+        if line not in self.lines:
+            self.lines.append(line)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(*self.lines)
 
 
 def parse_config(
@@ -903,29 +1058,61 @@ def parse_config(
     *,
     source: str = "<config>",
     check_files: bool = True,
+    root: Path | None = None,
+    overrides: Iterable[str] = (),
+    collect: list[str] | None = None,
 ) -> PipelineConfig:
     """Validate an already-parsed config mapping (see :func:`load_config`)."""
+    from fermipipe.interpolation import interpolate
+
+    problems = _Problems(source)
     if not isinstance(data, Mapping):
-        raise _fail(source, "", "the config must be a YAML mapping of keys")
+        problems.add("", "the config must be a YAML mapping of keys")
+        problems.raise_if_any()
+    run_root = Path(os.path.abspath(root if root is not None else Path.cwd()))
+    data, unresolved = interpolate(data, run_root, overrides)
+    for line in unresolved:
+        problems.add("", line)
     try:
         cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise _pydantic_error(source, exc) from None
+        _pydantic_problems(exc, problems)
+        problems.raise_if_any()
+        raise AssertionError("unreachable") from None
     base = Path(os.path.abspath(base_dir))
     cfg._base_dir = base
     cfg._source = source
-    _check_cross(cfg, source)
+    cfg._root = run_root
+    _check_cross(cfg, problems)
+    if cfg.fermi_base is not None and cfg.fermitools.prefix not in (None, cfg.fermi_base):
+        problems.add("fermi_base", "differs from fermitools.prefix: give one of them")
+    problems.raise_if_any()
     _resolve_paths(cfg, base)
     if check_files:
-        _check_files(cfg, source)
+        _check_files(cfg, problems)
+    if collect is not None:  # the caller goes on checking and reports everything at once
+        collect.extend(problems.lines)
+        return cfg
+    problems.raise_if_any()
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> PipelineConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    check_files: bool = True,
+    root: Path | None = None,
+    overrides: Iterable[str] = (),
+    collect: list[str] | None = None,
+) -> PipelineConfig:
     """Load and fully validate a pipeline config file (both forms, mixed freely).
 
-    Raises ConfigError (one line naming the file, the key path and the problem) for anything
-    wrong, before any work is done.
+    ``root`` is the run root (default: the current directory) and ``overrides`` are
+    ``key=value`` assignments applied before ``${...}`` interpolation (``--set``). Raises
+    ConfigError carrying every problem found (one line each: the file, the key path and
+    what is wrong), before any work is done. With ``collect``, problems that leave the
+    config usable (missing files, a bad Fermitools prefix) are appended to it instead, so
+    that the caller can check the plan too and report everything in one pass.
     """
     path = Path(path)
     source = str(path)
@@ -942,4 +1129,12 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Pi
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
-    return parse_config(data, path.resolve().parent, source=source, check_files=check_files)
+    return parse_config(
+        data,
+        path.resolve().parent,
+        source=source,
+        check_files=check_files,
+        root=root,
+        overrides=overrides,
+        collect=collect,
+    )

@@ -12,7 +12,15 @@ class FermipipeError(Exception):
 
 
 class ConfigError(FermipipeError):
-    """The pipeline configuration is invalid (shown as one line, exit code 2)."""
+    """The pipeline configuration is invalid: one line per problem (exit code 2).
+
+    ``problems`` holds every line; a config is checked whole and all its problems are
+    reported together.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(problems))
 
 
 class ToolError(FermipipeError):

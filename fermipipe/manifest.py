@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fermipipe import __version__
 
@@ -41,6 +42,8 @@ class Manifest:
     #: sha256 of the finished product (header included): proves the file on disk is the one
     #: this manifest describes before an incremental merge builds on it.
     product_sha256: str | None = None
+    #: The config's ``science_models`` (references for a later likelihood stage).
+    science_models: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

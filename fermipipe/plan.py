@@ -7,7 +7,7 @@ Nothing here runs anything.
 Public API
 ----------
 ``build_plan(cfg, *, only_steps=None, workdir=None, fermitools=None,
-allow_missing_tools=False) -> Plan``
+allow_missing_tools=False, skip_merge=False, skip_post=False) -> Plan``
     Discover the input files (sorted glob of ``input.pattern`` in ``input.directory``; none →
     ConfigError naming both), render every step for every file, the merges and the
     post-processing steps. ``fermitools`` is the located installation
@@ -22,9 +22,10 @@ allow_missing_tools=False) -> Plan``
     go (``<workdir>/<file_id>/``); default ``cfg.output.workdir``.
 ``render_dry_run(plan) -> str``
     Every command for every file, then merges and post-processing, as text.
-``prepare(config_path, *, dry_run=False, only_steps=None, workdir=None) -> (cfg, install, plan)``
-    load_config + fermitools.locate(cfg.fermitools.prefix) + build_plan: all validation in
-    one call, before any work (ConfigError → print one line, exit code 2).
+``prepare(config_path, *, dry_run=False, only_steps=None, skip_merge=False, skip_post=False,
+keep_intermediate=False, workdir=None, root=None, overrides=()) -> (cfg, install, plan, choices)``
+    load_config + fermitools.locate(cfg.fermitools.prefix) + the run's choices + build_plan:
+    all validation in one call, before any work (ConfigError → its lines, exit code 2).
 ``tool_invocation(step, file_id, engine, tool, params, *, inputs, outputs, timeout)``
     An Invocation built like the planner's (e.g. a pairwise gtltsum for a merge).
 ``discover_inputs(cfg) -> list[Path]``, ``stem_of(path)``, ``week_of(name)``,
@@ -39,14 +40,17 @@ Engines of per-file and post-processing invocations:
   ``shell``: the template with every substituted value shell-quoted for its position (bare,
   inside '…' or "…"), so a file called ``a b;c'd.fits`` is one word.
 
-File placement: every per-file output is ``<workdir>/<file_id>/<name>`` when a merge reads
-it or the step cleans it up; any other per-file output is a product kept in
-``<output.directory>/<name>``. Merged products and post-processing outputs are in
-``<output.directory>``. ``FilePlan.cleanup`` lists files to delete once that file's chain
-succeeded; ``Plan.cleanup`` files to delete once the merges succeeded (cleaned-up merge
-inputs); ``FilePlan.keep`` (source, destination) pairs of merge inputs not cleaned up, to
-copy from the workdir to the output directory (the workdir may be a RAM disk). With
-``only_steps``, only outputs of the steps that run are ever cleaned up or kept.
+File placement (as the existing runner does it): every per-file output is
+``<workdir>/<file_id>/<name>`` — the run's work area, which goes with the run. Only merged
+products, post-processing outputs and what a step ``keep``s land in output folders: merged
+products at ``cfg.merge_output(output_file)`` (``output.directory`` for a bare file name, the
+run root for a relative path with a folder), kept per-file outputs in ``output.directory``.
+``FilePlan.cleanup`` lists files to delete once that file's chain succeeded; ``Plan.cleanup``
+files to delete once the merges succeeded (cleaned-up merge inputs); ``FilePlan.keep``
+(source, destination) pairs of kept outputs, copied from the work area to the output directory
+after the merges. With ``only_steps``, only outputs of the steps that run are ever cleaned up
+or kept. Existing-form commands run from the run root (``Invocation.cwd``); a native tool run
+in-process gets its relative file parameters made absolute against it.
 
 Fields added to the original contract (none renamed or removed): ``Invocation.params_digest``
 (property: sha256 of tool + parameters with paths replaced by their roles, for cache keys),
@@ -58,18 +62,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fermipipe.config import (
     EngineChoice,
     PipelineConfig,
     PostStepConfig,
+    RunChoices,
     StepConfig,
     glob_files,
     placeholders,
@@ -128,6 +134,10 @@ class Invocation:
     outputs: dict[str, Path] = field(default_factory=dict)  # name → file written
     timeout: float | None = None  # seconds
     max_parallel: int | None = None  # per-step cap below resources.cores
+    #: Working directory of a subprocess (None: a private one). Existing-form commands run
+    #: from the run root, so relative paths in them mean what the existing runner's users
+    #: expect (it chdirs to its repository root).
+    cwd: Path | None = None
 
     def render(self) -> str:
         """The command line a user would type (for --dry-run and logs)."""
@@ -194,6 +204,8 @@ class MergePlan:
     #: Per-file paths of ``output_name`` in file order (the flow leaves out failed/empty files).
     inputs: tuple[Path, ...] = ()
     timeout: float | None = None
+    #: image_sum in parallel partial sums (``resources.parallel_accum``); False: one pass.
+    parallel: bool = True
 
 
 @dataclass(frozen=True)
@@ -391,13 +403,15 @@ class _Ctx:
     allow_missing: bool
     warnings: list[str]
 
+    errors: list[str] = field(default_factory=list)
+
     def fail(self, where: str, message: str) -> None:
+        """Record a problem: an error (all raised together by build_plan), or a warning
+        when tools that cannot run here are tolerated (dry run, a part that is skipped)."""
         text = f"{self.cfg.source}: {where}: {message}"
-        if self.allow_missing:
-            if text not in self.warnings:
-                self.warnings.append(text)
-            return
-        raise ConfigError(text)
+        found = self.warnings if self.allow_missing else self.errors
+        if text not in found:
+            found.append(text)
 
 
 def _install_has(install: FermitoolsInstall | None, tool: str) -> bool:
@@ -560,12 +574,20 @@ def _render_step(
         argv = _fermitools_argv(tool, params)
         return make("fermitools", inputs, tool=tool, params=params, argv=argv)
 
-    # Existing form: a shell command template.
+    # Existing form: a shell command template, run from the run root.
     assert step_cfg.command is not None
+    root = ctx.cfg.root
+
+    def make_cmd(engine: Engine, inputs: dict[str, Path], **kw: Any) -> Invocation:
+        inv = make(engine, inputs, **kw)
+        return inv if engine == "native" else replace(inv, cwd=root)
+
     try:
         shell, words = expand_command(step_cfg.command, values)
     except ValueError as exc:
-        raise ConfigError(f"{ctx.cfg.source}: {where}.command: {exc}") from None
+        ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc}")
+        return make("shell", {}, shell=step_cfg.command)
+    _check_scripts(ctx, f"{where}.command", words, root)
     inputs = {
         used: file_roles[used]
         for used in placeholders(step_cfg.command)
@@ -580,7 +602,7 @@ def _render_step(
                 ctx.fail(label, f"the shell command runs {tool}: {problem}")
         if step_cfg.engine == "native":
             ctx.fail(label, "engine native, but the command uses shell syntax")
-        return make("shell", inputs, shell=shell)
+        return make_cmd("shell", inputs, shell=shell)
     first = words[0]
     tool = PurePath(first).name
     if is_fermitools_tool(tool):
@@ -591,17 +613,54 @@ def _render_step(
             params = _parse_words(tool, words[1:])
         except ToolError as exc:
             if engine == "native":
-                raise ConfigError(f"{ctx.cfg.source}: {where}.command: {exc.detail}") from None
+                ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc.detail}")
+                return make("native", inputs, tool=tool, params={})
             # Positional arguments (ftools style): run it as written, through the shell.
-            return make("shell", inputs, tool=tool, shell=shell)
+            return make_cmd("shell", inputs, tool=tool, shell=shell)
         if engine == "native":
-            return make("native", inputs, tool=tool, params=params)
+            return make("native", inputs, tool=tool, params=_rooted_files(tool, params, root))
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
         argv = _fermitools_argv(words[0], params)
-        return make("fermitools", inputs, tool=tool, params=params, argv=argv)
+        return make_cmd("fermitools", inputs, tool=tool, params=params, argv=argv)
     if step_cfg.engine == "native":
         ctx.fail(label, f"engine native, but {first!r} is not a tool with a native version")
-    return make("shell", inputs, shell=shell)
+    return make_cmd("shell", inputs, shell=shell)
+
+
+_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
+
+
+def _check_scripts(ctx: _Ctx, where: str, words: list[str] | None, root: Path) -> None:
+    """A command running a script (``python3 some/script.py …``) needs that script: a
+    missing one is a config error now, not a failure after hours of work."""
+    if not words or not _PYTHON.match(PurePath(words[0]).name) or len(words) < 2:
+        return
+    script = words[1]
+    if script.startswith("-") or not script.endswith(".py"):
+        return
+    path = Path(script) if Path(script).is_absolute() else root / script
+    if not path.is_file():
+        ctx.fail(where, f"script not found: {path}")
+
+
+def _rooted_files(tool: str, params: dict[str, str], root: Path) -> dict[str, str]:
+    """``params`` with relative file parameters made absolute against the run root: a
+    native tool runs in this process, whose working directory may not be the root."""
+    from fermipipe.native import file_params
+
+    files = file_params(tool)
+    out = dict(params)
+    for key, value in params.items():
+        text = value.strip()
+        if (
+            key in files
+            and text
+            and text.upper() not in ("INDEF", "NONE")
+            and not text.startswith("@")
+            and not Path(text).is_absolute()
+        ):
+            out[key] = os.path.normpath(root / text)
+    return out
 
 
 def _parse_words(tool: str, words: list[str]) -> dict[str, str]:
@@ -642,8 +701,12 @@ def build_plan(
     workdir: Path | None = None,
     fermitools: FermitoolsInstall | None = None,
     allow_missing_tools: bool = False,
+    skip_merge: bool = False,
+    skip_post: bool = False,
 ) -> Plan:
-    """Render the whole run (see the module docstring). Raises ConfigError before any work."""
+    """Render the whole run (see the module docstring). Raises ConfigError, naming every
+    problem found, before any work. Merges (``skip_merge``) and post-processing steps
+    (``skip_post``) that will not run are left out and their tools not required."""
     ctx = _Ctx(cfg, fermitools, allow_missing_tools, [])
     work = Path(workdir) if workdir is not None else cfg.output.workdir
     outdir = cfg.output.directory
@@ -651,8 +714,13 @@ def build_plan(
     ids = _file_ids(files)
     keep_steps, keep_merges, keep_posts = _select(cfg, only_steps)
 
+    if skip_merge:
+        keep_merges = set()
+    if skip_post:
+        keep_posts = set()
     merged_outputs = {m.output_name for m in cfg.merging}
     cleanup_of = {out for s in cfg.steps for out in s.cleanup_outputs}
+    keep_of = {out for s in cfg.steps for out in s.keep_outputs}
     common = {k: str(v) for k, v in cfg.common_files.items()}
     common_roles = dict(cfg.common_files)
     dirs = {"output_dir": str(outdir), "config_dir": str(cfg.base_dir)}
@@ -685,13 +753,12 @@ def build_plan(
                         f"for {path.name} (no _wNNN_ in its name)"
                     )
                 fname = _substitute_raw(template, name_values)
-                if out in merged_outputs or out in cleanup_of:
-                    target = work / file_id / fname
-                    if out in merged_outputs and out not in cleanup_of and selected:
+                # Per-file outputs live in the run's work area and go with it; what a step
+                # keeps is copied to the output folder after the merges.
+                target = work / file_id / fname
+                if out in keep_of:
+                    if selected:
                         keep.append((target, outdir / fname))
-                else:
-                    target = outdir / fname
-                if out not in merged_outputs or out not in cleanup_of:
                     owner = kept_names.get(outdir / fname)
                     if owner is not None and owner != file_id:
                         raise ConfigError(
@@ -739,7 +806,7 @@ def build_plan(
     post_values: dict[str, str] = {**common, **dirs}
     post_roles: dict[str, Path] = dict(common_roles)
     for i, merge in enumerate(cfg.merging):
-        target = outdir / merge.output_file
+        target = cfg.merge_output(merge.output_file)
         engine: Engine = "native"
         if merge.strategy == "ftmerge" and merge.engine == "fermitools":
             # Only on explicit request: ftmerge keeps the first file's GTI (spec §8), so the
@@ -764,6 +831,7 @@ def build_plan(
                     engine,
                     tuple(per_output_paths.get(merge.output_name, ())),
                     merge.timeout or cfg.resources.timeout,
+                    cfg.resources.parallel_accum,
                 )
             )
 
@@ -788,6 +856,8 @@ def build_plan(
         if post.name in keep_posts:
             posts.append(inv)
 
+    if ctx.errors:
+        raise ConfigError(*ctx.errors)
     return Plan(
         tuple(file_plans),
         tuple(merges),
@@ -884,31 +954,49 @@ def prepare(
     *,
     dry_run: bool = False,
     only_steps: list[str] | None = None,
+    skip_merge: bool = False,
+    skip_post: bool = False,
+    keep_intermediate: bool = False,
     workdir: Path | None = None,
     environ: Mapping[str, str] | None = None,
-) -> tuple[PipelineConfig, FermitoolsInstall | None, Plan]:
-    """Everything the flow needs before any work: load and validate the config, locate the
-    Fermitools (config prefix, $FERMI_DIR, $CONDA_PREFIX, PATH) and build the plan.
+    root: Path | None = None,
+    overrides: Iterable[str] = (),
+) -> tuple[PipelineConfig, FermitoolsInstall | None, Plan, RunChoices]:
+    """Everything a run needs before any work: load and validate the config (``root``:
+    the run root, default the current directory; ``overrides``: ``key=value`` settings),
+    locate the Fermitools (config prefix, $FERMI_DIR, $CONDA_PREFIX, PATH), combine the
+    command-line choices with the config's ``run:`` and build the plan.
 
-    Raises ConfigError (one line, exit code 2) for any problem. ``dry_run`` tolerates tools
+    Raises ConfigError (one line per problem, exit code 2). ``dry_run`` tolerates tools
     that cannot run here (reported in ``Plan.warnings``) so the plan can still be shown.
     """
     from fermipipe.config import load_config
     from fermipipe.fermitools import locate
 
-    cfg = load_config(config_path)
+    problems: list[str] = []
+    cfg = load_config(config_path, root=root, overrides=overrides, collect=problems)
+    install = None
     try:
         install = locate(cfg.fermitools.prefix, environ)
     except ConfigError as exc:
-        raise ConfigError(f"{cfg.source}: {exc}") from None
-    plan = build_plan(
-        cfg,
-        only_steps=only_steps,
-        workdir=workdir,
-        fermitools=install,
-        allow_missing_tools=dry_run,
-    )
-    return cfg, install, plan
+        if not problems:  # a bad prefix is already among the config's problems
+            problems.append(f"{cfg.source}: {exc}")
+    choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate)
+    try:
+        plan = build_plan(
+            cfg,
+            only_steps=choices.steps,
+            workdir=workdir,
+            fermitools=install,
+            allow_missing_tools=dry_run,
+            skip_merge=choices.skip_merge,
+            skip_post=choices.skip_post,
+        )
+    except ConfigError as exc:
+        problems.extend(p for p in exc.problems if p not in problems)
+    if problems:
+        raise ConfigError(*problems)
+    return cfg, install, plan, choices
 
 
 def rebase_path(value: str, old: Path, new: Path) -> str:

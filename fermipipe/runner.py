@@ -628,7 +628,9 @@ def _run_subprocess(
         pfiles = rundir / "pfiles"
         pfiles.mkdir()
         run_env = private_env(pfiles, base=os.environ if env is None else env)
-        finished = _execute(argv, rundir, run_env, inv.timeout, capture, result, slot)
+        finished = _execute(
+            argv, rundir, run_env, inv.timeout, capture, result, slot, run_in=inv.cwd
+        )
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
     result.stderr_tail = list(capture.tail)
@@ -668,11 +670,15 @@ def _execute(
     capture: _Capture,
     result: StepResult,
     slot: Slot,
+    run_in: Path | None = None,
 ) -> bool:
     """Start ``argv`` in its own session, stream its output, enforce ``timeout``.
 
-    Fills ``result``; returns True when the tool ran to its own end (any exit code), False
-    when it could not start, timed out or was killed by a signal.
+    ``cwd`` is the invocation's private folder (its PFILES; the run's tools are found by it
+    when they must be killed); the process starts in ``run_in`` when given (the run root of
+    an existing-form command), else in ``cwd``. Fills ``result``; returns True when the tool
+    ran to its own end (any exit code), False when it could not start, timed out or was
+    killed by a signal.
     """
     with slot():
         if _SHUTDOWN.is_set():
@@ -682,7 +688,7 @@ def _execute(
         try:
             proc = subprocess.Popen(
                 argv,
-                cwd=cwd,
+                cwd=run_in or cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

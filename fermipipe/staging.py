@@ -97,7 +97,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cleanup_orphans(root: Path) -> list[Path]:
-    """Remove staging folders under ``root`` whose owner process on this host is gone."""
+    """Remove staging folders under ``root`` whose owner process on this host is gone
+    (folders kept with ``--keep-intermediate`` are the user's and stay)."""
     removed: list[Path] = []
     if not root.is_dir():
         return removed
@@ -115,8 +116,8 @@ def cleanup_orphans(root: Path) -> list[Path]:
             except OSError:
                 continue
             owner = {"host": host, "pid": -1}
-        if owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
-            continue
+        if owner.get("kept") or owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+            continue  # kept on request (--keep-intermediate), another host's, or in use
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
@@ -133,7 +134,12 @@ class StagingArea:
     def __enter__(self) -> StagingArea:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path.mkdir()
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "kept": self.keep,  # a kept folder is the user's: never removed as an orphan
+        }
         (self.path / MARKER).write_text(json.dumps(owner))
         return self
 

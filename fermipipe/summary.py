@@ -83,6 +83,8 @@ class RunSummary:
     merge_note: str | None = None  # why merging did not run, when it did not
     state: Literal["Completed", "Failed"] = "Completed"
     message: str = ""
+    #: The config's ``science_models`` (references for a later likelihood stage).
+    science_models: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- derived views
 
@@ -201,6 +203,7 @@ class RunSummary:
             "outputs": self.outputs(),
             "merge_note": self.merge_note,
             "merges": [asdict(m) for m in self.merges],
+            "science_models": dict(self.science_models),
             "per_file": [
                 {
                     "file": f.file_id,
@@ -294,6 +297,9 @@ class RunSummary:
                 lines += [self.merge_note, ""]
             for m in self.merges:
                 lines += self._markdown_product(m)
+        if self.science_models:
+            lines += ["", "## Science models (from the config; not used by any step yet)", ""]
+            lines += [f"- {key}: `{value}`" for key, value in self.science_models.items()]
         return "\n".join(lines) + "\n"
 
     def _markdown_inputs(self) -> list[str]:

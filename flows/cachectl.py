@@ -65,6 +65,10 @@ class CacheSetup:
     steps: dict[str, list[tuple[StepCache, bool]] | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     stage_inputs: bool = False  # copy each input to the (RAM-disk) work folder before use
+    #: Tools whose outputs are never reused (``resources.ltcube_cache.enabled: false`` for
+    #: gtltcube): their keys carry this run's nonce, so they always run.
+    no_reuse: frozenset[str] = frozenset()
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def result_storage(self) -> Path:
@@ -78,27 +82,16 @@ class CacheSetup:
         )
 
     def version_of(self, inv: Invocation) -> str:
-        return tool_version(inv, self.fermitools_version)
-
-    def key_of(self, file_id: str, step: str, plan: Plan) -> str | None:
-        """The key of ``step`` of file ``file_id`` (None when not cached)."""
-        entries = self.steps.get(file_id)
-        fp = next(f for f in plan.files if f.file_id == file_id)
-        if entries is None:
-            return None
-        for inv, (sc, _run) in zip(fp.chain, entries, strict=True):
-            if inv.step == step:
-                return sc.key
-        return None
+        version = tool_version(inv, self.fermitools_version)
+        return f"{version}+run-{self.nonce}" if inv.tool in self.no_reuse else version
 
 
 def stored_outputs(cfg: PipelineConfig) -> set[str]:
-    """Output placeholders kept in the store: merge inputs and products that are not
-    cleaned up. ``cleanup`` outputs that no merge reads are RAM-disk intermediates."""
+    """Output placeholders kept in the store: merge inputs and outputs a step keeps. Every
+    other per-file output is an intermediate of the run's work area."""
     merged = {m.output_name for m in cfg.merging}
-    cleaned = {out for s in cfg.steps for out in s.cleanup_outputs}
-    every = {out for s in cfg.steps for out in s.outputs}
-    return {out for out in every if out in merged or out not in cleaned}
+    kept = {out for s in cfg.steps for out in s.keep_outputs}
+    return merged | kept
 
 
 def open_cache(
@@ -115,6 +108,8 @@ def open_cache(
     store = get_store(str(root / "store"))
     setup = CacheSetup(root, store, store.hashes, install.version if install else None)
     setup.stage_inputs = stage_inputs
+    if not cfg.resources.ltcube_cache.enabled:
+        setup.no_reuse = frozenset({"gtltcube"})
     kept = stored_outputs(cfg)
     for fp in plan.files:
         try:
@@ -286,6 +281,7 @@ class ProductCache:
     files: dict[str, FileFacts]
     versions: dict[str, str]  # step → tool version
     merge_hashes: dict[str, str]  # merge name → config hash
+    science_models: dict[str, Any] = field(default_factory=dict)  # carried into manifests
 
 
 def product_cache(cfg: PipelineConfig, plan: Plan, cache: CacheSetup | None) -> ProductCache | None:
@@ -317,7 +313,14 @@ def product_cache(cfg: PipelineConfig, plan: Plan, cache: CacheSetup | None) -> 
         hashes[merge.name] = merge_config_hash(merge, version)
         versions[f"merge:{merge.name}"] = version
     versions["fermitools"] = cache.fermitools_version or "unknown"
-    return ProductCache(str(cache.store.root), str(cache.result_storage), facts, versions, hashes)
+    return ProductCache(
+        str(cache.store.root),
+        str(cache.result_storage),
+        facts,
+        versions,
+        hashes,
+        dict(cfg.science_models),
+    )
 
 
 #: Merge strategies whose product is a sum of its inputs, so previous + new = all.
@@ -369,6 +372,7 @@ def merge_decision(
         tool_versions=dict(pc.versions),
         inputs=current,
         left_out=dict(left_out),
+        science_models=dict(pc.science_models),
     )
     previous = read_manifest(merge.output)
     if previous is not None:

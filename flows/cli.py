@@ -11,11 +11,80 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from fermipipe.config import PipelineConfig, load_config
+from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.errors import ConfigError
-from fermipipe.fermitools import locate
-from fermipipe.plan import Plan, build_plan, render_dry_run
+from fermipipe.plan import Plan, prepare, render_dry_run
+
+#: Flow-run names and tags of runs started by the deployment helpers.
+FLOW_NAME = "fermipipe"
+
+
+def add_flow_flags(parser: argparse.ArgumentParser) -> None:
+    """The pipeline flags (all optional), shared by ``flows/fermi.py`` and the deployment
+    helpers so that a deployment run takes the same options as a direct run."""
+    parser.add_argument("--steps", help="comma-separated steps (and merges/post steps) to run")
+    parser.add_argument("--skip-merge", action="store_true", help="do not merge")
+    parser.add_argument("--skip-post", action="store_true", help="do not run post-processing")
+    parser.add_argument(
+        "--keep-intermediate", action="store_true", help="keep per-file intermediates"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="tools running at once (default: resources.cores)"
+    )
+    parser.add_argument("--summary-json", help="write a machine-readable run summary here")
+    parser.add_argument(
+        "--root",
+        help="run root: ${root:...} and relative paths in commands and merge outputs "
+        "(default: the current directory)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config value before ${...} interpolation, e.g. "
+        "--set input.directory=/data/weekly (repeatable)",
+    )
+
+
+def check_flow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject flag values the flow would reject later, while the user is still here."""
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    for item in args.settings:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+    args.step_list = [s for s in args.steps.split(",") if s] if args.steps else None
+
+
+def flow_parameters(args: argparse.Namespace, config: str | None) -> dict[str, Any]:
+    """The ``fermi_pipeline`` parameters for ``config`` and the parsed flags.
+
+    Paths are made absolute here: the flow may run in another process whose working
+    directory is the repository (work pool) or the serving process's. Only flags the user set
+    are included, so a deployment's own defaults stay in force.
+    """
+    params: dict[str, Any] = {}
+    if config is not None:
+        params["config"] = str(Path(config).resolve())
+    if args.steps:
+        params["steps"] = [s for s in args.steps.split(",") if s]
+    for flag in ("skip_merge", "skip_post", "keep_intermediate"):
+        if getattr(args, flag):
+            params[flag] = True
+    if args.workers is not None:
+        params["workers"] = args.workers
+    if args.summary_json:
+        params["summary_json"] = str(Path(args.summary_json).resolve())
+    if args.root:
+        params["root"] = str(Path(args.root).resolve())
+    if args.settings:
+        params["settings"] = list(args.settings)
+    return params
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -26,35 +95,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dry-run", action="store_true", help="print every command; run and write nothing"
     )
-    p.add_argument("--steps", help="comma-separated steps (and merges/post steps) to run")
-    p.add_argument("--skip-merge", action="store_true", help="do not merge")
-    p.add_argument("--skip-post", action="store_true", help="do not run post-processing")
-    p.add_argument("--keep-intermediate", action="store_true", help="keep per-file intermediates")
-    p.add_argument("--workers", type=int, help="tools running at once (default: resources.cores)")
-    p.add_argument("--summary-json", help="write a machine-readable run summary here")
+    add_flow_flags(p)
     args = p.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        p.error("--workers must be at least 1")
-    args.step_list = [s for s in args.steps.split(",") if s] if args.steps else None
+    check_flow_flags(p, args)
     return args
 
 
 def load_and_plan(
-    config: str, steps: list[str] | None, *, dry_run: bool = False
-) -> tuple[PipelineConfig, Plan]:
-    """Validate the config and render the whole plan (ConfigError on any problem)."""
-    cfg = load_config(config)
-    install = locate(cfg.fermitools.prefix)
-    plan = build_plan(cfg, only_steps=steps, fermitools=install, allow_missing_tools=dry_run)
-    return cfg, plan
+    config: str,
+    steps: list[str] | None = None,
+    *,
+    skip_merge: bool = False,
+    skip_post: bool = False,
+    keep_intermediate: bool = False,
+    root: str | None = None,
+    settings: Sequence[str] = (),
+    dry_run: bool = False,
+) -> tuple[PipelineConfig, RunChoices, Plan]:
+    """Validate the config and render the whole plan (ConfigError naming every problem)."""
+    cfg, _install, plan, choices = prepare(
+        config,
+        dry_run=dry_run,
+        only_steps=steps,
+        skip_merge=skip_merge,
+        skip_post=skip_post,
+        keep_intermediate=keep_intermediate,
+        root=Path(root) if root else None,
+        overrides=settings,
+    )
+    return cfg, choices, plan
+
+
+def report_config_error(exc: ConfigError) -> None:
+    """Every problem of a config, one line each, on stderr."""
+    for line in exc.problems or [str(exc)]:
+        print(f"fermipipe: config error: {line}", file=sys.stderr)
 
 
 def preflight(args: argparse.Namespace) -> int | None:
     """Exit code for a config error (2) or a finished dry run (0); None: go on and run."""
     try:
-        _cfg, plan = load_and_plan(args.config, args.step_list, dry_run=args.dry_run)
+        _cfg, _choices, plan = load_and_plan(
+            args.config,
+            args.step_list,
+            skip_merge=args.skip_merge,
+            skip_post=args.skip_post,
+            keep_intermediate=args.keep_intermediate,
+            root=args.root,
+            settings=args.settings,
+            dry_run=args.dry_run,
+        )
     except ConfigError as exc:
-        print(f"fermipipe: config error: {exc}", file=sys.stderr)
+        report_config_error(exc)
         return 2
     if args.dry_run:
         sys.stdout.write(render_dry_run(plan))

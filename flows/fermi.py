@@ -67,7 +67,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fermipipe import merge as merging
 from fermipipe import native, runner
 from fermipipe.cache import sha256_file
-from fermipipe.config import PipelineConfig
+from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.fermitools import FermitoolsInstall, locate
 from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
@@ -86,7 +86,7 @@ from flows.cachectl import (
     product_cache,
     slice_store,
 )
-from flows.cli import load_and_plan, parse_args, preflight
+from flows.cli import flow_parameters, load_and_plan, parse_args, preflight
 from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import STEP_FACTOR, close_staging, node_staging, open_staging
@@ -134,29 +134,31 @@ def fermi_pipeline(
     keep_intermediate: bool = False,
     workers: int | None = None,
     summary_json: str | None = None,
+    root: str | None = None,
+    settings: list[str] | None = None,
 ) -> RunSummary | State:
-    """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small)."""
-    return run_pipeline(
-        config, steps, skip_merge, skip_post, keep_intermediate, workers, summary_json
+    """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small).
+
+    ``root``: the run root (default: this process's working directory); ``settings``:
+    ``key=value`` config overrides (``--set``)."""
+    cfg, choices, plan = load_and_plan(
+        config,
+        steps,
+        skip_merge=skip_merge,
+        skip_post=skip_post,
+        keep_intermediate=keep_intermediate,
+        root=root,
+        settings=settings or (),
     )
-
-
-def run_pipeline(
-    config: str,
-    steps: list[str] | None,
-    skip_merge: bool,
-    skip_post: bool,
-    keep_intermediate: bool,
-    workers: int | None,
-    summary_json: str | None,
-) -> RunSummary | State:
-    """The body of :func:`fermi_pipeline`: plan, the work subflow, the summary."""
-    cfg, plan = load_and_plan(config, steps)
     n_workers = workers or cfg.resources.max_workers
     check_server_for_dask(cfg.runner)
-    summary = RunSummary(config=str(config), workers=n_workers, started=time.time())
-    request = WorkRequest(cfg, plan, steps, n_workers, skip_merge, skip_post, keep_intermediate)
-    run_work(request, summary)
+    summary = RunSummary(
+        config=str(config),
+        workers=n_workers,
+        started=time.time(),
+        science_models=dict(cfg.science_models),
+    )
+    run_work(WorkRequest(cfg, plan, choices, n_workers), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
 
@@ -167,11 +169,8 @@ class WorkRequest:
 
     cfg: PipelineConfig
     plan: Plan  # rendered without a work folder: sizes the staging area
-    steps: list[str] | None
+    choices: RunChoices  # command-line flags over the config's run: section
     workers: int
-    skip_merge: bool
-    skip_post: bool
-    keep_intermediate: bool
 
 
 #: Inputs of work subflows running in this process, by handle (see run_work).
@@ -210,15 +209,22 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
     merge and post-process, and always remove it — tools still running are killed first —
     whatever happens (failure, Ctrl-C, SIGTERM, cancellation), unless --keep-intermediate."""
     logger = get_run_logger()
-    cfg, steps, n_workers = request.cfg, request.steps, request.workers
+    cfg, choices, n_workers = request.cfg, request.choices, request.workers
+    keep = choices.keep_intermediate
     install = locate(cfg.fermitools.prefix)
-    staging = open_staging(cfg, request.plan, n_workers, request.keep_intermediate, logger)
+    staging = open_staging(cfg, request.plan, n_workers, keep, logger)
     try:
-        plan = build_plan(cfg, only_steps=steps, workdir=staging.path, fermitools=install)
-        plan = apply_slices(plan, slice_store(cfg), logger)  # mission FT2 → per-week slices
-        cache = open_cache(
-            cfg, plan, install, request.keep_intermediate, staging.choice.on_ram_disk
+        plan = build_plan(
+            cfg,
+            only_steps=choices.steps,
+            workdir=staging.path,
+            fermitools=install,
+            skip_merge=choices.skip_merge,
+            skip_post=choices.skip_post,
         )
+        if cfg.resources.slice_scfile:  # mission FT2 → per-week slices
+            plan = apply_slices(plan, slice_store(cfg), logger)
+        cache = open_cache(cfg, plan, install, keep, staging.choice.on_ram_disk)
         run = open_run(plan, n_workers, install)
     except BaseException:
         close_staging(staging)
@@ -230,18 +236,23 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
         n_workers,
         plan.outdir,
     )
+    if cfg.resources.stream_merge and plan.merges:
+        logger.info(
+            "resources.stream_merge: merges start once every file's chain has finished "
+            "(streaming merges during processing are not implemented yet)"
+        )
     try:
         # 1. Every file through its chain of steps.
-        node = node_staging(cfg, plan, request.keep_intermediate, logger)
+        node = node_staging(cfg, plan, keep, logger)
         summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache, node)
         for f in summary.files:
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
-        remove_file_intermediates(plan, summary.files, request.keep_intermediate, cache is not None)
+        remove_file_intermediates(plan, summary.files, keep, cache is not None)
 
         # 2. Merges and post-processing, unless failures (or the user) say no.
         failed = summary.failed_files()
-        if request.skip_merge:
+        if choices.skip_merge:
             summary.merge_note = "merging skipped (--skip-merge)" + (
                 "; the per-file products are in the cache store" if cache is not None else ""
             )
@@ -257,8 +268,8 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
         elif plan.merges or plan.post:
             opts = ProductOptions(
                 runner.run_spec(run),
-                request.skip_post,
-                request.keep_intermediate,
+                choices.skip_post,
+                keep,
                 product_cache(cfg, plan, cache),
             )
             products = products_flow(plan, summary.files, opts)
@@ -722,9 +733,9 @@ def parallel_image_sum(
     merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
 ) -> float:
     """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
-    one task that adds the parts and writes the product. Few inputs or one worker: a single
-    streaming pass. Returns CPU seconds."""
-    workers = runner.get_run(run).pool.total
+    one task that adds the parts and writes the product. Few inputs, one worker or
+    ``resources.parallel_accum: false``: a single streaming pass. Returns CPU seconds."""
+    workers = runner.get_run(run).pool.total if merge.parallel else 1
     parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
     if len(parts) < 2:
         _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run)
@@ -883,16 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: Any) -> int:
-    state = fermi_pipeline(
-        config=str(Path(args.config).resolve()),
-        steps=args.step_list,
-        skip_merge=args.skip_merge,
-        skip_post=args.skip_post,
-        keep_intermediate=args.keep_intermediate,
-        workers=args.workers,
-        summary_json=str(Path(args.summary_json).resolve()) if args.summary_json else None,
-        return_state=True,
-    )
+    state = fermi_pipeline(**flow_parameters(args, args.config), return_state=True)
     if not state.is_completed():
         print(f"fermipipe: run {state.name}: {state.message}", file=sys.stderr)
         return 1

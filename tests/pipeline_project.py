@@ -72,6 +72,17 @@ def add_week(root: Path, week: str) -> None:
         shutil.copyfile(SAMPLE / name.format(week), root / "in" / name.format(week))
 
 
+def mission_ft2(parts: list[Path], out: Path) -> Path:
+    """A 'mission' FT2: the SC_DATA rows of several files, headers of the first."""
+    from fermipipe.fits.table import FitsFile, write_fits
+
+    with FitsFile(parts[0]) as first:
+        primary = (first.hdus[0].header, b"")
+        header = first.hdu("SC_DATA").header
+    rows = np.concatenate([FitsFile(p).table("SC_DATA").rows for p in parts])
+    return write_fits(out, [primary, (header, rows)])
+
+
 def run_flow(config: Path, summary: Path, **kw: Any) -> tuple[Any, dict[str, Any]]:
     """Run the flow in this process; returns its final state and the summary JSON."""
     from fermipipe import runner

@@ -67,10 +67,12 @@ def write(project: Path, data: dict[str, Any], name: str = "pipe.yaml") -> Path:
 def error_of(project: Path, data: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
         load_config(write(project, data))
-    message = str(info.value)
-    assert "\n" not in message, "a config error must be one line"
-    assert message.startswith(str(project / "pipe.yaml") + ": ")
-    return message
+    problems = info.value.problems
+    assert problems, "a config error names at least one problem"
+    for line in problems:
+        assert "\n" not in line, "each config problem must be one line"
+        assert line.startswith(str(project / "pipe.yaml") + ": ")
+    return str(info.value)
 
 
 # ------------------------------------------------------------------------------- valid
@@ -88,8 +90,11 @@ def test_existing_form_loads_with_defaults(project: Path) -> None:
     # Relative paths are resolved against the config file's directory.
     assert cfg.input.directory == project / "weekly"
     assert cfg.common_files["scfile"] == project / "ft2.fits"
-    assert cfg.output.directory == project / "products"
-    assert cfg.output.workdir == project / "work"
+    # Products and work area default to the run root (the current directory), never next
+    # to the config (which may be read-only, or kept with the data).
+    assert cfg.root == Path.cwd()
+    assert cfg.output.directory == Path.cwd() / "products"
+    assert cfg.output.workdir == Path.cwd() / "work"
     assert cfg.base_dir == project
     # A plain list of outputs derives the file name from the stem.
     assert cfg.steps[1].outputs == {"chunk_ccube": "{stem}_chunk_ccube.fits"}
@@ -100,7 +105,9 @@ def test_existing_form_loads_with_defaults(project: Path) -> None:
 
 def test_relative_paths_do_not_depend_on_cwd(project: Path, tmp_path_factory: Any) -> None:
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    path = write(project, base_config())
+    data = base_config()
+    data["output"] = {"directory": "products"}
+    path = write(project, data)
     old = Path.cwd()
     os.chdir(elsewhere)
     try:
@@ -381,7 +388,7 @@ def test_cleanup_names_unknown_output(project: Path) -> None:
     data = base_config()
     data["steps"][0]["cleanup"] = ["chunk_sl"]
     assert (
-        "steps[0].cleanup[0]: 'chunk_sl' is not an output of step 'select' "
+        "steps[0].cleanup[0]: 'chunk_sl' is not an output of this or an earlier step "
         "(did you mean 'chunk_sel'?)" in error_of(project, data)
     )
 

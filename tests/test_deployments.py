@@ -57,7 +57,7 @@ from processes import group_gone
 
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
-from deployments._params import flow_parameters
+from flows.cli import flow_parameters
 from deployments.localserver import prefect_server, start_group, stop_group
 from fermipipe.config import load_config
 

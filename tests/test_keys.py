@@ -28,7 +28,7 @@ def _project(tmp_path: Path, **ccube_params: object) -> Path:
 
 
 def _keys(config: Path, index: HashIndex) -> dict[tuple[str, str], str]:
-    _cfg, _install, plan = prepare(config)
+    _cfg, _install, plan, _choices = prepare(config)
     out = {}
     for fp in plan.files:
         for inv, key in zip(

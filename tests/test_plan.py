@@ -69,7 +69,7 @@ def small(data: Path, steps: list[dict[str, Any]], **extra: Any) -> dict[str, An
 
 
 def plan_of(data: Path, raw: dict[str, Any], **kwargs: Any) -> Plan:
-    return build_plan(parse_config(raw, data), **kwargs)
+    return build_plan(parse_config(raw, data, root=data), **kwargs)
 
 
 SELECT_CMD = {
@@ -128,14 +128,15 @@ def test_existing_form_native_parses_key_values(data: Path) -> None:
     expected_out = plan.workdir / first.file_id / f"{first.file_id}_chunk_sel.fits"
     assert inv.params == {
         "infile": str(first.input),
-        "outfile": str(data / "products" / f"{first.file_id}_chunk_sel.fits"),
+        "outfile": str(expected_out),
         "emin": "100",
         "emax": "1000000",
         "zmax": "90",
         "evclass": "128",
     }
-    # Not merged, not cleaned up: a kept product, written straight to the output directory.
-    assert inv.outputs == {"chunk_sel": data / "products" / expected_out.name}
+    # Not merged, not kept: an intermediate in the run's work area (it goes with it).
+    assert inv.outputs == {"chunk_sel": expected_out}
+    assert first.keep == ()
     assert inv.inputs == {"input": first.input}
 
 
@@ -228,7 +229,7 @@ def test_hostile_file_names_shell_and_argv(tmp_path: Path) -> None:
         },
     ]
     raw = {"input": {"directory": str(weekly), "pattern": "*.fits"}, "steps": steps}
-    plan = build_plan(parse_config(raw, tmp_path))
+    plan = build_plan(parse_config(raw, tmp_path, root=tmp_path))
     (fp,) = plan.files
     echo, select = fp.chain
     assert echo.engine == "shell"
@@ -253,7 +254,7 @@ def test_hostile_name_in_fermitools_argv(tmp_path: Path) -> None:
         "steps": [SELECT_CMD],
     }
     install = fermitools_layout(tmp_path / "env")
-    (fp,) = build_plan(parse_config(raw, tmp_path), fermitools=install).files
+    (fp,) = build_plan(parse_config(raw, tmp_path, root=tmp_path), fermitools=install).files
     inv = fp.chain[0]
     assert inv.engine == "fermitools" and inv.argv is not None
     assert inv.argv[0] == "gtselect" and inv.argv[1] == f"infile={hostile}"
@@ -360,6 +361,7 @@ def test_workdir_outdir_cleanup_and_keep(data: Path, tmp_path: Path) -> None:
             "name": "lt",
             "command": "gtltcube evfile={chunk_sel} scfile={scfile} outfile={lt}",
             "outputs": {"lt": "{stem}_lt.fits"},
+            "keep": ["{lt}"],
         },
     ]
     merging = [
@@ -416,7 +418,7 @@ def test_week_placeholder_needs_week_in_name(tmp_path: Path) -> None:
     }
     raw = {"input": {"directory": str(tmp_path / "in")}, "steps": [step]}
     with pytest.raises(ConfigError, match=r"steps\[0\].outputs.o: \{week\} is not defined for ft1"):
-        build_plan(parse_config(raw, tmp_path))
+        build_plan(parse_config(raw, tmp_path, root=tmp_path))
 
 
 def test_kept_outputs_without_stem_collide(data: Path) -> None:
@@ -425,12 +427,14 @@ def test_kept_outputs_without_stem_collide(data: Path) -> None:
         "command": "gtselect infile={input} outfile={o}",
         "outputs": {"o": "sel.fits"},
     }
+    plan_of(data, small(data, [step]))  # in the work area, one folder per input: no clash
+    step["keep"] = True
     with pytest.raises(ConfigError, match="is the same for inputs"):
         plan_of(data, small(data, [step]))
 
 
 def test_glob_matching_nothing_at_plan_time(data: Path) -> None:
-    cfg = parse_config(small(data, [SELECT_CMD]), data)
+    cfg = parse_config(small(data, [SELECT_CMD]), data, root=data)
     cfg.input.pattern = "*.none"
     with pytest.raises(ConfigError, match=r"input.pattern: no file matches '\*.none'"):
         build_plan(cfg)
@@ -504,7 +508,7 @@ FILE_PARAMS = {
 @pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
 def test_mission_dry_run_every_week_fermitools(data: Path, tmp_path: Path, name: str) -> None:
     install = fermitools_layout(tmp_path / "env", ALL_TOOLS)
-    plan = build_plan(parse_config(mission(data, name), data), fermitools=install)
+    plan = build_plan(parse_config(mission(data, name), data, root=data), fermitools=install)
     text = render_dry_run(plan)
     assert not plan.warnings
     lines = [
@@ -541,7 +545,7 @@ def test_mission_dry_run_every_week_fermitools(data: Path, tmp_path: Path, name:
 
 @pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
 def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
-    cfg = parse_config(mission(data, name), data)
+    cfg = parse_config(mission(data, name), data, root=data)
     with pytest.raises(ConfigError, match=r"post_processing\[0\] \(step 'bexpmap'\): gtexpcube2"):
         build_plan(cfg)
     plan = build_plan(cfg, allow_missing_tools=True)
@@ -561,8 +565,8 @@ def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
 
 def test_both_mission_configs_plan_the_same_commands(data: Path, tmp_path: Path) -> None:
     install = fermitools_layout(tmp_path / "env", ALL_TOOLS)
-    a = build_plan(parse_config(mission(data, "mission.yaml"), data), fermitools=install)
-    b = build_plan(parse_config(mission(data, "mission-structured.yaml"), data), fermitools=install)
+    a = build_plan(parse_config(mission(data, "mission.yaml"), data, root=data), fermitools=install)
+    b = build_plan(parse_config(mission(data, "mission-structured.yaml"), data, root=data), fermitools=install)
     for fa, fb in zip(a.files, b.files, strict=True):
         for ia, ib in zip(fa.chain, fb.chain, strict=True):
             assert ia.tool == ib.tool and ia.params == ib.params and ia.outputs == ib.outputs
@@ -597,11 +601,11 @@ def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"mission.yaml: post_processing\[0\]"):
         prepare(path, environ={})
-    cfg, install, plan = prepare(path, dry_run=True, environ={})
+    cfg, install, plan, _choices = prepare(path, dry_run=True, environ={})
     assert install is None and len(plan.files) == len(WEEKS) and plan.warnings
     env_prefix = tmp_path / "env"
     fermitools_layout(env_prefix, ALL_TOOLS)
-    cfg, install, plan = prepare(path, environ={"CONDA_PREFIX": str(env_prefix)})
+    cfg, install, plan, _choices = prepare(path, environ={"CONDA_PREFIX": str(env_prefix)})
     assert install is not None and install.prefix == env_prefix
     assert {inv.engine for fp in plan.files for inv in fp.chain} == {"fermitools"}
     raw["fermitools"] = {"prefix": "no-such-env"}

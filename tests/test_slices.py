@@ -6,10 +6,9 @@ import gzip
 import shutil
 from pathlib import Path
 
-import numpy as np
 from astropy.io import fits
+from pipeline_project import mission_ft2
 
-from fermipipe.fits.table import FitsFile, write_fits
 from fermipipe.native import run_tool
 from fermipipe.slices import (
     MARGIN,
@@ -24,15 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 
 
-def _merged_ft2(parts: list[Path], out: Path) -> Path:
-    """A 'mission' FT2: the SC_DATA rows of several files, headers of the first."""
-    with FitsFile(parts[0]) as first:
-        primary = (first.hdus[0].header, b"")
-        header = first.hdu("SC_DATA").header
-    rows = np.concatenate([FitsFile(p).table("SC_DATA").rows for p in parts])
-    return write_fits(out, [primary, (header, rows)])
-
-
 def _gunzip(src: Path, dst: Path) -> Path:
     with gzip.open(src) as fin, open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout)
@@ -42,8 +32,8 @@ def _gunzip(src: Path, dst: Path) -> Path:
 def test_slice_bytes_do_not_depend_on_rows_added_later(tmp_path: Path) -> None:
     ft2s = sorted(SAMPLE.glob("lat_spacecraft_weekly_w*_p310_v001.fits"))
     week = sorted(SAMPLE.glob("lat_photon_weekly_w*_p305_v001.fits"))[0]
-    short = _merged_ft2(ft2s[:2], tmp_path / "mission_a.fits")
-    long = _merged_ft2(ft2s, tmp_path / "mission_b.fits")
+    short = mission_ft2(ft2s[:2], tmp_path / "mission_a.fits")
+    long = mission_ft2(ft2s, tmp_path / "mission_b.fits")
     events = event_time_range(week)
     assert wants_slice(events, spacecraft_time_range(long))
     a = write_slice(short, events, tmp_path / "a" / slice_name(short, events))

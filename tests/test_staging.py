@@ -63,6 +63,22 @@ def test_keep_leaves_folder(tmp_path: Path) -> None:
     assert (area.path / MARKER).exists()
 
 
+def test_kept_folder_is_not_removed_as_an_orphan(tmp_path: Path) -> None:
+    """--keep-intermediate means kept: the next run on the host must not remove the folder
+    of a finished run that kept it (its owner process is gone, but it was not killed)."""
+    code = (
+        "import sys; from pathlib import Path; from fermipipe.staging import StagingArea\n"
+        "with StagingArea(Path(sys.argv[1]), keep=True) as area: print(area.path)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    kept = Path(out.stdout.strip())
+    assert kept.is_dir()  # its owner has exited
+    assert cleanup_orphans(tmp_path) == []
+    assert kept.is_dir()
+
+
 CHILD = """
 import sys, time
 from pathlib import Path

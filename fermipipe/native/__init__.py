@@ -27,6 +27,14 @@ def get_tool(name: str) -> Callable[[Mapping[str, Any]], ToolOutcome]:
     return module.run
 
 
+def file_params(name: str) -> frozenset[str]:
+    """Names of the file parameters of native tool ``name`` (empty if there is none)."""
+    if name not in NATIVE_TOOLS:
+        return frozenset()
+    module = importlib.import_module(f"fermipipe.native.{name}")
+    return frozenset(spec.name for spec in module.PARAMS if spec.kind == "file")
+
+
 def run_tool(name: str, params: Mapping[str, Any]) -> ToolOutcome:
     """Run native tool ``name`` in-process with Fermitools-style parameters."""
     return get_tool(name)(params)
