@@ -2,12 +2,14 @@
 
 Public API (the contract for flows/ and tasks/)
 ------------------------------------------------
-``load_config(path, *, check_files=True) -> PipelineConfig``
-    Read a YAML file, validate everything, resolve relative paths against the config file's
-    directory. Any problem raises :class:`fermipipe.errors.ConfigError` whose message is ONE
-    line ``<file>: <key path>: <what is wrong>``, e.g.
+``load_config(path, *, check_files=True, root=None, overrides=(), collect=None)``
+    Read a YAML file, resolve ``${...}`` with OmegaConf (``vars:``, ``${root:a/b}`` relative
+    to the run root ``root``, default the current directory; ``overrides`` are ``key=value``
+    settings applied first), validate everything, resolve relative paths against the config
+    file's directory. Problems raise :class:`fermipipe.errors.ConfigError` carrying every
+    problem found, one line each ``<file>: <key path>: <what is wrong>``, e.g.
     ``mission.yaml: steps[2].comand: unknown key (did you mean 'command'?)``.
-    The flow prints it and exits with code 2. ``check_files=False`` skips the file-system
+    The flow prints them and exits with code 2. ``check_files=False`` skips the file-system
     checks (input directory, glob, common files) — for tests and tooling only.
 ``parse_config(data, base_dir, *, source="<config>", check_files=True) -> PipelineConfig``
     The same from an already-parsed mapping.
@@ -39,12 +41,19 @@ Public API (the contract for flows/ and tasks/)
     ``runner``           :class:`RunnerConfig`: ``kind`` "threads" | "dask", ``address``,
                          ``cluster`` (validated only; extended by the runner helper).
     ``cache``            :class:`CacheConfig`: ``enabled``, ``directory`` (validated only).
-    ``base_dir``         (property) directory of the config file; ``source`` its path.
+    ``fermi_base``       the existing runner's Fermitools prefix (= ``fermitools.prefix``).
+    ``run``              :class:`RunOptions`: ``steps``, ``skip_merge``, ``skip_post``.
+    ``vars``             values for ``${vars.x}`` (resolved at load).
+    ``science_models``   references carried into the run summary and manifests.
+    ``base_dir``         (property) directory of the config file; ``source`` its path;
+                         ``root`` the run root.
 
 Relative paths (``input.directory``, ``common_files``, ``output.*``, ``fermitools.prefix``,
 ``cache.directory``, path values of structured ``inputs``) are resolved against the directory
-that holds the config file, never against the current directory, so a config behaves the same
-wherever the pipeline is started from. ``~`` and ``$VARS`` are expanded first.
+that holds the config file, never against the current directory. ``output.directory`` and
+``output.workdir`` default to ``products/`` and ``work/`` in the run root; a merge
+``output_file`` with a folder is relative to the run root (:meth:`PipelineConfig.merge_output`).
+``~`` and ``$VARS`` are expanded first.
 
 Templates
 ---------
@@ -58,9 +67,10 @@ Post-processing templates may use common files, merge names (the merged file: ``
 for a merge named ``ccube``), ``{output_dir}``, ``{config_dir}``, and outputs of earlier (and
 their own) post steps. Write ``{{``/``}}`` for literal braces.
 
-Commands run in a private working directory (each run has its own PFILES and ``.``), so a
-relative path written literally inside a ``command`` does not refer to the config's
-directory: use a placeholder (``{config_dir}/x.fits``, ``{output_dir}``) or a common file.
+Existing-form commands run from the run root (each with its own private PFILES), as the
+existing runner's do from its repository root: a relative path written literally inside a
+``command`` is relative to the root. Placeholders (``{config_dir}/x.fits``, ``{output_dir}``)
+or common files name other places.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def make_project(
     weeks: tuple[str, ...] = WEEKS[:2],
     *,
     ram_disk: dict[str, Any] | None = None,
-    cleanup_mktime: bool = True,
+    keep_mktime: bool = False,
     ccube: dict[str, Any] | None = None,
 ) -> Path:
     """A project folder: ``in/`` with the chosen weeks (photon + spacecraft), the config."""
@@ -51,8 +51,9 @@ def make_project(
             step["inputs"]["scfile"] = (
                 "{config_dir}/in/lat_spacecraft_weekly_w{week}_p310_v001.fits"
             )
-        if step["name"] == "mktime" and not cleanup_mktime:
+        if step["name"] == "mktime" and keep_mktime:
             step["cleanup"] = False
+            step["keep"] = True  # copied to the output folder (and so kept in the store)
         if step["name"] == "ccube":  # a coarse all-sky cube: seconds, not minutes
             step["params"].update({"nxpix": 72, "nypix": 36, "binsz": 5.0, "enumbins": 4})
             step["params"].update(ccube or {})

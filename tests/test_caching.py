@@ -160,8 +160,8 @@ def test_gtbin_parameter_change_reruns_only_gtbin(
     tmp_path: Path,
     prefect_server: Any,
 ) -> None:
-    # gtmktime's output kept (not cleanup): it is in the store, so gtbin can start from it.
-    config = make_project(tmp_path, cleanup_mktime=False)
+    # gtmktime's output kept: it is in the store, so gtbin can start from it.
+    config = make_project(tmp_path, keep_mktime=True)
     state, _ = run_flow(config, tmp_path / "a.json")
     assert state.is_completed()
     cfg = yaml.safe_load(config.read_text())

@@ -566,7 +566,9 @@ def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
 def test_both_mission_configs_plan_the_same_commands(data: Path, tmp_path: Path) -> None:
     install = fermitools_layout(tmp_path / "env", ALL_TOOLS)
     a = build_plan(parse_config(mission(data, "mission.yaml"), data, root=data), fermitools=install)
-    b = build_plan(parse_config(mission(data, "mission-structured.yaml"), data, root=data), fermitools=install)
+    b = build_plan(
+        parse_config(mission(data, "mission-structured.yaml"), data, root=data), fermitools=install
+    )
     for fa, fb in zip(a.files, b.files, strict=True):
         for ia, ib in zip(fa.chain, fb.chain, strict=True):
             assert ia.tool == ib.tool and ia.params == ib.params and ia.outputs == ib.outputs
