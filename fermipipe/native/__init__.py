@@ -20,6 +20,7 @@ NATIVE_TOOLS: tuple[str, ...] = (
     "gtltcube",
     "gtltsum",
     "farith",
+    "hpx_divide",
 )
 
 #: Tools run ftools-style with positional words (HEASARC parameter interface): the n-th word
