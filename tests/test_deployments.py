@@ -57,9 +57,9 @@ from processes import group_gone
 
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
-from flows.cli import flow_parameters
 from deployments.localserver import prefect_server, start_group, stop_group
 from fermipipe.config import load_config
+from flows.cli import flow_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

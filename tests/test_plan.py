@@ -189,12 +189,12 @@ def test_structured_native_and_fermitools_rendering(data: Path, tmp_path: Path) 
 def test_structured_output_to_named_parameter(data: Path) -> None:
     step = {
         "name": "arith",
-        "tool": "farith",
+        "tool": "fcarith",
         "engine": "native",
         "inputs": {"infil1": "{input}"},
         "outputs": {"res": "{stem}_r.fits"},
     }
-    with pytest.raises(ConfigError, match=r"steps\[0\] \(step 'arith'\): farith has no native"):
+    with pytest.raises(ConfigError, match=r"steps\[0\] \(step 'arith'\): fcarith has no native"):
         plan_of(data, small(data, [step]))
     step = {
         "name": "bin",

@@ -13,10 +13,26 @@ from typing import Any
 
 from fermipipe.native.params import ToolOutcome
 
-NATIVE_TOOLS: tuple[str, ...] = ("gtselect", "gtmktime", "gtbin", "gtltcube", "gtltsum")
+NATIVE_TOOLS: tuple[str, ...] = (
+    "gtselect",
+    "gtmktime",
+    "gtbin",
+    "gtltcube",
+    "gtltsum",
+    "farith",
+    "hpx_divide",
+)
+
+#: Tools run ftools-style with positional words (HEASARC parameter interface): the n-th word
+#: without ``=`` sets the n-th name here. Kept here (not in the modules) so parsing a command
+#: line imports no tool.
+POSITIONAL_PARAMS: dict[str, tuple[str, ...]] = {
+    "farith": ("infil1", "infil2", "outfil", "ops"),
+    "hpx_divide": ("counts", "exposure", "outfile"),
+}
 
 #: Version of the native engine: part of every cache key, bump when an output changes.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
 
 
 def get_tool(name: str) -> Callable[[Mapping[str, Any]], ToolOutcome]:
@@ -33,6 +49,12 @@ def file_params(name: str) -> frozenset[str]:
         return frozenset()
     module = importlib.import_module(f"fermipipe.native.{name}")
     return frozenset(spec.name for spec in module.PARAMS if spec.kind == "file")
+
+
+def positional_order(name: str) -> tuple[str, ...]:
+    """Parameter names that positional command-line words fill, in order (empty for tools
+    that take only ``name=value``, and for unknown names)."""
+    return POSITIONAL_PARAMS.get(name, ())
 
 
 def run_tool(name: str, params: Mapping[str, Any]) -> ToolOutcome:

@@ -7,6 +7,10 @@ Behaviour (spec §6, Likelihood:src/makeExposureCube, map_tools:src/Exposure.cxx
   "No GTIs found in input event file(s)." (:class:`EmptyProductError`). Events are not read.
 * Grid: HEALPix NESTED, equatorial, nside from binsz (§6.3); cosθ bins uniform in √(1−cosθ),
   nbins = trunc(1/dcostheta).
+* phibins > 0: cosθ and the azimuth φ are taken in the instrument frame that CLHEP builds from
+  SCX and SCZ (normalised and re-orthogonalised, map_tools Exposure::Filler), so even the
+  cosθ block can differ from the phibins=0 cube in edge cells — as in gtltcube
+  (:func:`fermipipe.native.ltcube_kernel.instrument_axes`).
 * FT2 rows: pre-filtered with (START >= gtimin − 60) && (STOP <= gtimax + 60), files in list
   order, rows in file order; each row adds LIVETIME·f (f = fraction of the row in the GTI,
   capped at 1) and, to WEIGHTED_EXPOSURE, (LIVETIME·f)·(LIVETIME/(STOP−START)).

@@ -3,7 +3,8 @@
 For every FT2 row and every HEALPix pixel centre ``p``: cosθ = p·scz; if cosθ > 0 (COSMIN 0)
 and the pixel passes the zenith cut (z = p·zenith, kept iff cos(zmax) < z < cos(zmin)), the
 row's livetime goes to bin trunc(√(1−cosθ)·nbins) (clamped to nbins−1), and for phibins > 0
-also to the same bin of phi block k (entry (k+1)·nbins + bin).
+also to the same bin of phi block k (entry (k+1)·nbins + bin). With phibins > 0, "scz" is the
+Z axis of the re-orthogonalised instrument frame (:func:`instrument_axes`), not SCZ itself.
 
 Two accumulation modes, one loop structure:
 
@@ -34,7 +35,7 @@ import threading
 import numba
 import numpy as np
 
-__all__ = ["PixelBlocks", "accumulate", "radec_to_unit"]
+__all__ = ["PixelBlocks", "accumulate", "instrument_axes", "radec_to_unit"]
 
 _QUARTER_PI = math.pi / 4.0
 _HALF_PI = math.pi / 2.0
@@ -116,6 +117,97 @@ class PixelBlocks:
         return np.ascontiguousarray(cube.transpose(0, 2, 1).reshape(nb * size, nbtot))
 
 
+#: CLHEP Hep4RotationInterface::tolerance (ToleranceTicks 100 × 1e-8): columns whose dot
+#: product is within this of ±1 are "parallel" and get an arbitrary frame.
+_PARALLEL_TOLERANCE = 1e-6
+
+
+@numba.njit(inline="always")
+def _unit(a0: float, a1: float, a2: float) -> tuple[float, float, float]:
+    """CLHEP Hep3Vector::unit: scale by 1/√(x²+y²+z²) (a reciprocal, then products)."""
+    tot = a0 * a0 + a1 * a1 + a2 * a2
+    if tot > 0.0:
+        s = 1.0 / math.sqrt(tot)
+        return a0 * s, a1 * s, a2 * s
+    return a0, a1, a2
+
+
+@numba.njit(inline="always")
+def _cross(
+    a0: float, a1: float, a2: float, b0: float, b1: float, b2: float
+) -> tuple[float, float, float]:
+    return a1 * b2 - b1 * a2, a2 * b0 - b2 * a0, a0 * b1 - b0 * a1
+
+
+@numba.njit(inline="always")
+def _set_cols(
+    u: tuple[float, float, float], w: tuple[float, float, float], uw: float
+) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]:
+    """First vector kept, second made orthogonal to it and normalised, third = their cross
+    product (CLHEP HepRotation::setCols; the "reflection" case only warns there)."""
+    if 1.0 - abs(uw) <= _PARALLEL_TOLERANCE:
+        # All columns parallel (CLHEP setArbitrarily): any frame around u.
+        a = _unit(u[0], u[1], u[2])
+        b = _cross(a[0], a[1], a[2], 0.0, 0.0, 1.0)
+        if b[0] * b[0] + b[1] * b[1] + b[2] * b[2] != 0.0:
+            b = _unit(b[0], b[1], b[2])
+        else:
+            b = (1.0, 0.0, 0.0)
+        return a, b, _cross(a[0], a[1], a[2], b[0], b[1], b[2])
+    b = _unit(w[0] - uw * u[0], w[1] - uw * u[1], w[2] - uw * u[2])
+    return u, b, _cross(u[0], u[1], u[2], b[0], b[1], b[2])
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _instrument_axes(scz: np.ndarray, scx: np.ndarray, out: np.ndarray) -> None:
+    for r in range(scz.shape[0]):
+        z = (scz[r, 0], scz[r, 1], scz[r, 2])
+        x = (scx[r, 0], scx[r, 1], scx[r, 2])
+        # Columns X = SCX, Y = SCZ × SCX, Z = SCZ, each normalised.
+        ux = _unit(x[0], x[1], x[2])
+        y = _cross(z[0], z[1], z[2], x[0], x[1], x[2])
+        uy = _unit(y[0], y[1], y[2])
+        uz = _unit(z[0], z[1], z[2])
+        d12 = ux[0] * uy[0] + ux[1] * uy[1] + ux[2] * uy[2]
+        d13 = ux[0] * uz[0] + ux[1] * uz[1] + ux[2] * uz[2]
+        d23 = uy[0] * uz[0] + uy[1] * uz[1] + uy[2] * uz[2]
+        f12, f13, f23 = abs(d12), abs(d13), abs(d23)
+        # The most nearly orthogonal pair is kept as it is (CLHEP HepRotation::set).
+        if f12 <= f13 and f12 <= f23:
+            vx, vy, vz = _set_cols(ux, uy, d12)
+        elif f13 <= f23:
+            vz, vx, vy = _set_cols(uz, ux, d13)
+        else:
+            vy, vz, vx = _set_cols(uy, uz, d23)
+        for j in range(3):
+            out[r, 0, j] = vx[j]
+            out[r, 1, j] = vy[j]
+            out[r, 2, j] = vz[j]
+
+
+def instrument_axes(scz: np.ndarray, scx: np.ndarray) -> np.ndarray:
+    """Instrument axes (n, 3, 3): [:, 0] = X, [:, 1] = Y, [:, 2] = Z, per FT2 row.
+
+    With phibins > 0 gtltcube (map_tools Exposure::Filler) rotates each pixel direction into
+    the instrument frame and takes cosθ from its z component and φ from its x, y components.
+    The frame is CLHEP HepRotation(X=SCX, Y=SCZ×SCX, Z=SCZ) (astro PointingTransform), whose
+    constructor normalises the columns and re-orthogonalises them: SCX and SCZ are stored in
+    float32 and are not exactly orthogonal, so the Z axis used differs from SCZ by ~1e-7 rad
+    and cosθ bins differ from the phibins=0 cube's for pixels on a bin edge. The same
+    arithmetic, in the same order, is done here (CLHEP Vector/src/RotationC.cc,
+    ThreeVector.icc).
+    """
+    n = scz.shape[0]
+    out = np.empty((n, 3, 3), dtype=np.float64)
+    if n:
+        _instrument_axes(
+            np.ascontiguousarray(scz, dtype=np.float64),
+            np.ascontiguousarray(scx, dtype=np.float64),
+            out,
+        )
+    return out
+
+
 @numba.njit(inline="always")
 def _phi_block(
     px: float,
@@ -131,15 +223,18 @@ def _phi_block(
 ) -> int:
     """Phi block k = trunc(f·phibins) of a pixel (spec §6.3).
 
-    f = 1 − |π/4 − (φ mod π/2)|/(π/4), φ the instrument azimuth of the pixel (x axis = SCX,
-    y = SCZ × SCX) folded to [0, 2π). f is symmetric under φ → −φ, so the handedness of y does
-    not matter. f = 1 exactly would index past the vector in the Fermitools (undefined
-    behaviour, spec §6.3); our choice is to clamp k to phibins − 1.
+    φ = atan2(p·Y, p·X) with X, Y the instrument axes of :func:`instrument_axes` (CLHEP
+    Hep3Vector::phi, 0 when both components are 0), folded to [0, 2π); then
+    f = 1 − |π/4 − fmod(φ, π/2)|/(π/4) (healpix CosineBinner::folded_phi). f = 1 exactly
+    gives k = phibins, which the Fermitools index with vector::at (an out_of_range abort of
+    gtltcube); our choice is to clamp k to phibins − 1.
     """
-    phi = math.atan2(px * y0 + py * y1 + pz * y2, px * x0 + py * x1 + pz * x2)
+    ix = px * x0 + py * x1 + pz * x2
+    iy = px * y0 + py * y1 + pz * y2
+    phi = 0.0 if ix == 0.0 and iy == 0.0 else math.atan2(iy, ix)
     if phi < 0.0:
         phi += _TWO_PI
-    f = 1.0 - abs(_QUARTER_PI - (phi % _HALF_PI)) / _QUARTER_PI
+    f = 1.0 - abs(_QUARTER_PI - np.fmod(phi, _HALF_PI)) / _QUARTER_PI
     k = int(f * phibins)
     if k >= phibins:
         k = phibins - 1
@@ -176,6 +271,7 @@ def _kernel(
     scz: np.ndarray,
     zen: np.ndarray,
     scx: np.ndarray,
+    scy: np.ndarray,
     value: np.ndarray,
     wvalue: np.ndarray,
     nbins: int,
@@ -235,14 +331,18 @@ def _kernel(
                     continue
                 _add_row(e, we, b, i, v, w, exact)
                 if phibins > 0:
-                    x0 = scx[r, 0]
-                    x1 = scx[r, 1]
-                    x2 = scx[r, 2]
-                    # y = SCZ × SCX
-                    y0 = s1 * x2 - s2 * x1
-                    y1 = s2 * x0 - s0 * x2
-                    y2 = s0 * x1 - s1 * x0
-                    kb = _phi_block(px[i], py[i], pz[i], x0, x1, x2, y0, y1, y2, phibins)
+                    kb = _phi_block(
+                        px[i],
+                        py[i],
+                        pz[i],
+                        scx[r, 0],
+                        scx[r, 1],
+                        scx[r, 2],
+                        scy[r, 0],
+                        scy[r, 1],
+                        scy[r, 2],
+                        phibins,
+                    )
                     _add_row(e, we, (kb + 1) * nbins + b, i, v, w, exact)
 
 
@@ -272,6 +372,15 @@ def accumulate(
     zcut = zen is not None
     f64 = np.float64
     scz = np.ascontiguousarray(scz, dtype=f64)
+    scy = scz
+    if phibins > 0:
+        if scx is None:
+            raise ValueError("phibins > 0 needs the SCX directions")
+        # cosθ, φ and the culling all use the instrument frame's axes (see instrument_axes).
+        axes = instrument_axes(scz, scx)
+        scx = np.ascontiguousarray(axes[:, 0])
+        scy = np.ascontiguousarray(axes[:, 1])
+        scz = np.ascontiguousarray(axes[:, 2])
     with _LAUNCH_LOCK:
         _kernel(
             blocks.xyz,
@@ -282,6 +391,7 @@ def accumulate(
             scz,
             np.ascontiguousarray(zen, dtype=f64) if zen is not None else scz,
             np.ascontiguousarray(scx, dtype=f64) if scx is not None else scz,
+            scy,
             np.ascontiguousarray(value, dtype=f64),
             np.ascontiguousarray(wvalue, dtype=f64),
             int(nbins),

@@ -108,12 +108,37 @@ def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any], tool: str) -> 
     return out
 
 
-def parse_argv(args: Iterable[str], tool: str) -> dict[str, str]:
-    """Parse command-line ``key=value`` words (Fermitools syntax) into a dict of strings."""
+def parse_argv(
+    args: Iterable[str], tool: str, positional: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Parse command-line words (Fermitools/ftools syntax) into a dict of strings.
+
+    ``name=value`` words set a parameter by name. A word without ``=`` is positional, as in
+    HEASARC's parameter interface (``farith a.fits b.fits out.fits DIV``): the n-th such word
+    sets the n-th name of ``positional``. ``positional`` defaults to the order the tool
+    declares (:data:`fermipipe.native.POSITIONAL_PARAMS`); tools that declare none accept
+    only ``name=value``.
+    """
+    if positional is None:
+        from fermipipe.native import positional_order
+
+        positional = positional_order(tool)
     out: dict[str, str] = {}
+    n_positional = 0
     for word in args:
         key, sep, value = word.partition("=")
-        if not sep or not key:
+        if not sep:
+            if n_positional >= len(positional):
+                if not positional:
+                    raise ToolError(tool, f"argument {word!r} is not of the form name=value")
+                raise ToolError(
+                    tool,
+                    f"too many positional arguments at {word!r} "
+                    f"(takes {len(positional)}: {' '.join(positional)})",
+                )
+            key, value = positional[n_positional], word
+            n_positional += 1
+        elif not key:
             raise ToolError(tool, f"argument {word!r} is not of the form name=value")
         if key in out:
             raise ToolError(tool, f'parameter "{key}" duplicated on command line')
