@@ -16,7 +16,8 @@ Public API (the contract for flows/ and tasks/)
 ``placeholders(template) -> list[str]``
     The ``{name}`` placeholders of a template, in order (``{{``/``}}`` are literal braces).
 ``glob_files(directory, pattern) -> list[Path]``
-    The sorted files of a relative glob (ValueError for an empty/absolute/malformed one).
+    The sorted matches of a relative glob, whatever they are (ValueError for an
+    empty/absolute/malformed pattern); the planner reports those it cannot use.
 ``structured_output_params(step) -> dict[str, str]``
     Output placeholder → the tool parameter receiving it, for a structured step.
 
@@ -96,6 +97,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fermipipe.errors import ConfigError
+from fermipipe.fits.sniff import not_a_fits_file
 
 __all__ = [
     "CacheConfig",
@@ -122,6 +124,8 @@ __all__ = [
 EngineChoice = Literal["auto", "fermitools", "native"]
 ParamValue = str | int | float | bool | None
 
+#: The cache's folder name inside ``output.directory`` (when ``cache.directory`` is not set).
+CACHE_DIRNAME = ".fermipipe-cache"
 #: Placeholders every per-file template may use besides common files and step outputs.
 PER_FILE_PLACEHOLDERS: tuple[str, ...] = ("input", "stem", "week")
 #: Directories every template (per-file and post-processing) may use.
@@ -285,7 +289,7 @@ class InputConfig(_Strict):
 
 
 def glob_files(directory: Path, pattern: str) -> list[Path]:
-    """Files matching ``pattern`` (relative glob, ``**`` allowed) in ``directory``, sorted.
+    """Everything matching ``pattern`` (relative glob, ``**`` allowed) in ``directory``, sorted.
 
     Raises ValueError for a pattern that is empty, absolute or malformed.
     """
@@ -294,7 +298,10 @@ def glob_files(directory: Path, pattern: str) -> list[Path]:
     if Path(pattern).is_absolute():
         raise ValueError("the pattern must be relative to input.directory")
     try:
-        return sorted(p for p in directory.glob(pattern) if p.is_file())
+        # Every match, not only regular files: the planner reports the ones it cannot use.
+        return sorted(
+            p for p in directory.glob(pattern) if p.is_symlink() or p.is_file() or p.exists()
+        )
     except NotImplementedError as exc:  # pathlib's wording for absolute patterns
         raise ValueError(str(exc)) from None
 
@@ -664,6 +671,12 @@ class PipelineConfig(_Strict):
         run is started from, or ``--root``."""
         return self._root
 
+    @property
+    def cache_root(self) -> Path:
+        """Where the content cache lives: ``cache.directory``, else
+        ``<output.directory>/.fermipipe-cache``."""
+        return Path(self.cache.directory or Path(self.output.directory or "") / CACHE_DIRNAME)
+
     def merge_output(self, output_file: str) -> Path:
         """Where a merge writes ``output_file``: a bare file name goes to
         ``output.directory``; a relative path with a folder (``./data/x.fits``) is relative to
@@ -1031,13 +1044,26 @@ def _check_files(cfg: PipelineConfig, problems: _Problems) -> None:
             text = str(exc).removeprefix("fermitools.prefix: ")
             problems.add(key, text)
     for name, path in cfg.common_files.items():
-        if not path.is_file():
+        if not path.exists():
             problems.add(f"common_files.{name}", f"file not found: {path}")
+        elif (why := not_a_fits_file(path)) is not None:
+            problems.add(f"common_files.{name}", f"{path}: {why}")
     for steps, key in ((cfg.steps, "steps"), (cfg.post_processing, "post_processing")):
         for i, step in enumerate(steps):
             for param, value in step.inputs.items():
                 if not _is_template(value) and not Path(value).exists():
                     problems.add(f"{key}[{i}].inputs.{param}", f"file not found: {value}")
+    for key, folder in (
+        ("output.directory", cfg.output.directory),
+        ("output.workdir", cfg.output.workdir),
+    ):
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problems.add(key, f"{folder}: {existing} is a file, not a folder")
+        elif not os.access(existing, os.W_OK):
+            problems.add(key, f"{folder}: {existing} is not writable")
     directory = cfg.input.directory
     if not directory.is_dir():
         problems.add("input.directory", f"directory not found: {directory}")

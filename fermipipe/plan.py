@@ -28,7 +28,7 @@ keep_intermediate=False, workdir=None, root=None, overrides=()) -> (cfg, install
     all validation in one call, before any work (ConfigError → its lines, exit code 2).
 ``tool_invocation(step, file_id, engine, tool, params, *, inputs, outputs, timeout)``
     An Invocation built like the planner's (e.g. a pairwise gtltsum for a merge).
-``discover_inputs(cfg) -> list[Path]``, ``stem_of(path)``, ``week_of(name)``,
+``discover_inputs(cfg) -> (files, rejected)``, ``stem_of(path)``, ``week_of(name)``,
 ``format_param(value)``, ``resolve_engine(...)``, ``expand_command(template, values)``.
 
 Engines of per-file and post-processing invocations:
@@ -60,6 +60,7 @@ Fields added to the original contract (none renamed or removed): ``Invocation.pa
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -82,7 +83,9 @@ from fermipipe.config import (
     structured_output_params,
 )
 from fermipipe.errors import ConfigError, ToolError
+from fermipipe.fits.sniff import not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS
+from fermipipe.native.param_checks import check_params
 
 if TYPE_CHECKING:
     from fermipipe.fermitools import FermitoolsInstall
@@ -221,6 +224,9 @@ class Plan:
     warnings: tuple[str, ...] = ()
     #: Step name → its engine, for reports.
     engines: dict[str, Engine] = field(default_factory=dict)
+    #: Matches of the input pattern that cannot be used (file name → why): reported and
+    #: listed as left out of every merge, never dropped silently.
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,19 +371,37 @@ def expand_command(template: str, values: Mapping[str, str]) -> tuple[str, list[
     return "".join(shell), (words if simple and words else None)
 
 
-def discover_inputs(cfg: PipelineConfig) -> list[Path]:
-    """The input files: sorted glob of ``input.pattern`` in ``input.directory``."""
+def discover_inputs(cfg: PipelineConfig) -> tuple[list[Path], dict[str, str]]:
+    """The input files (sorted glob of ``input.pattern`` in ``input.directory``) and the
+    matches that cannot be used (name → why: a folder, a dangling link, not a FITS file…)."""
     directory = cfg.input.directory
     where = f"{cfg.source}: input"
     if not directory.is_dir():
         raise ConfigError(f"{where}.directory: directory not found: {directory}")
     try:
-        files = glob_files(directory, cfg.input.pattern)
+        matches = glob_files(directory, cfg.input.pattern)
     except ValueError as exc:
         raise ConfigError(f"{where}.pattern: {exc}") from None
+    files: list[Path] = []
+    rejected: dict[str, str] = {}
+    for path in matches:
+        why = not_a_fits_file(path)
+        if why is None:
+            files.append(path)
+        else:
+            rejected[str(path.relative_to(directory))] = why
     if not files:
-        raise ConfigError(f"{where}.pattern: no file matches {cfg.input.pattern!r} in {directory}")
-    return files
+        found = (
+            f" ({len(rejected)} match(es), none usable: "
+            + "; ".join(f"{name}: {why}" for name, why in list(rejected.items())[:3])
+            + ")"
+            if rejected
+            else ""
+        )
+        raise ConfigError(
+            f"{where}.pattern: no file matches {cfg.input.pattern!r} in {directory}{found}"
+        )
+    return files, rejected
 
 
 def _file_ids(files: Iterable[Path]) -> list[str]:
@@ -568,6 +592,12 @@ def _render_step(
         engine, problem = resolve_engine(requested, tool, ctx.install)
         if problem:
             ctx.fail(label, problem)
+        templated = {
+            k for k, v in step_cfg.params.items() if isinstance(v, str) and placeholders(v)
+        }
+        for line in check_params(tool, params, templated | set(step_cfg.inputs)):
+            key, _, message = line.partition(": ")
+            ctx.fail(f"{where}.params.{key}", message)
         if engine == "native":
             return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, where, tool, params, per_key=True)
@@ -617,6 +647,8 @@ def _render_step(
                 return make("native", inputs, tool=tool, params={})
             # Positional arguments (ftools style): run it as written, through the shell.
             return make_cmd("shell", inputs, tool=tool, shell=shell)
+        for line in check_params(tool, params, set()):
+            ctx.fail(f"{where}.command", line)
         if engine == "native":
             return make("native", inputs, tool=tool, params=_rooted_files(tool, params, root))
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
@@ -710,7 +742,7 @@ def build_plan(
     ctx = _Ctx(cfg, fermitools, allow_missing_tools, [])
     work = Path(workdir) if workdir is not None else cfg.output.workdir
     outdir = cfg.output.directory
-    files = discover_inputs(cfg)
+    files, rejected = discover_inputs(cfg)
     ids = _file_ids(files)
     keep_steps, keep_merges, keep_posts = _select(cfg, only_steps)
 
@@ -856,6 +888,7 @@ def build_plan(
         if post.name in keep_posts:
             posts.append(inv)
 
+    _check_products(ctx, files, merges, cfg.post_processing, posts, file_plans)
     if ctx.errors:
         raise ConfigError(*ctx.errors)
     return Plan(
@@ -867,7 +900,73 @@ def build_plan(
         tuple(after_merge_cleanup),
         tuple(ctx.warnings),
         engines,
+        rejected,
     )
+
+
+def _real(path: Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved, even where it does not exist yet."""
+    return Path(os.path.realpath(path))
+
+
+def _check_products(
+    ctx: _Ctx,
+    inputs: list[Path],
+    merges: list[MergePlan],
+    post_cfgs: Iterable[PostStepConfig],
+    posts: list[Invocation],
+    file_plans: list[FilePlan],
+) -> None:
+    """No product, kept copy or log may be written onto an input, a common file, a file the
+    input pattern would pick up, or into the cache store; a merge's ``output_file`` stays in
+    the run root or the output folder. Real paths are compared, so symlinks and ``..`` do not
+    get around it. (Files an existing-form post command writes are not declared: they
+    cannot be checked.)"""
+    cfg = ctx.cfg
+    protected = {_real(p): "an input file" for p in inputs}
+    protected.update({_real(p): f"common file {k!r}" for k, p in cfg.common_files.items()})
+    for step in (*cfg.steps, *cfg.post_processing):
+        for key, value in step.inputs.items():
+            if not placeholders(value):
+                protected[_real(Path(value))] = f"the input {key!r} of step {step.name!r}"
+    for fp in file_plans:  # what each step reads that no step makes (e.g. a weekly FT2)
+        made = {Path(p) for inv in fp.chain for p in inv.outputs.values()}
+        for inv in fp.chain:
+            for key, value in inv.inputs.items():
+                if Path(value) not in made:
+                    protected.setdefault(_real(Path(value)), f"the input {key!r} of {inv.step}")
+    input_dir, store = _real(cfg.input.directory), _real(cfg.cache_root)
+    root, outdir = _real(cfg.root), _real(cfg.output.directory)
+
+    def check(where: str, path: Path) -> None:
+        real = _real(path)
+        if real in protected:
+            ctx.fail(where, f"{path} would overwrite {protected[real]}")
+        elif real.is_relative_to(store):
+            ctx.fail(where, f"{path} is inside the cache store {cfg.cache_root}")
+        elif real.is_relative_to(input_dir) and fnmatch.fnmatch(
+            str(real.relative_to(input_dir)), cfg.input.pattern
+        ):
+            ctx.fail(where, f"{path} matches input.pattern: the next run would read it")
+        elif real.is_dir():
+            ctx.fail(where, f"{path} is a folder")
+
+    for i, merge in enumerate(cfg.merging):
+        where = f"merging[{i}].output_file"
+        target = cfg.merge_output(merge.output_file)
+        if not Path(merge.output_file).is_absolute() and not (
+            _real(target).is_relative_to(root) or _real(target).is_relative_to(outdir)
+        ):
+            ctx.fail(where, f"{merge.output_file!r} leads out of the run root and output folder")
+        check(where, target)
+    for i, post in enumerate(post_cfgs):
+        for out, template in post.outputs.items():
+            check(f"post_processing[{i}].outputs.{out}", cfg.output.directory / template)
+    for fp in file_plans:
+        for _src, dest in fp.keep:
+            check(f"{fp.file_id}: kept output", dest)
+    check("output.directory (logs)", cfg.output.directory / "logs" / "x.log")
+    del merges, posts  # the config's own entries are checked (their planned paths agree)
 
 
 def render_dry_run(plan: Plan) -> str:

@@ -599,8 +599,19 @@ def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) ->
             capture.line("stdout", message)
         result.status = "ok"
         result.outputs = {name: str(path) for name, path in inv.outputs.items()}
+        _mark_empty(inv, result)  # the same rule as for the Fermitools, below
     result.stderr_tail = list(capture.tail)
     return result
+
+
+def _mark_empty(inv: Invocation, result: StepResult) -> None:
+    """An event list with no rows makes the file ``empty`` (left out of merges), whichever
+    engine wrote it."""
+    for name, path in inv.outputs.items():
+        if _empty_event_table(Path(path)):
+            result.status = "empty"
+            result.error = f"no events selected ({name} has 0 rows)"
+            return
 
 
 def _run_subprocess(
@@ -654,11 +665,7 @@ def _run_subprocess(
         )
         return result
     result.outputs = {name: str(path) for name, path in inv.outputs.items()}
-    for name, path in inv.outputs.items():
-        if _empty_event_table(Path(path)):
-            result.status = "empty"
-            result.error = f"no events selected ({name} has 0 rows)"
-            break
+    _mark_empty(inv, result)
     return result
 
 

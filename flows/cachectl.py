@@ -47,12 +47,6 @@ from fermipipe.slices import (
 from fermipipe.summary import FileSummary
 from tasks.steps import BULK_INPUTS, StepCache, cached_chains, get_store, result_from_store
 
-CACHE_DIRNAME = ".fermipipe-cache"
-
-
-def cache_root(cfg: PipelineConfig) -> Path:
-    """``cache.directory``, else ``<output.directory>/.fermipipe-cache``."""
-    return Path(cfg.cache.directory or cfg.output.directory / CACHE_DIRNAME)
 
 
 @dataclass
@@ -104,7 +98,7 @@ def open_cache(
     """Keys and decisions for every file (None when ``cache.enabled`` is false)."""
     if not cfg.cache.enabled:
         return None
-    root = cache_root(cfg)
+    root = cfg.cache_root
     store = get_store(str(root / "store"))
     setup = CacheSetup(root, store, store.hashes, install.version if install else None)
     setup.stage_inputs = stage_inputs
@@ -457,6 +451,10 @@ def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSumm
         summary = FileSummary(fp.file_id, str(fp.input), "ok")
         for result in steps:
             if result.status == "skipped":
+                # A stored step is remembered as skipped only after an empty earlier step
+                # (failures are never stored): the file is empty, as when it first ran.
+                if summary.status == "ok":
+                    summary.status, summary.error = "empty", result.error
                 continue
             summary.steps.append(result)
             summary.cached_steps.append(result.step)
@@ -540,4 +538,4 @@ def make_slice(ft2: Path, events: TimeRange, store: ProductStore | None, folder:
 
 def slice_store(cfg: PipelineConfig) -> ProductStore | None:
     """The store slices are kept in (None when the cache is disabled)."""
-    return get_store(str(cache_root(cfg) / "store")) if cfg.cache.enabled else None
+    return get_store(str(cfg.cache_root / "store")) if cfg.cache.enabled else None

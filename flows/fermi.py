@@ -113,6 +113,7 @@ class ProductOptions:
     skip_post: bool = False
     keep_intermediate: bool = False
     cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
+    on_failure: str = "stop"  # a merge with no input fails the run unless "skip"
 
 
 @dataclass
@@ -157,7 +158,11 @@ def fermi_pipeline(
         workers=n_workers,
         started=time.time(),
         science_models=dict(cfg.science_models),
+        rejected=dict(plan.rejected),
     )
+    logger = get_run_logger()
+    for name, why in plan.rejected.items():
+        logger.warning("input %s left out: %s", name, why)
     run_work(WorkRequest(cfg, plan, choices, n_workers), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
@@ -271,6 +276,7 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
                 choices.skip_post,
                 keep,
                 product_cache(cfg, plan, cache),
+                cfg.on_failure,
             )
             products = products_flow(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
@@ -628,7 +634,7 @@ def merge_sources(
     """
     by_id = {f.file_id: f for f in files}
     inputs: list[tuple[str, Path]] = []
-    left_out: dict[str, str] = {}
+    left_out: dict[str, str] = {name: f"not used: {why}" for name, why in plan.rejected.items()}
     for fp, path in zip(plan.files, merge.inputs, strict=True):
         f = by_id[fp.file_id]
         if f.status == "ok":
@@ -650,8 +656,15 @@ def run_merge(
     inputs = [path for _id, path in sources]
     out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
     if not inputs:
-        out.status, out.error = "skipped", "no file produced an input for this merge"
-        get_run_logger().warning("merge %s: %s", merge.name, out.error)
+        # Nothing to merge (every file failed or was empty) is a failed run, not a quiet
+        # success without its product; on_failure: skip asks for a loud warning instead.
+        out.error = f"merge {merge.name!r} got no input: no file produced {{{merge.output_name}}}"
+        if opts.on_failure == "skip":
+            out.status = "skipped"
+            get_run_logger().warning("%s (on_failure: skip)", out.error)
+        else:
+            out.status = "failed"
+            get_run_logger().error(out.error)
         return out
     t0 = time.perf_counter()
     decision = (

@@ -184,7 +184,8 @@ def run_step(
             invocation.file_id,
             "skipped",
             invocation.render(),
-            error=f"previous step {previous.step} was {previous.status}",
+            error=f"previous step {previous.step} was {previous.status}"
+            + (f" ({previous.error})" if previous.error else ""),
         )
         if cache is not None and cache.stored:  # remembered, so a rerun finds it settled
             meta = {"status": "skipped", "error": skipped.error, "step": invocation.step}

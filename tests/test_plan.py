@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from shared_inputs import FITS_STUB
 
 from fermipipe.config import parse_config
 from fermipipe.errors import ConfigError
@@ -53,8 +54,8 @@ def data(tmp_path: Path) -> Path:
     weekly = tmp_path / "weekly"
     weekly.mkdir()
     for week in WEEKS:
-        (weekly / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(b"x")
-    (tmp_path / "ft2.fits").write_bytes(b"x")
+        (weekly / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(FITS_STUB)
+    (tmp_path / "ft2.fits").write_bytes(FITS_STUB)
     return tmp_path
 
 
@@ -214,7 +215,7 @@ def test_hostile_file_names_shell_and_argv(tmp_path: Path) -> None:
     weekly = tmp_path / "in dir;x"
     weekly.mkdir()
     hostile = weekly / HOSTILE
-    hostile.write_bytes(b"x")
+    hostile.write_bytes(FITS_STUB)
     steps = [
         {
             "name": "echo",
@@ -248,7 +249,7 @@ def test_hostile_name_in_fermitools_argv(tmp_path: Path) -> None:
     weekly = tmp_path / "weekly"
     weekly.mkdir()
     hostile = weekly / HOSTILE
-    hostile.write_bytes(b"x")
+    hostile.write_bytes(FITS_STUB)
     raw = {
         "input": {"directory": str(weekly)},
         "steps": [SELECT_CMD],
@@ -410,7 +411,7 @@ def test_workdir_outdir_cleanup_and_keep(data: Path, tmp_path: Path) -> None:
 
 def test_week_placeholder_needs_week_in_name(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "ft1.fits").write_bytes(b"x")
+    (tmp_path / "in" / "ft1.fits").write_bytes(FITS_STUB)
     step = {
         "name": "s",
         "command": "gtselect infile={input} outfile={o}",

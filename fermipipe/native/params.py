@@ -43,7 +43,8 @@ class ToolOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def _convert(tool: str, spec: ParamSpec, raw: Any) -> Any:
+def convert_value(tool: str, spec: ParamSpec, raw: Any) -> Any:
+    """``raw`` as the kind ``spec`` declares (None for INDEF); ToolError when it is not one."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -101,7 +102,7 @@ def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any], tool: str) -> 
             close = difflib.get_close_matches(key.lower(), by_name, n=1)
             hint = f" (did you mean {by_name[close[0]].name}?)" if close else ""
             raise ToolError(tool, f"unknown parameter {key!r}{hint}")
-        out[spec.name] = _convert(tool, spec, raw)
+        out[spec.name] = convert_value(tool, spec, raw)
     for spec in specs:
         if spec.required and out[spec.name] in (None, ""):
             raise ToolError(tool, f"parameter {spec.name} is required")
