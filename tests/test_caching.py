@@ -229,6 +229,30 @@ def mission_ft2(root: Path, weeks: tuple[str, ...]) -> Path:
     return out
 
 
+def test_slice_scfile_false_gives_tools_the_whole_spacecraft_file(
+    tmp_path: Path,
+    prefect_server: Any,
+) -> None:
+    """The existing runner's ``resources.slice_scfile: false``: no per-week slices."""
+    config = make_project(tmp_path)
+    mission_ft2(tmp_path, ("700", "701"))
+    cfg = yaml.safe_load(
+        config.read_text().replace(
+            "{config_dir}/in/lat_spacecraft_weekly_w{week}_p310_v001.fits",
+            "{config_dir}/in/mission_ft2.fits",
+        )
+    )
+    cfg["resources"]["slice_scfile"] = False
+    write_config(tmp_path, cfg)
+    state, summary = run_flow(config, tmp_path / "a.json")
+    assert state.is_completed(), state
+    for f in summary["per_file"]:
+        mktime = next(s for s in f["steps"] if s["step"] == "mktime")
+        assert "mission_ft2.fits " in mktime["command"]
+        assert "mission_ft2_slice_" not in mktime["command"]
+    assert not list((tmp_path / "products" / ".fermipipe-cache").rglob("mission_ft2_slice_*"))
+
+
 def test_mission_spacecraft_file_is_sliced_per_week(
     tmp_path: Path,
     prefect_server: Any,

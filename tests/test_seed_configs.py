@@ -160,6 +160,15 @@ def test_skip_post_does_not_require_post_tools(seed: Path, lat_data: Path) -> No
     assert [inv.step for inv in plan.files[0].chain] == ["gtselect", "gtmktime"]
 
 
+def test_parallel_accum_false_sums_in_one_pass(seed: Path, lat_data: Path) -> None:
+    settings = data_settings(FIRST, lat_data)
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    assert all(m.parallel for m in plan.merges)
+    settings.append("resources.parallel_accum=false")
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    assert not any(m.parallel for m in plan.merges)
+
+
 def test_seed_keys_are_honoured(seed: Path, lat_data: Path, tmp_path: Path) -> None:
     cfg = load_config(seed / LATER, root=tmp_path, overrides=data_settings(LATER, lat_data))
     assert cfg.vars["evclass"] == 1024 and cfg.vars["counts"] == str(tmp_path / COUNTS)
