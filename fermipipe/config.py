@@ -97,7 +97,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fermipipe.errors import ConfigError
-from fermipipe.fits.sniff import not_a_fits_file
+from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 
 __all__ = [
     "CacheConfig",
@@ -1046,7 +1046,9 @@ def _check_files(cfg: PipelineConfig, problems: _Problems) -> None:
     for name, path in cfg.common_files.items():
         if not path.exists():
             problems.add(f"common_files.{name}", f"file not found: {path}")
-        elif (why := not_a_fits_file(path)) is not None:
+        elif looks_like_fits_name(path) and (why := not_a_fits_file(path)) is not None:
+            # A common file may be a helper (a script, a list); one named as FITS must be
+            # FITS: a text file named .fits would otherwise be read as a file list.
             problems.add(f"common_files.{name}", f"{path}: {why}")
     for steps, key in ((cfg.steps, "steps"), (cfg.post_processing, "post_processing")):
         for i, step in enumerate(steps):

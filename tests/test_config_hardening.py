@@ -100,15 +100,15 @@ def test_impossible_tool_parameters_fail_when_the_config_is_loaded(project: Path
 
 def test_non_fits_common_file_and_output_folder_below_a_file(project: Path) -> None:
     root = project.parent
-    (root / "ft2.txt").write_text("lat_spacecraft_weekly_w700_p310_v001.fits\n")
+    (root / "ft2.fits").write_text("lat_spacecraft_weekly_w700_p310_v001.fits\n")
     (root / "afile").write_text("x")
 
     def change(cfg: dict[str, Any]) -> None:
-        cfg["common_files"] = {"ft2list": str(root / "ft2.txt")}
+        cfg["common_files"] = {"ft2list": str(root / "ft2.fits")}
         cfg["output"]["directory"] = "afile/products"
 
     text = "\n".join(problems_of(edited(project, change)))
-    assert "common_files.ft2list:" in text and "ft2.txt: not a FITS file" in text
+    assert "common_files.ft2list:" in text and "ft2.fits: not a FITS file" in text
     assert "output.directory:" in text and "is a file, not a folder" in text
 
 

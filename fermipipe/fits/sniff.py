@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".evt", ".fits.gz", ".fit.gz", ".fts.gz")
+
+
+def looks_like_fits_name(path: Path) -> bool:
+    """True when the name says FITS (``.fits``, ``.fit``, ``.fts``, ``.evt``, maybe ``.gz``)."""
+    return path.name.lower().endswith(_FITS_SUFFIXES)
 
 
 def not_a_fits_file(path: Path) -> str | None:
