@@ -281,6 +281,8 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
             products = products_flow(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
+        if not summary.merges and not summary.post:  # products_flow did not run
+            clean_workdir(plan, summary.files, keep, ProductsOutcome(), logger)
         if summary.merge_note:
             logger.warning(summary.merge_note)
         relocate_outputs(plan, summary.files)

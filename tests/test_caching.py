@@ -101,8 +101,10 @@ def test_damaged_store_entries_are_recomputed(project: dict[str, Any]) -> None:
     root, config = project["root"], project["config"]
     reference = products(root)
     store = ProductStore(root / "products" / ".fermipipe-cache" / "store")
-    ccube = next((root / "products" / ".fermipipe-cache" / "store").rglob("*w700*_ccube.fits"))
-    ltcube = next((root / "products" / ".fermipipe-cache" / "store").rglob("*w701*_ltcube.fits"))
+    stored = root / "products" / ".fermipipe-cache" / "store"
+    # The entries the last run used (an earlier test changed week 701: its old entry stays).
+    ccube = max(stored.rglob("*w700*_ccube.fits"), key=lambda p: p.stat().st_mtime_ns)
+    ltcube = max(stored.rglob("*w701*_ltcube.fits"), key=lambda p: p.stat().st_mtime_ns)
     ccube.unlink()  # missing
     with open(ltcube, "r+b") as fh:  # truncated
         fh.truncate(2880)
