@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fermipipe import __version__
+from fermipipe.fits.keywords import ascii_text
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,11 @@ def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
     ]
     for item in manifest.inputs:
         # One 72-character HISTORY card per input: the source name and a hash prefix.
-        text = f"fermipipe input {item.sha256[:12]} {item.source}"
+        text = f"fermipipe input {item.sha256[:12]} {ascii_text(item.source)}"
         cards.append(("HISTORY", text[:72], ""))
     for file_id, why in manifest.left_out.items():
-        cards.append(("HISTORY", f"fermipipe left out {file_id}: {why}"[:400], ""))
+        left = ascii_text(f"fermipipe left out {file_id}: {why}")
+        cards.append(("HISTORY", left[:400], ""))
     return cards
 
 

@@ -30,6 +30,7 @@ from astropy.io import fits
 from fermipipe.cache import sha256_file
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
+from fermipipe.fits.keywords import ascii_text
 from fermipipe.fits.writing import atomic_output
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation
@@ -78,7 +79,7 @@ def annotate(hdul: fits.HDUList, left_out: Mapping[str, str], n_inputs: int, how
     header["NLEFTOUT"] = (len(left_out), "input files left out of this merge")
     header.add_history(f"fermipipe {how} of {n_inputs} files")
     for file_id, reason in sorted(left_out.items()):
-        header.add_history(f"fermipipe left out {file_id}: {reason}")
+        header.add_history(ascii_text(f"fermipipe left out {file_id}: {reason}"))
 
 
 def _annotate_file(
@@ -88,7 +89,7 @@ def _annotate_file(
     with fits.open(path, mode="update") as hdul:
         annotate(hdul, left_out, n_inputs, how)
         if "FILENAME" in hdul[0].header:  # the tool wrote its scratch name there
-            hdul[0].header["FILENAME"] = name
+            hdul[0].header["FILENAME"] = ascii_text(name)
 
 
 # ----------------------------------------------------------------------- image_sum
@@ -381,7 +382,7 @@ def image_sum(
                 h["TELAPSE"] = float(h["TSTOP"]) - float(h["TSTART"])
     annotate(template, left_out, len(paths), "image_sum")
     if "FILENAME" in template[0].header:
-        template[0].header["FILENAME"] = Path(output).name
+        template[0].header["FILENAME"] = ascii_text(Path(output).name)
     with _atomic(Path(output)) as tmp:
         template.writeto(tmp, checksum=True, overwrite=True)
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None

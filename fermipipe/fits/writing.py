@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fermipipe.fits.header import Header
-from fermipipe.fits.keywords import set_card
+from fermipipe.fits.keywords import ascii_text, set_card
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -106,8 +106,9 @@ def encode_checksum(value: int, complement: bool = True) -> str:
 
 
 def set_filename(header: Header | fits.Header, name: str) -> None:
-    """Set primary ``FILENAME`` (in place if present, else appended)."""
-    set_card(header, "FILENAME", os.path.basename(name), FILENAME_COMMENT)
+    """Set primary ``FILENAME`` (in place if present, else appended); a name that is not
+    printable ASCII is escaped (:func:`~fermipipe.fits.keywords.ascii_text`)."""
+    set_card(header, "FILENAME", ascii_text(os.path.basename(name)), FILENAME_COMMENT)
 
 
 def add_checksums(

@@ -14,6 +14,12 @@ from fermipipe.native.params import parse_argv
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # File names are any bytes: a name that is not UTF-8 is printed back as the same bytes
+    # (its surrogate escapes) instead of failing with UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("tools:", ", ".join(NATIVE_TOOLS))
