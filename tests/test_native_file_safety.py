@@ -92,8 +92,16 @@ TOOLS: dict[str, tuple[list[str], dict[str, str]]] = {
         {"scfile": "ft2.fits", "evfile": "ft1.fits"},
     ),
     "gtbin": (
-        ["algorithm=CMAP", "nxpix=10", "nypix=10", "binsz=1", "coordsys=GAL", "xref=0",
-         "yref=0", "proj=CAR"],
+        [
+            "algorithm=CMAP",
+            "nxpix=10",
+            "nypix=10",
+            "binsz=1",
+            "coordsys=GAL",
+            "xref=0",
+            "yref=0",
+            "proj=CAR",
+        ],
         {"evfile": "ft1.fits", "scfile": "ft2.fits"},
     ),  # fmt: skip
     "gtltcube": (
