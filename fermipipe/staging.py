@@ -3,7 +3,8 @@
 Lifecycle, owned by the flow's work subflow (and, for node-local chains on a Dask cluster,
 by each chain on its worker's node):
 1. :func:`cleanup_orphans` removes folders left by runs that were killed (their owner process
-   is gone), so a crash never leaks RAM-disk memory for long.
+   is gone), so a crash never leaks RAM-disk memory for long; tool process groups still
+   running there are killed first (:func:`fermipipe.tool_groups.kill_leftover_groups`).
 2. :func:`choose_workdir` checks ``MemAvailable`` and the free space of the RAM-disk path
    against the estimated need and falls back to a disk folder, with a reason, when either is
    short.
@@ -21,6 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from fermipipe.tool_groups import kill_leftover_groups
 
 MARKER = ".fermipipe-owner.json"
 PREFIX = "fermipipe-"
@@ -117,6 +120,9 @@ def cleanup_orphans(root: Path) -> list[Path]:
             owner = {"host": host, "pid": -1}
         if owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
             continue
+        # Its tools may outlive it (the reaper was killed too): they would keep writing
+        # into the folder being removed, so their process groups go first.
+        kill_leftover_groups(folder)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
