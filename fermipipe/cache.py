@@ -21,6 +21,7 @@ No Prefect here: the Prefect task layer uses these keys as its cache keys.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,7 +34,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fermipipe.errors import FermipipeError
+from fermipipe.fits.writing import temporary_name
+
 _CHUNK = 8 * 1024 * 1024
+
+
+class StoreObjectDamagedError(FermipipeError):
+    """A stored object's content no longer matches the hash recorded when it was stored."""
+
+
+class StoreWriteError(FermipipeError, OSError):
+    """Writing into the store (or a product out of it) failed: names the path; the partial
+    temporary is already removed, so a full disk gets its space back."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def _store_write(tmp: Path, final: Path) -> Iterator[Path]:
+    """Yield ``tmp``; rename it to ``final`` on success, remove it on any failure.
+
+    An OSError (disk full, quota, permissions) becomes :class:`StoreWriteError` naming
+    ``final`` and the file system that refused it — not "internal error … (bad data?)".
+    """
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        what = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            what += f" (disk full: the file system holding {final.parent})"
+        raise StoreWriteError(exc.errno or 0, f"cannot write {final}: {what}", str(final)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -83,26 +122,36 @@ class HashIndex:
                 "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
                 " mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
             )
+            # The status-change time: an in-place edit that restores size and mtime (utime)
+            # still moves it, and no call sets it back (indexes without it are upgraded).
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(hashes)")}
+            if "ctime_ns" not in columns:
+                self._db.execute("ALTER TABLE hashes ADD COLUMN ctime_ns INTEGER")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def hash(self, path: Path) -> str:
-        """Content hash of ``path``, reading the file only if its signature changed."""
+    def hash(self, path: Path, *, verify: bool = False) -> str:
+        """Content hash of ``path``, reading the file only if its signature (size, mtime,
+        ctime, inode) changed — or always with ``verify``."""
         real = os.path.realpath(path)
         st = os.stat(real)
-        with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, inode, sha256 FROM hashes WHERE path = ?", (real,)
-            ).fetchone()
-        if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return str(row[3])
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        if not verify:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT size, mtime_ns, inode, ctime_ns, sha256 FROM hashes WHERE path = ?",
+                    (real,),
+                ).fetchone()
+            if row is not None and tuple(row[:4]) == signature:
+                return str(row[4])
         digest = sha256_file(Path(real))
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)",
-                (real, st.st_size, st.st_mtime_ns, st.st_ino, digest),
+                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest),
             )
         return digest
 
@@ -165,10 +214,15 @@ class StoredFile:
 class ProductStore:
     """Products kept by cache key on persistent disk."""
 
-    def __init__(self, root: Path, hashes: HashIndex | None = None) -> None:
+    def __init__(
+        self, root: Path, hashes: HashIndex | None = None, *, verify: bool = False
+    ) -> None:
+        """``verify=True`` (``--verify-cache``): every lookup re-reads and re-hashes the
+        entry's files instead of trusting the stat-keyed index."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hashes = hashes or HashIndex(self.root / "hashes.sqlite")
+        self.verify = verify
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -184,23 +238,77 @@ class ProductStore:
             return {}
         return dict(meta) if isinstance(meta, dict) else {}
 
-    def lookup(self, key: str) -> dict[str, Path] | None:
-        """The entry's files (name → path) if every one is present and intact, else None."""
-        record = self._record_path(key)
+    def _files(self, key: str) -> list[StoredFile] | None:
         try:
-            files = [StoredFile(**f) for f in json.loads(record.read_text())["files"]]
+            record = json.loads(self._record_path(key).read_text())
+            return [StoredFile(**f) for f in record["files"]]
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def lookup(self, key: str, *, verify: bool | None = None) -> dict[str, Path] | None:
+        """The entry's files (name → path) if every one is present and intact, else None.
+
+        Intact = the recorded size and sha256; the hash comes from the stat-keyed index
+        (size, mtime, ctime, inode: an in-place edit changes ctime even when size and mtime
+        are put back), or is recomputed from the content with ``verify`` (default: the
+        store's ``verify``).
+        """
+        verify = self.verify if verify is None else verify
+        files = self._files(key)
+        if files is None:
             return None
         out: dict[str, Path] = {}
         for item in files:
             path = self.entry_dir(key) / item.name
             try:
-                if path.stat().st_size != item.size or self.hashes.hash(path) != item.sha256:
+                if path.stat().st_size != item.size:
+                    return None
+                if self.hashes.hash(path, verify=verify) != item.sha256:
                     return None
             except OSError:
                 return None
             out[item.name] = path
         return out
+
+    def read_object(self, path: Path) -> Path:
+        """``path`` (a file in this store) after re-reading its content against the sha256
+        recorded when it was stored: what every read of a stored object for a merge or a
+        product goes through. A mismatch removes the entry (the next run recomputes it) and
+        raises :class:`StoreObjectDamagedError` naming the file. Files outside the store are
+        returned unchecked."""
+        path = Path(path)
+        try:
+            rel = path.resolve().relative_to(self.root.resolve() / "objects")
+        except ValueError:
+            return path
+        if len(rel.parts) != 3:
+            return path
+        key, name = rel.parts[1], rel.parts[2]
+        recorded = {f.name: f for f in self._files(key) or []}.get(name)
+        try:
+            actual = self.hashes.hash(path, verify=True)
+        except OSError as exc:
+            raise StoreObjectDamagedError(
+                f"{path}: stored object unreadable: {exc.strerror}"
+            ) from None
+        if recorded is None or actual != recorded.sha256:
+            self.forget(key)
+            raise StoreObjectDamagedError(
+                f"{path}: stored object changed since it was stored (sha256 {actual[:12]}… ≠ "
+                f"recorded {recorded.sha256[:12] if recorded else 'none'}…); entry removed, "
+                "rerun to recompute it"
+            )
+        return path
+
+    def verify_all(self) -> list[str]:
+        """Re-hash every stored file; remove and return the keys of damaged entries."""
+        damaged: list[str] = []
+        for record in sorted((self.root / "objects").glob("*/*/entry.json")):
+            key = record.parent.name
+            if self.lookup(key, verify=True) is None:
+                self.forget(key)
+                damaged.append(key)
+        return damaged
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -237,27 +345,26 @@ class ProductStore:
         out: dict[str, Path] = {}
         for name, src in files.items():
             dest = entry / name
-            tmp = entry / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
-            if move:
-                try:
-                    os.replace(src, tmp)
-                except OSError:  # different file system (RAM disk → disk)
+            with _store_write(temporary_name(dest), dest) as tmp:
+                if move:
+                    try:
+                        os.replace(src, tmp)
+                    except OSError:  # different file system (RAM disk → disk)
+                        shutil.copyfile(src, tmp)
+                        os.unlink(src)
+                elif link:
+                    try:
+                        os.link(src, tmp)
+                    except OSError:
+                        shutil.copyfile(src, tmp)
+                else:
                     shutil.copyfile(src, tmp)
-                    os.unlink(src)
-            elif link:
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
-            else:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
             stored.append(StoredFile(name, dest.stat().st_size, self.hashes.hash(dest)))
             out[name] = dest
         record = {"key": key, "files": [vars(s) for s in stored], "meta": dict(meta or {})}
-        tmp_record = entry / f".entry.json.tmp-{os.getpid()}-{threading.get_ident()}"
-        tmp_record.write_text(json.dumps(record, indent=1))
-        os.replace(tmp_record, self._record_path(key))
+        record_path = self._record_path(key)
+        with _store_write(temporary_name(record_path), record_path) as tmp_record:
+            tmp_record.write_text(json.dumps(record, indent=1))
         return out
 
     def materialise(self, stored: Path, dest: Path) -> Path:
@@ -266,13 +373,13 @@ class ProductStore:
         Written under a temporary name and renamed, so a reader never sees half a file.
         """
         dest = Path(dest)
+        self.read_object(Path(stored))  # a product is never made from a changed object
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            os.link(stored, tmp)
-        except OSError:  # another file system (the RAM disk) or no hard links
-            shutil.copyfile(stored, tmp)
-        os.replace(tmp, dest)
+        with _store_write(temporary_name(dest), dest) as tmp:
+            try:
+                os.link(stored, tmp)
+            except OSError:  # another file system (the RAM disk) or no hard links
+                shutil.copyfile(stored, tmp)
         return dest
 
     def forget(self, key: str) -> None:

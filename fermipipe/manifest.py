@@ -7,6 +7,8 @@ config hash and one HISTORY line per input), so the provenance travels with the 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from fermipipe import __version__
 from fermipipe.fits.keywords import ascii_text
+from fermipipe.fits.writing import temporary_name
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,38 @@ def sidecar_path(product: Path) -> Path:
     return product.with_name(product.name + ".manifest.json")
 
 
-def read_manifest(product: Path) -> Manifest | None:
-    """The manifest beside ``product``, or None when absent or unreadable."""
+def read_manifest(product: Path, *, check_product: bool = False) -> Manifest | None:
+    """The manifest beside ``product``, or None when absent or unreadable.
+
+    With ``check_product`` also None unless ``product`` exists with the sha256 the manifest
+    records: a sidecar left by a writer killed before its product's rename is stale.
+    """
     try:
-        return Manifest.from_json(sidecar_path(product).read_text())
+        manifest = Manifest.from_json(sidecar_path(product).read_text())
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    if check_product:
+        try:
+            with open(product, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            return None
+        if digest != manifest.product_sha256:
+            return None
+    return manifest
 
 
 def write_manifest(product: Path, manifest: Manifest) -> Path:
-    """Write the JSON sidecar atomically."""
+    """Write the JSON sidecar atomically (temporary name with the writer's PID, renamed)."""
     path = sidecar_path(product)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -447,6 +447,9 @@ TRANSIENT_MARKERS: tuple[str, ...] = (
     "Connection reset",
     "Device or resource busy",
     "Too many open files",
+    # A full disk is the machine's state, not the data's: retried (space may be freed).
+    "No space left on device",
+    "Disk quota exceeded",
 )
 
 
