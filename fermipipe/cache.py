@@ -125,35 +125,52 @@ class HashIndex:
             # The status-change time: an in-place edit that restores size and mtime (utime)
             # still moves it, and no call sets it back (indexes without it are upgraded).
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(hashes)")}
-            if "ctime_ns" not in columns:
-                self._db.execute("ALTER TABLE hashes ADD COLUMN ctime_ns INTEGER")
+            for column in ("ctime_ns", "nlink"):
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE hashes ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def hash(self, path: Path, *, verify: bool = False) -> str:
-        """Content hash of ``path``, reading the file only if its signature (size, mtime,
-        ctime, inode) changed — or always with ``verify``."""
+        """Content hash of ``path``, reading the file only if its signature changed — or
+        always with ``verify``.
+
+        The signature is size, mtime, inode and ctime. ctime catches an in-place edit that
+        puts size and mtime back (no call sets ctime). Adding or removing a hard link also
+        moves ctime (the store links products in and out); that alone — link count changed,
+        size, mtime and inode the same — only updates the record, so a no-op rerun does not
+        re-read every product. Merges and products re-check content anyway
+        (:func:`verify_stored`).
+        """
         real = os.path.realpath(path)
         st = os.stat(real)
-        signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         if not verify:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT size, mtime_ns, inode, ctime_ns, sha256 FROM hashes WHERE path = ?",
+                    "SELECT size, mtime_ns, inode, ctime_ns, nlink, sha256 FROM hashes"
+                    " WHERE path = ?",
                     (real,),
                 ).fetchone()
-            if row is not None and tuple(row[:4]) == signature:
-                return str(row[4])
+            if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
+                same_ctime = row[3] == st.st_ctime_ns
+                relinked = row[3] is None or (row[4] is not None and row[4] != st.st_nlink)
+                if same_ctime or relinked:
+                    if not same_ctime:
+                        self._record(real, st, str(row[5]))
+                    return str(row[5])
         digest = sha256_file(Path(real))
+        self._record(real, st, digest)
+        return digest
+
+    def _record(self, real: str, st: os.stat_result, digest: str) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest),
+                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, nlink,"
+                " sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_nlink, digest),
             )
-        return digest
 
 
 def _normalise(value: Any) -> Any:
@@ -202,6 +219,45 @@ def step_key(
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def verify_stored(path: Path) -> Path:
+    """Re-read ``path`` if it is a product-store object, and check its content against the
+    sha256 recorded when it was stored; return ``path``.
+
+    The one place objects are read out of the store: merges call it for each input
+    (:mod:`fermipipe.merge`), :meth:`ProductStore.materialise` for each product it places.
+    The stat-keyed index keeps lookups fast; this is the content check behind them, done
+    when the bytes are about to be used anyway. An object is recognised by the entry record
+    beside it (``<store>/objects/<k[:2]>/<key>/entry.json`` listing its name); other files
+    are returned unchecked. A mismatch removes the entry (the next run recomputes it) and
+    raises :class:`StoreObjectDamagedError` naming the file.
+    """
+    path = Path(path)
+    record = path.parent / "entry.json"
+    if path.parent.parent.parent.name != "objects" or not record.is_file():
+        return path
+    try:
+        files = {f["name"]: f for f in json.loads(record.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    recorded = files.get(path.name)
+    if recorded is None:
+        return path  # not one of the entry's files (the record itself, a temporary)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise StoreObjectDamagedError(
+            f"{path}: stored object unreadable: {exc.strerror or exc}"
+        ) from None
+    if actual != recorded.get("sha256"):
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise StoreObjectDamagedError(
+            f"{path}: stored object changed since it was stored (sha256 {actual[:12]}… is not "
+            f"the recorded {str(recorded.get('sha256'))[:12]}…); entry removed, rerun to "
+            "recompute it"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -271,34 +327,10 @@ class ProductStore:
         return out
 
     def read_object(self, path: Path) -> Path:
-        """``path`` (a file in this store) after re-reading its content against the sha256
-        recorded when it was stored: what every read of a stored object for a merge or a
-        product goes through. A mismatch removes the entry (the next run recomputes it) and
-        raises :class:`StoreObjectDamagedError` naming the file. Files outside the store are
-        returned unchecked."""
-        path = Path(path)
-        try:
-            rel = path.resolve().relative_to(self.root.resolve() / "objects")
-        except ValueError:
-            return path
-        if len(rel.parts) != 3:
-            return path
-        key, name = rel.parts[1], rel.parts[2]
-        recorded = {f.name: f for f in self._files(key) or []}.get(name)
-        try:
-            actual = self.hashes.hash(path, verify=True)
-        except OSError as exc:
-            raise StoreObjectDamagedError(
-                f"{path}: stored object unreadable: {exc.strerror}"
-            ) from None
-        if recorded is None or actual != recorded.sha256:
-            self.forget(key)
-            raise StoreObjectDamagedError(
-                f"{path}: stored object changed since it was stored (sha256 {actual[:12]}… ≠ "
-                f"recorded {recorded.sha256[:12] if recorded else 'none'}…); entry removed, "
-                "rerun to recompute it"
-            )
-        return path
+        """``path`` (a file of this store) re-verified against its recorded sha256: see
+        :func:`verify_stored`, which every read of a stored object for a merge or a product
+        goes through."""
+        return verify_stored(path)
 
     def verify_all(self) -> list[str]:
         """Re-hash every stored file; remove and return the keys of damaged entries."""

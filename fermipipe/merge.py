@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from fermipipe.cache import sha256_file
+from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text
@@ -228,6 +228,15 @@ def _add(acc: Pixels, pixels: Pixels) -> None:
         acc += pixels
 
 
+def _verified(path: Path) -> Path:
+    """``path``, re-verified if it is a product-store object (merge inputs come from there):
+    a stored product edited after it was stored never goes into a merge."""
+    try:
+        return verify_stored(path)
+    except StoreObjectDamagedError as exc:
+        raise ToolError("merge", str(exc)) from None
+
+
 def _open(path: Path) -> fits.HDUList:
     try:
         return fits.open(path, memmap=True)
@@ -252,6 +261,7 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
         ref = _reference(template, Path(first))
     acc: Pixels | None = None
     for path in map(Path, inputs):
+        _verified(path)
         with _open(path) as hdul:
             _check(ref, hdul, path)
             pixels = _pixels(ref, hdul)
@@ -312,6 +322,9 @@ def image_sum(
     if not inputs:
         raise ToolError("image_sum", "no input files to merge", str(output))
     paths = [Path(p) for p in inputs]
+    if not partials:  # with partials, each part verified its inputs
+        for path in paths:
+            _verified(path)
     first = paths[0]
     with _open(first) as hdul:
         template = fits.HDUList([hdu.copy() for hdu in hdul])
@@ -426,6 +439,8 @@ def next_level(
     """
     jobs: list[PairJob] = []
     upper: list[Path] = []
+    for path in level:  # the first level's inputs are store objects
+        _verified(Path(path))
     for i in range(0, len(level) - 1, 2):
         suffix = "".join(Path(level[i]).suffixes[-1:]) or ".fits"
         out = scratch / f"{name}-L{depth}-{i // 2}{suffix}"
@@ -473,6 +488,7 @@ def finish(
     """Move (or copy, for a single original input) ``final`` to ``output``, annotated; with
     ``manifest``, together with its manifest (:func:`_commit_manifest`)."""
     output = Path(output)
+    _verified(Path(final))  # a single input is copied straight from the store
     with _atomic(output) as tmp:
         shutil.copyfile(final, tmp)
         _annotate_file(tmp, left_out, n_inputs, how, output.name)
@@ -513,6 +529,8 @@ def native_event_merge(
     if not inputs:
         raise ToolError("ftmerge", "no input files to merge", str(output))
     scratch = temporary_name(output)  # a dead writer's scratch is found by its PID
+    for path in inputs:
+        _verified(Path(path))
     try:
         merge_event_files([Path(p) for p in inputs], scratch)
         return finish(scratch, output, left_out, len(inputs), "event merge", manifest=manifest)

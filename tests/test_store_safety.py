@@ -24,6 +24,7 @@ import pytest
 from astropy.io import fits
 
 from fermipipe.cache import ProductStore, StoreObjectDamagedError, StoreWriteError
+from fermipipe.errors import ToolError
 from fermipipe.fits.writing import remove_dead_temporaries, temporary_name
 from fermipipe.manifest import Manifest, ManifestInput, read_manifest, sidecar_path
 from fermipipe.merge import image_sum
@@ -115,6 +116,44 @@ def test_verify_cache_rehashes_every_lookup(tmp_path: Path) -> None:
     assert sha(src) == before
 
 
+def test_hash_index_rereads_after_in_place_edit_not_after_relinking(tmp_path: Path) -> None:
+    """Fast where it may be (a hard link added or removed moves ctime only), never fooled
+    by an edit that puts size and mtime back."""
+    from fermipipe.cache import HashIndex
+
+    data = tmp_path / "a.fits"
+    shutil.copyfile(FT2, data)
+    index = HashIndex(tmp_path / "idx.sqlite")
+    real = index.hash(data)
+    index._db.execute("UPDATE hashes SET sha256 = 'poisoned'")  # reads would correct it
+    os.link(data, tmp_path / "twin.fits")  # as the store does when it links a product in
+    assert index.hash(data) == "poisoned"  # not re-read: only the link count moved
+    (tmp_path / "twin.fits").unlink()  # … and when the work folder's copy is dropped
+    assert index.hash(data) == "poisoned"
+    _edit_keeping_size_and_mtime(data)
+    assert index.hash(data) not in ("poisoned", real)  # re-read: the content changed
+    index.close()
+
+
+def test_merge_refuses_store_object_edited_in_place(
+    tmp_path: Path, counts_maps: list[Path]
+) -> None:
+    before = {p: sha(p) for p in counts_maps}
+    store = ProductStore(tmp_path / "store")
+    stored = [store.put(f"{i:064d}", {"cmap.fits": counts_maps[0]})["cmap.fits"] for i in range(3)]
+    for key in (f"{i:064d}" for i in range(3)):
+        assert store.lookup(key) is not None
+    _edit_keeping_size_and_mtime(stored[1])
+    out = tmp_path / "products" / "sum.fits"
+    with pytest.raises(ToolError, match="changed since it was stored") as err:
+        image_sum(stored, out)
+    assert str(stored[1]) in str(err.value)
+    assert not out.exists() and not out.parent.exists() or temporaries(out.parent) == []
+    assert store.lookup(f"{1:064d}") is None  # removed: recomputed next run
+    assert store.lookup(f"{0:064d}") is not None
+    assert {p: sha(p) for p in counts_maps} == before
+
+
 # ------------------------------------------------------------------ killed writers
 
 WRITER = textwrap.dedent(
@@ -198,7 +237,7 @@ def test_merge_product_and_manifest_appear_together_under_sigkill(
     before = {p: sha(p) for p in counts_maps}
     out = tmp_path / "products" / "example_ccube.fits"
     out.parent.mkdir()
-    for delay in (0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2, 1.35):
+    for delay in [0.3 + 0.1 * i for i in range(14)]:
         proc = subprocess.Popen(
             [sys.executable, "-c", MERGER, str(out), *map(str, maps)],
             cwd=REPO, stdout=subprocess.DEVNULL,
