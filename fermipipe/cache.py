@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fermipipe.errors import FermipipeError
-from fermipipe.fits.writing import temporary_name
+from fermipipe.fits.writing import remove_dead_temporaries, temporary_name
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -165,7 +165,9 @@ class HashIndex:
         return digest
 
     def _record(self, real: str, st: os.stat_result, digest: str) -> None:
-        with self._lock:
+        # The index only saves reading: when it cannot be written (a full disk) the hash
+        # is still right, it is just computed again next time.
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):
             self._db.execute(
                 "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, nlink,"
                 " sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -372,6 +374,31 @@ class ProductStore:
         (recomputed, never trusted); the tools replace files rather than edit them.
         """
         entry = self.entry_dir(key)
+        try:
+            return self._put(entry, key, files, move=move, link=link, meta=meta)
+        except OSError as exc:
+            # Nothing half-stored stays behind (a full disk gets its space back): an entry
+            # without its record is unusable anyway.
+            if not self._record_path(key).exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            if isinstance(exc, StoreWriteError):
+                raise
+            where = os.fsdecode(exc.filename) if exc.filename is not None else str(entry)
+            what = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                what += f" (disk full: the file system holding {entry})"
+            raise StoreWriteError(exc.errno or 0, f"cannot write {where}: {what}", where) from None
+
+    def _put(
+        self,
+        entry: Path,
+        key: str,
+        files: Mapping[str, Path],
+        *,
+        move: bool,
+        link: bool,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Path]:
         entry.mkdir(parents=True, exist_ok=True)
         stored: list[StoredFile] = []
         out: dict[str, Path] = {}
@@ -413,6 +440,11 @@ class ProductStore:
             except OSError:  # another file system (the RAM disk) or no hard links
                 shutil.copyfile(stored, tmp)
         return dest
+
+    def remove_dead_temporaries(self) -> list[Path]:
+        """Remove the temporaries that writers killed mid-write left in the store (their
+        PID is in the name: see :func:`fermipipe.fits.writing.remove_dead_temporaries`)."""
+        return remove_dead_temporaries(self.root, recursive=True)
 
     def forget(self, key: str) -> None:
         """Remove an entry (used when it was found damaged)."""

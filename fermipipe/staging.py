@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from fermipipe.fits.writing import atomic_output
 from fermipipe.tool_groups import kill_leftover_groups
 
 MARKER = ".fermipipe-owner.json"
@@ -155,9 +156,8 @@ class StagingArea:
         dest_dir = self.path / subdir if subdir else self.path
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / Path(src).name
-        tmp = dest_dir / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(src, tmp)
         return dest
 
 

@@ -376,3 +376,13 @@ def test_native_huge_map_out_of_memory_is_one_line_no_partial_output(
     assert_one_line_error(code, err, "not enough memory")
     assert digests(inputs) == before
     assert list(tmp_path.iterdir()) == [inputs]
+
+
+def test_native_fifo_input_is_one_line_not_a_hang(inputs: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.fits"
+    os.mkfifo(fifo)
+    before = digests(inputs)
+    code, _out, err = native("gtselect", f"infile={fifo}", f"outfile={tmp_path / 'o.fits'}")
+    assert_one_line_error(code, err, f"{fifo}: not a FITS file")
+    assert digests(inputs) == before
+    assert not (tmp_path / "o.fits").exists()

@@ -98,10 +98,10 @@ def remove_dead_temporaries(
     return removed
 
 
-def _naming(exc: OSError, path: Path) -> OSError:
-    """``exc`` with the file it concerns, when the OS did not say (a write failing with
-    ENOSPC names nothing): the caller's one-line message can then name the path."""
-    if exc.filename is not None or exc.errno is None:
+def _naming(exc: OSError, path: Path, tmp: Path) -> OSError:
+    """``exc`` naming the output ``path`` when the OS named nothing (a write failing with
+    ENOSPC) or only the hidden temporary: the caller's one-line message names the output."""
+    if exc.errno is None or exc.filename not in (None, os.fspath(tmp)):
         return exc
     return type(exc)(exc.errno, exc.strerror, os.fspath(path))
 
@@ -125,7 +125,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        named = _naming(exc, final)
+        named = _naming(exc, final, tmp)
         if named is exc:
             raise
         raise named from exc

@@ -53,6 +53,8 @@ def fits_problem(path: str | os.PathLike[str]) -> str | None:
         return f"cannot read it: {exc.strerror or exc}"
     if stat.S_ISDIR(st.st_mode):
         return "is a folder, not a FITS file"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
+        return "not a FITS file (not a regular file)"
     try:
         with open(name, "rb") as fh:
             head = fh.read(len(_FITS_START))
