@@ -10,6 +10,7 @@ import sys
 from fermipipe.errors import FermipipeError
 from fermipipe.native import NATIVE_TOOLS, run_tool
 from fermipipe.native.params import parse_argv
+from fermipipe.native.tool_files import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run_tool(tool, parse_argv(rest, tool))
     except FermipipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)  # one line, whatever a name holds
         return 1
     for message in outcome.messages:
         print(message)

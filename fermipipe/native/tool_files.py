@@ -30,6 +30,7 @@ __all__ = [
     "display_name",
     "fits_problem",
     "input_file_list",
+    "one_line",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -37,9 +38,19 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _FITS_START = b"SIMPLE  ="
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline or tab in a file name) escaped, so a
+    message stays one line; other characters, undecodable bytes included, are kept."""
+    if text.isprintable():
+        return text
+    return "".join(
+        f"\\x{ord(c):02x}" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text
+    )
+
+
 def display_name(name: str | os.PathLike[str]) -> str:
-    """``name`` for a one-line message: as given (undecodable bytes stay escaped)."""
-    return os.fspath(name)
+    """``name`` for a one-line message: as given, control characters escaped."""
+    return one_line(os.fspath(name))
 
 
 def fits_problem(path: str | os.PathLike[str]) -> str | None:
