@@ -255,6 +255,7 @@ NAMES = [
     "日本.fits",
     "tab\there.fits",
     "new\nline.fits",
+    " blank around.fits ",
 ]
 
 

@@ -9,6 +9,7 @@ y/n/1/0 like APE does.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,11 @@ class ToolOutcome:
     messages: list[str] = field(default_factory=list)
 
 
+def _names_a_file(spec: ParamSpec, raw: str) -> bool:
+    """An output name, or the name of an existing input (after an ``@``)."""
+    return spec.name.lower().startswith("outfile") or os.path.lexists(raw.removeprefix("@"))
+
+
 def _convert(tool: str, spec: ParamSpec, raw: Any) -> Any:
     if raw is None:
         return None
@@ -48,6 +54,10 @@ def _convert(tool: str, spec: ParamSpec, raw: Any) -> Any:
         text = raw.strip()
         if text.upper() == "INDEF" or (text == "" and spec.kind in ("real", "int")):
             return None
+        # Names are data: blanks around an output name, or around an existing input's name,
+        # are part of it (other values are trimmed, as APE does).
+        if spec.kind == "file" and text and text != raw and _names_a_file(spec, raw):
+            return raw
     else:
         text = str(raw)
     try:

@@ -120,13 +120,17 @@ def input_file_list(
     (``fits_list_file``, spec 1.1). Otherwise ``value`` is one file name, used as given.
     """
     text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    if text.strip() != text and not Path(text).exists():
+    if text.strip() != text and not os.path.lexists(text.removeprefix("@")):
         text = text.strip()  # a value padded by a config or a shell, not part of the name
     if text.startswith("@"):
         listname = text[1:]
         if fits_list_file and fits_problem(listname) is None:
             return [listname]
-        entries = [line.strip() for line in _read_list(tool, param, listname)]
+        # Lines are trimmed (as the Fermitools do) unless the untrimmed line names a file.
+        entries = [
+            line if line.strip() != line and os.path.lexists(line) else line.strip()
+            for line in _read_list(tool, param, listname)
+        ]
         files = [e for e in entries if e and not (comments and e.startswith("#"))]
         if not files:
             raise _problem_error(tool, param, listname, "file list is empty")
