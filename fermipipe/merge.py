@@ -27,7 +27,7 @@ import numpy as np
 from astropy.io import fits
 
 from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
-from fermipipe.errors import ToolError
+from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text
 from fermipipe.fits.writing import atomic_output, temporary_name
@@ -61,10 +61,14 @@ class MergeInfo:
 
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """``atomic_output`` into a directory made if needed (the output folder may be new)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        yield Path(tmp)
+    """``atomic_output`` into a directory made if needed (the output folder may be new);
+    a failed write (a full disk) is one line naming the product, the temporary removed."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            yield Path(tmp)
+    except OSError as exc:
+        raise ToolError("merge", f"cannot write the product: {os_error_text(exc)}") from None
 
 
 def annotate(hdul: fits.HDUList, left_out: Mapping[str, str], n_inputs: int, how: str) -> None:

@@ -348,3 +348,21 @@ def test_disk_full_native_output_is_one_line_naming_the_output(tmp_path: Path) -
         assert "internal error" not in lines[0] and "Traceback" not in proc.stderr
         assert list(disk.iterdir()) == []  # no partial output, no temporary
     assert sha(src) == before
+
+
+def test_disk_full_merge_product_is_one_line_naming_it_no_temporary(
+    counts_maps: list[Path],
+) -> None:
+    maps = [counts_maps[0]] * 2
+    before = sha(counts_maps[0])
+    with small_tmpfs("256k") as disk:
+        out = disk / "products" / "example_ccube.fits"
+        manifest = Manifest(str(out), "image_sum", "c" * 64, {},
+                            [ManifestInput("w", "w.fits", "0" * 64, "k1")])  # fmt: skip
+        with pytest.raises(ToolError) as err:
+            image_sum(maps, out, manifest=manifest)
+        message = str(err.value)
+        assert str(out) in message and "disk full" in message and "\n" not in message
+        assert not out.exists() and not sidecar_path(out).exists()
+        assert temporaries(disk) == []
+    assert sha(counts_maps[0]) == before

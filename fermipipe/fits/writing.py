@@ -101,9 +101,10 @@ def remove_dead_temporaries(
 def _naming(exc: OSError, path: Path, tmp: Path) -> OSError:
     """``exc`` naming the output ``path`` when the OS named nothing (a write failing with
     ENOSPC) or only the hidden temporary: the caller's one-line message names the output."""
-    if exc.errno is None or exc.filename not in (None, os.fspath(tmp)):
+    if exc.filename not in (None, os.fspath(tmp)):
         return exc
-    return type(exc)(exc.errno, exc.strerror, os.fspath(path))
+    # astropy reports a short disk as a bare OSError("Not enough space on disk: …").
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 @contextlib.contextmanager

@@ -9,13 +9,11 @@ wrong, never a traceback and never "internal error". Outputs are written atomica
 
 from __future__ import annotations
 
-import errno
 import importlib
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fermipipe.errors import ToolError
+from fermipipe.errors import ToolError, os_error_text
 from fermipipe.native.params import ToolOutcome, resolve
 from fermipipe.native.tool_files import check_tool_files
 
@@ -24,20 +22,6 @@ __all__ = ["guarded_run", "os_error_text"]
 #: Tools following evtbin's list convention (``@`` always a list, ``#`` lines are names);
 #: the others follow dataSubselector's (spec 1.1).
 _EVTBIN_LISTS = frozenset({"gtbin"})
-
-_FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}
-
-
-def os_error_text(exc: OSError) -> str:
-    """One line for an OSError: the file, what went wrong, and "disk full" when it is."""
-    what = exc.strerror or str(exc)
-    full = _FULL.get(exc.errno or 0)
-    if full is not None:
-        what = f"{what} ({full})"
-    name = exc.filename
-    if name is None:
-        return what
-    return f"{os.fsdecode(name)}: {what}"
 
 
 def guarded_run(
