@@ -45,6 +45,7 @@ from typing import IO, Any, Literal
 from fermipipe.errors import EmptyProductError, FermipipeError, ToolError
 from fermipipe.fermitools import private_env
 from fermipipe.plan import Invocation
+from fermipipe.tool_groups import parent_death_preexec, reaper, write_group_record
 
 Status = Literal["ok", "empty", "failed", "skipped"]
 
@@ -446,6 +447,9 @@ TRANSIENT_MARKERS: tuple[str, ...] = (
     "Connection reset",
     "Device or resource busy",
     "Too many open files",
+    # A full disk is the machine's state, not the data's: retried (space may be freed).
+    "No space left on device",
+    "Disk quota exceeded",
 )
 
 
@@ -701,6 +705,9 @@ def _execute(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: killable as a whole
+                # SIGKILL when this thread dies: it supervises the tool until it is reaped,
+                # so it outlives it unless the pipeline itself dies (tool_groups, layer 1).
+                preexec_fn=parent_death_preexec(),
             )
         except OSError as exc:
             result.error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
@@ -735,6 +742,10 @@ def _supervise(
     with _PROCS_LOCK:
         _PROCS[pgid] = proc
         _PROC_DIRS[pgid] = Path(cwd).resolve()
+    # If this process dies now, the reaper kills the group, and the next run finds the
+    # record in the dead run's folder (tool_groups, layers 2 and 3).
+    reaper().add(pgid)
+    write_group_record(cwd, pgid)
     timed_out = False
     try:
         if _SHUTDOWN.is_set():  # kill_all ran between our check and the registration
@@ -751,6 +762,7 @@ def _supervise(
         # reused, so killing what it left behind in its group cannot hit another process.
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         _signal_group(pgid, signal.SIGKILL)
+        reaper().discard(pgid)  # before the reaping frees the id for reuse
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         # wait4's rusage covers the child and every descendant it reaped (a shell's tool).
@@ -761,6 +773,7 @@ def _supervise(
             _PROC_DIRS.pop(pgid, None)
         if proc.returncode is None:  # an exception on the way: leave nothing running
             _signal_group(pgid, signal.SIGKILL)
+            reaper().discard(pgid)
             proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:

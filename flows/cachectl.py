@@ -48,7 +48,6 @@ from fermipipe.summary import FileSummary
 from tasks.steps import BULK_INPUTS, StepCache, cached_chains, get_store, result_from_store
 
 
-
 @dataclass
 class CacheSetup:
     root: Path
