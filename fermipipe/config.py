@@ -613,6 +613,8 @@ class RunChoices:
     skip_merge: bool = False
     skip_post: bool = False
     keep_intermediate: bool = False
+    #: Re-hash every cache-store object before use (``--verify-cache``).
+    verify_cache: bool = False
 
 
 class PipelineConfig(_Strict):
@@ -694,6 +696,7 @@ class PipelineConfig(_Strict):
         skip_merge: bool = False,
         skip_post: bool = False,
         keep_intermediate: bool = False,
+        verify_cache: bool = False,
     ) -> RunChoices:
         """The run's choices: command-line values (``steps``, flags) over ``run:``."""
         return RunChoices(
@@ -701,6 +704,7 @@ class PipelineConfig(_Strict):
             skip_merge or self.run.skip_merge,
             skip_post or self.run.skip_post,
             keep_intermediate or self.resources.ram_disk.keep_intermediate,
+            verify_cache,
         )
 
     def step(self, name: str) -> StepConfig:

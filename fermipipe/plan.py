@@ -1056,6 +1056,7 @@ def prepare(
     skip_merge: bool = False,
     skip_post: bool = False,
     keep_intermediate: bool = False,
+    verify_cache: bool = False,
     workdir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     root: Path | None = None,
@@ -1080,7 +1081,7 @@ def prepare(
     except ConfigError as exc:
         if not problems:  # a bad prefix is already among the config's problems
             problems.append(f"{cfg.source}: {exc}")
-    choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate)
+    choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate, verify_cache)
     try:
         plan = build_plan(
             cfg,

@@ -93,12 +93,21 @@ def open_cache(
     install: FermitoolsInstall | None,
     keep: bool = False,
     stage_inputs: bool = False,
+    verify: bool = False,
 ) -> CacheSetup | None:
-    """Keys and decisions for every file (None when ``cache.enabled`` is false)."""
+    """Keys and decisions for every file (None when ``cache.enabled`` is false).
+
+    Temporaries that killed writers left in the store are removed first. ``verify``
+    (``--verify-cache``): every stored file is re-hashed now, damaged entries are removed
+    (and so recomputed), and every lookup of this run re-hashes what it returns."""
     if not cfg.cache.enabled:
         return None
     root = cfg.cache_root
     store = get_store(str(root / "store"))
+    store.remove_dead_temporaries()
+    if verify:
+        store.verify = True
+        store.verify_all()
     setup = CacheSetup(root, store, store.hashes, install.version if install else None)
     setup.stage_inputs = stage_inputs
     if not cfg.resources.ltcube_cache.enabled:

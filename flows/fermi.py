@@ -69,6 +69,8 @@ from fermipipe import native, runner
 from fermipipe.cache import sha256_file
 from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.fermitools import FermitoolsInstall, locate
+from fermipipe.fits.writing import remove_dead_temporaries
+from fermipipe.manifest import Manifest
 from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
@@ -137,6 +139,7 @@ def fermi_pipeline(
     summary_json: str | None = None,
     root: str | None = None,
     settings: list[str] | None = None,
+    verify_cache: bool = False,
 ) -> RunSummary | State:
     """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small).
 
@@ -148,6 +151,7 @@ def fermi_pipeline(
         skip_merge=skip_merge,
         skip_post=skip_post,
         keep_intermediate=keep_intermediate,
+        verify_cache=verify_cache,
         root=root,
         settings=settings or (),
     )
@@ -229,7 +233,12 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
         )
         if cfg.resources.slice_scfile:  # mission FT2 → per-week slices
             plan = apply_slices(plan, slice_store(cfg), logger)
-        cache = open_cache(cfg, plan, install, keep, staging.choice.on_ram_disk)
+        cache = open_cache(
+            cfg, plan, install, keep, staging.choice.on_ram_disk, choices.verify_cache
+        )
+        # Temporaries of writers killed mid-write (a merge, a kept copy) are removed.
+        for folder in {plan.outdir, *(m.output.parent for m in plan.merges)}:
+            remove_dead_temporaries(folder)
         run = open_run(plan, n_workers, install)
     except BaseException:
         close_staging(staging)
@@ -682,16 +691,19 @@ def run_merge(
             if decision.mode == "incremental":  # previous product + the new inputs only
                 paths = dict(sources)
                 todo = [Path(merge.output), *(paths[i] for i in decision.add)]
+        # The product and its manifest are written together (the product renamed last), so
+        # a kill never leaves one without the other.
+        manifest = decision.manifest if decision is not None else None
         if out.mode == "up_to_date":
             pass  # the product and its manifest already cover exactly these inputs
         elif merge.strategy == "hierarchical":
-            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run)
+            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run, manifest)
         elif merge.strategy == "image_sum":
-            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run)
+            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run, manifest)
         else:
-            _info, _wall, out.cpu_seconds = merge_all(merge, todo, left_out, run=opts.run)
-        if decision is not None and out.mode != "up_to_date":
-            merging.stamp_manifest(merge.output, decision.manifest, merge_how(merge))
+            _info, _wall, out.cpu_seconds = merge_all(
+                merge, todo, left_out, run=opts.run, manifest=manifest
+            )
     except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
         out.status, out.error = "failed", str(exc).splitlines()[0]
         get_run_logger().error("merge %s failed: %s", merge.name, exc)
@@ -745,7 +757,11 @@ MIN_PER_PART = 4
 
 
 def parallel_image_sum(
-    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
 ) -> float:
     """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
     one task that adds the parts and writes the product. Few inputs, one worker or
@@ -753,7 +769,7 @@ def parallel_image_sum(
     workers = runner.get_run(run).pool.total if merge.parallel else 1
     parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
     if len(parts) < 2:
-        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run)
+        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run, manifest=manifest)
         return cpu
     scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -768,7 +784,12 @@ def parallel_image_sum(
         )
         done = futures.result()  # raises on a failed part (e.g. a map on another grid)
         _info, _wall, cpu = merge_all(
-            merge, inputs, left_out, run=run, partials=[path for path, _cpu in done]
+            merge,
+            inputs,
+            left_out,
+            run=run,
+            partials=[path for path, _cpu in done],
+            manifest=manifest,
         )
         return cpu + sum(part_cpu for _path, part_cpu in done)
     finally:
@@ -776,7 +797,11 @@ def parallel_image_sum(
 
 
 def hierarchical_merge(
-    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
 ) -> float:
     """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
     assert merge.tool is not None
@@ -795,7 +820,9 @@ def hierarchical_merge(
         )
         cpu += sum(result.cpu_seconds for result in futures.result())  # raises on failure
         depth += 1
-    merging.finish(level[0], merge.output, left_out, len(inputs), f"{merge.tool} tree merge")
+    merging.finish(
+        level[0], merge.output, left_out, len(inputs), merge_how(merge), manifest=manifest
+    )
     shutil.rmtree(scratch, ignore_errors=True)
     return cpu
 
