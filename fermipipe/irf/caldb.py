@@ -200,32 +200,32 @@ class _IndexRow:
 _CBD_RE = re.compile(r"(VERSION|CLASS)\(([^)]*)\)")
 
 
+def _text(value: object) -> str:
+    return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
+
+
 @functools.lru_cache(maxsize=8)
 def _read_index(caldb: Path) -> tuple[_IndexRow, ...]:
-    from astropy.io import fits
+    # The package's own FITS reader: no astropy import (~0.5 s) for a 3000-row index.
+    from fermipipe.fits.table import FitsFile
 
     path = caldb / LAT_INDEX
     if not path.is_file():
         return ()
-    with fits.open(path, memmap=False) as hdul:
-        data = hdul["CIF"].data
+    with FitsFile(path) as ff:
+        t = ff.table("CIF")
+        cols = [
+            t.column(c)
+            for c in ("DETNAM", "CAL_CNAM", "CAL_DIR", "CAL_FILE", "CAL_XNO", "CAL_CBD", "CAL_QUAL")
+        ]
         rows: list[_IndexRow] = []
-        for det, cnam, cdir, cfile, xno, cbd, qual in zip(
-            data["DETNAM"],
-            data["CAL_CNAM"],
-            data["CAL_DIR"],
-            data["CAL_FILE"],
-            data["CAL_XNO"],
-            data["CAL_CBD"],
-            data["CAL_QUAL"],
-            strict=True,
-        ):
-            found = dict(_CBD_RE.findall(str(cbd)))
+        for det, cnam, cdir, cfile, xno, cbd, qual in zip(*cols, strict=True):
+            found = dict(_CBD_RE.findall(_text(cbd)))
             rows.append(
                 _IndexRow(
-                    str(det).strip(),
-                    str(cnam).strip(),
-                    caldb / str(cdir).strip() / str(cfile).strip(),
+                    _text(det),
+                    _text(cnam),
+                    caldb / _text(cdir) / _text(cfile),
                     int(xno),
                     found.get("VERSION", ""),
                     found.get("CLASS", ""),
@@ -241,25 +241,29 @@ def _read_irf_index(
 ) -> tuple[dict[str, tuple[int, int]], tuple[tuple[str, int, str], ...]]:
     """(event class → (bit position, allowed event-type mask), event types (name, bit,
     partition)) from ``irf_index.fits``; empty class map and the fallback types without it."""
+    from fermipipe.fits.table import FitsFile
+
     path = caldb / IRF_INDEX
     types = tuple((n, b, p) for n, (b, p) in EVENT_TYPE_BITS.items())
     if not path.is_file():
         return {}, types
-    from astropy.io import fits
-
-    with fits.open(path, memmap=False) as hdul:
+    with FitsFile(path) as ff:
+        bm = ff.table("BITMASK_MAPPING")
         classes = {
-            str(r["EVENT_CLASS"]).strip(): (int(r["BITPOSITION"]), int(r["EVENT_TYPES"]))
-            for r in hdul["BITMASK_MAPPING"].data
-        }
+            _text(n): (int(b), int(m))
+            for n, b, m in zip(
+                bm.column("EVENT_CLASS"), bm.column("BITPOSITION"), bm.column("EVENT_TYPES"),
+                strict=True,
+            )
+        }  # fmt: skip
+        et = ff.table("EVENT_TYPE_MAPPING")
         types = tuple(
-            (
-                str(r["EVENT_TYPE"]).strip(),
-                int(r["BITPOSITION"]),
-                str(r["EVENT_TYPE_PARTITION"]).strip(),
-            )  # fmt: skip
-            for r in hdul["EVENT_TYPE_MAPPING"].data
-        )
+            (_text(n), int(b), _text(p))
+            for n, b, p in zip(
+                et.column("EVENT_TYPE"), et.column("BITPOSITION"),
+                et.column("EVENT_TYPE_PARTITION"), strict=True,
+            )
+        )  # fmt: skip
     return classes, types
 
 

@@ -59,7 +59,7 @@ from fermipipe.native.expcube_sky import (
     WcsGeometry,
     healpix_directions,
     livetime_cells,
-    wcs_directions,
+    wcs_cells,
 )
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, is_none, resolve
@@ -563,11 +563,18 @@ def gti_extension(gti: Gti) -> tuple[Header, np.ndarray]:
 
 
 def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Iterator[np.ndarray]:
-    """The image planes one at a time (big-endian float32), 0 where wcslib has no sky."""
+    """The image planes one at a time (big-endian float32), 0 where wcslib has no sky.
+
+    Streamed to the writer so that the cube is never held whole: per plane, one gather from
+    a (planes, cells + 1) big-endian table whose extra column is the 0 of unmapped pixels.
+    """
+    ncells = values.shape[0]
+    table = np.zeros((values.shape[1], ncells + 1), dtype=">f4")
+    table[:, :ncells] = values.T
+    full = np.full(valid.size, ncells, dtype=np.int32 if ncells < 2**31 else np.int64)
+    full[valid] = index
     for k in range(values.shape[1]):
-        plane = np.zeros(valid.size, dtype=">f4")
-        plane[valid] = values[index, k]
-        yield plane
+        yield table[k].take(full)
 
 
 def run(params: Mapping[str, Any]) -> ToolOutcome:
@@ -604,13 +611,12 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     energies = plane_energies(p, cmap)
     if kind == "WCS":
         wgeom = wcs_geometry(p, cmap)
-        ra, dec, valid = wcs_directions(wgeom)
-        cell_of = livetime_cells(ra[valid], dec[valid], cube.nside, cube.nest)
+        cell_of, valid = wcs_cells(wgeom, cube.nside, cube.nest)
     else:
         hgeom = hpx_geometry(p, cmap)
         ra, dec = healpix_directions(hgeom.nside, hgeom.nest, hgeom.galactic)
         cell_of = livetime_cells(ra, dec, cube.nside, cube.nest)
-    del ra, dec
+        del ra, dec
     cells, index = distinct_cells(cell_of, cube.exposure.shape[0])
     del cell_of
     values = cell_exposures(
