@@ -567,14 +567,23 @@ def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Ite
 
     Streamed to the writer so that the cube is never held whole: per plane, one gather from
     a (planes, cells + 1) big-endian table whose extra column is the 0 of unmapped pixels.
+    The next plane is gathered in a helper thread while the writer writes and checksums the
+    current one (both release the GIL).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     ncells = values.shape[0]
     table = np.zeros((values.shape[1], ncells + 1), dtype=">f4")
     table[:, :ncells] = values.T
     full = np.full(valid.size, ncells, dtype=np.int32 if ncells < 2**31 else np.int64)
     full[valid] = index
-    for k in range(values.shape[1]):
-        yield table[k].take(full)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(table[0].take, full)
+        for k in range(values.shape[1]):
+            plane = pending.result()
+            if k + 1 < values.shape[1]:
+                pending = pool.submit(table[k + 1].take, full)
+            yield plane
 
 
 def run(params: Mapping[str, Any]) -> ToolOutcome:
