@@ -115,7 +115,7 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"livetime cube {LTCUBE.name}; {os.cpu_count()} CPUs; output folder {folder}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    rows = []
+    measured = []
     for name, params in PRODUCTS.items():
         out = folder / f"{name.split()[0]}.fits"
         run_child(params, out)  # warm-up, untimed
@@ -125,9 +125,13 @@ def main() -> int:
             runs.append(run_child(params, out))
         wall = statistics.median(r[0] for r in runs)
         rss = max(r[1] for r in runs)
-        size = out.stat().st_size
-        yard = yardstick(size, folder)
-        rows.append((name, wall, rss, size / 2**20, yard))
+        measured.append((name, wall, rss, out.stat().st_size))
+    # Yardsticks only after every child has run: a child started with vfork/exec inherits
+    # the parent's RSS high-water mark, so the parent must not have held a big array before.
+    rows = [
+        (name, wall, rss, size / 2**20, yardstick(size, folder))
+        for name, wall, rss, size in measured
+    ]
     print()
     print(
         f"{'product':<28}{'wall s':>8}{'peak RSS MiB':>14}{'output MiB':>12}"
