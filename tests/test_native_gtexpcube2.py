@@ -432,3 +432,120 @@ def test_missing_irf_message(caldb: Path) -> None:
     assert "\n" not in msg
     assert "P8R3_NOSUCH_V3" in msg and "caldb.indx" in msg
     assert "aeff_P8R3_NOSUCH_V3_FB.fits" in msg and "aeff_P8R3_NOSUCH_V3_front.fits" in msg
+
+
+# ---------------------------------------------------------------------- counts-map paths
+
+
+def _p8v2_cmap(shared_data: Path) -> Path:
+    return shared_data / "gammalib/p8v2/cntmap.fits.gz"
+
+
+def test_wcs_cmap_grid_energies_and_dss(shared_data: Path, caldb: Path, tmp_path: Path) -> None:
+    """cmap given, no geometry/energy parameters: the cmap's grid, its EBOUNDS as planes
+    (E_MIN/1e3 then the last E_MAX/1e3, float32 keV values) and its DSS, the bit masks moved
+    to the end (setBitMaskCut) and IRF_VERSION added. With the same grid given explicitly the
+    cube is the same (CRPIX n/2 + 0.5 is the cmap's own here)."""
+    cmap = _p8v2_cmap(shared_data)
+    common = {
+        "infile": str(shared_data / "gammalib/p8v2/ltcube.fits.gz"),
+        "cmap": str(cmap),
+        "irfs": "P8R2_SOURCE_V6",
+        "evtype": 3,
+        "caldb": str(caldb),
+    }
+    a, b = tmp_path / "from_cmap.fits", tmp_path / "explicit.fits"
+    gtexpcube2.run({**common, "outfile": str(a)})
+    gtexpcube2.run(
+        {
+            **common,
+            "outfile": str(b),
+            "nxpix": 100,
+            "nypix": 100,
+            "binsz": 0.2,
+            "xref": 184.557460101,
+            "yref": -5.78434644902,
+            "proj": "CAR",
+            "coordsys": "GAL",
+        }
+    )
+    with fits.open(a) as ha, fits.open(b) as hb, fits.open(cmap) as hc:
+        assert ha[0].data.tobytes() == hb[0].data.tobytes()
+        assert ha[0].data.shape == (21, 100, 100)
+        eb = hc["EBOUNDS"].data
+        expected = [float(e) / 1e3 for e in eb["E_MIN"]] + [float(eb["E_MAX"][-1]) / 1e3]
+        assert list(ha["ENERGIES"].data["Energy"]) == expected
+        h = ha[0].header
+        dss = [h[f"DSTYP{k}"] for k in range(1, h["NDSKEYS"] + 1)]
+        assert dss == [
+            "TIME",
+            "POS(RA,DEC)",
+            "ENERGY",
+            "ZENITH_ANGLE",
+            "BIT_MASK(EVENT_CLASS,128,P8R2)",
+            "BIT_MASK(EVENT_TYPE,3,P8R2)",
+            "IRF_VERSION",
+        ]
+        assert h[f"DSVAL{h['NDSKEYS']}"] == "P8R2_SOURCE_V6"
+        assert (h["CTYPE1"], h["CRPIX1"], h["CDELT1"]) == ("GLON-CAR", 50.5, -0.2)
+
+
+def test_irfs_caldb_from_cmap_dss(shared_data: Path, caldb: Path, tmp_path: Path) -> None:
+    """irfs=CALDB: the newest IRF of the cmap's event class and pass (P8R2, mask 128 →
+    P8R2_SOURCE_V6), evtype from its EVENT_TYPE DSS; same cube as with the explicit name."""
+    cmap = _p8v2_cmap(shared_data)
+    common = {
+        "infile": str(shared_data / "gammalib/p8v2/ltcube.fits.gz"),
+        "cmap": str(cmap),
+        "caldb": str(caldb),
+    }
+    a, b = tmp_path / "caldb.fits", tmp_path / "named.fits"
+    outcome = gtexpcube2.run({**common, "outfile": str(a), "irfs": "CALDB"})
+    assert "P8R2_SOURCE_V6" in outcome.messages[0]
+    gtexpcube2.run({**common, "outfile": str(b), "irfs": "P8R2_SOURCE_V6", "evtype": 3})
+    with fits.open(a) as ha, fits.open(b) as hb:
+        assert ha[0].data.tobytes() == hb[0].data.tobytes()
+        h = ha[0].header
+        assert h[f"DSVAL{h['NDSKEYS']}"] == "P8R2_SOURCE_V6"
+
+
+def test_healpix_cmap_hidden_order_overrides(
+    shared_data: Path, caldb: Path, tmp_path: Path
+) -> None:
+    """A HEALPix cmap (2FHL, NSIDE 32 RING GAL, 17 bins): the hidden hpx_order (default 6)
+    overrides its NSIDE; with hpx_order=INDEF the cmap's NSIDE and ordering are used. The
+    planes are its 18 EBOUNDS edges either way."""
+    cmap = shared_data / "gammapy-fermi-lat-data/2fhl/fermi_2fhl_counts_cube_hpx.fits.gz"
+    common = {
+        "infile": str(shared_data / FT24 / "w323_ltcube_z90.fits.gz"),
+        "cmap": str(cmap),
+        "irfs": "P8R3_SOURCE_V3",
+        "evtype": 3,
+        "caldb": str(caldb),
+    }
+    a, b = tmp_path / "default.fits", tmp_path / "indef.fits"
+    gtexpcube2.run({**common, "outfile": str(a)})
+    gtexpcube2.run({**common, "outfile": str(b), "hpx_order": "INDEF"})
+    with fits.open(a) as ha, fits.open(b) as hb, fits.open(cmap) as hc:
+        assert hc["SKYMAP"].header["NSIDE"] == 32
+        assert ha["HPXEXPOSURES"].header["NSIDE"] == 64
+        assert ha["HPXEXPOSURES"].header["ORDER"] == 6
+        assert hb["HPXEXPOSURES"].header["NSIDE"] == 32
+        assert hb["HPXEXPOSURES"].header["ORDERING"] == hc["SKYMAP"].header["ORDERING"]
+        assert len(ha["ENERGIES"].data) == len(hb["ENERGIES"].data) == len(hc["EBOUNDS"].data) + 1
+        assert len(ha["HPXEXPOSURES"].data) == 12 * 64**2
+
+
+def test_edisp_bins_and_center(shared_data: Path, caldb: Path, tmp_path: Path) -> None:
+    """edisp_bins adds planes stepping in log10 by the first/last step; CENTER then takes
+    geometric means (checked against the formulas with decade-wide bins)."""
+    base = _params(shared_data, "p8v2", caldb=str(caldb), emin=100, emax=100000, enumbins=3)
+    base.update(nxpix=4, nypix=4)
+    out = tmp_path / "edisp.fits"
+    gtexpcube2.run({**base, "outfile": str(out), "edisp_bins": 2})
+    energies = fits.getdata(out, "ENERGIES")["Energy"]
+    np.testing.assert_allclose(energies, 10.0 ** np.arange(0, 8), rtol=1e-12)
+    assert fits.getdata(out).shape == (8, 4, 4)
+    gtexpcube2.run({**base, "outfile": str(out), "edisp_bins": 1, "bincalc": "CENTER"})
+    energies = fits.getdata(out, "ENERGIES")["Energy"]
+    np.testing.assert_allclose(energies, 10.0 ** (np.arange(1, 6) + 0.5), rtol=1e-12)

@@ -83,14 +83,20 @@ def _healpix_lib() -> Any:
     return lib
 
 
-def _wcsprm() -> Any:
-    """A fresh 2-axis wcslib ``wcsprm`` (astropy's Wcsprm)."""
+@functools.lru_cache(maxsize=1)
+def _wcsprm_class() -> Any:
+    """astropy's ``Wcsprm`` (wcslib's wcsprm), loaded once."""
     mod = _extension("astropy", "wcs", "_wcs")
     if mod is None:
         from astropy.wcs import Wcsprm
 
-        return Wcsprm(naxis=2)
-    return mod.Wcsprm(naxis=2)
+        return Wcsprm
+    return mod.Wcsprm
+
+
+def _wcsprm() -> Any:
+    """A fresh 2-axis wcslib ``wcsprm``."""
+    return _wcsprm_class()(naxis=2)
 
 
 def gal_to_equ_matrix() -> list[list[float]]:
@@ -217,6 +223,8 @@ def wcs_cells(
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    _healpix_lib()  # load the extensions once, before any thread needs them
+    _wcsprm_class()
     rows = max(1, CHUNK_PIXELS // max(1, geom.nx))
     blocks = [(j, min(j + rows, geom.ny)) for j in range(0, geom.ny, rows)]
 

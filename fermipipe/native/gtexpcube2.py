@@ -241,7 +241,12 @@ def choose_irfs(
                 cmap,
             )
         ec = masks["EVENT_CLASS"]
-        base = _implied_irf(caldb, ec.mask, ec.pass_ver)
+        named = [
+            c.value for c in cmap_cuts if isinstance(c, GenericCut) and c.dstyp == "IRF_VERSION"
+        ]
+        # An IRF_VERSION in the cmap names the IRF (Cuts::set_irfName), else the newest IRF
+        # of the event class and pass (CALDB_implied_irfs).
+        base = named[0].split(" (")[0] if named else _implied_irf(caldb, ec.mask, ec.pass_ver)
         if not base:
             raise IrfNotFoundError(
                 f"no IRF in {caldb / 'data/glast/lat/bcf/irf_index.fits'} for event class "
