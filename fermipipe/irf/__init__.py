@@ -10,6 +10,7 @@ Pure functions and plain data classes; no Prefect, no process state.
 
 from __future__ import annotations
 
+from fermipipe.irf.aeff import EffectiveArea, EfficiencyFactor, load_effective_area
 from fermipipe.irf.caldb import (
     CaldbNotFoundError,
     EventTypeIrf,
@@ -22,10 +23,13 @@ from fermipipe.irf.caldb import (
 
 __all__ = [
     "CaldbNotFoundError",
+    "EffectiveArea",
+    "EfficiencyFactor",
     "EventTypeIrf",
     "IrfComponent",
     "IrfNotFoundError",
     "IrfSelection",
     "find_caldb",
+    "load_effective_area",
     "resolve_irf",
 ]

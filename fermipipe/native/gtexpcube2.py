@@ -95,7 +95,7 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("ignorephi", "bool", False),
     ParamSpec("thmax", "real", 180.0),
     ParamSpec("thmin", "real", 0.0),
-    ParamSpec("table", "str", "EXPOSURE"),
+    ParamSpec("table", "str", "EXPOSURE"),  # in the .par file, never read by gtexpcube2
     *STANDARD_PARAMS,
     # Native only: explicit CALDB root (else $CALDB, then a Fermitools install).
     ParamSpec("caldb", "str", ""),
@@ -611,7 +611,9 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         caldb = find_caldb(p["caldb"] or None)
     except CaldbNotFoundError as exc:
         raise ToolError(TOOL, str(exc)) from None
-    cube = read_livetime_cube(infile, p["table"])
+    # The .par file has a hidden ``table`` parameter, but gtexpcube2 never reads it: the cube is
+    # always read from EXPOSURE (+ WEIGHTED_EXPOSURE). Accepted and ignored likewise.
+    cube = read_livetime_cube(infile, "EXPOSURE")
     cmap_cuts = (
         read_dss_file(cmap, "PRIMARY", check_columns=False, skip_time_ranges=False, tool=TOOL)
         if cmap is not None
