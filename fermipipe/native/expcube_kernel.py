@@ -159,11 +159,19 @@ def _aeff_table(
 
 
 def _ordered_sum_block(cells: np.ndarray, table: np.ndarray) -> np.ndarray:
-    out = np.zeros((cells.shape[0], table.shape[1]))
-    prod = np.empty_like(out)
-    for e in range(table.shape[0]):
-        np.multiply(cells[:, e, None], table[e][None, :], out=prod, dtype=np.float64)
-        out += prod
+    """The ordered sum for a block of rows, in sub-blocks small enough to stay in cache."""
+    nrows, nout = cells.shape[0], table.shape[1]
+    out = np.zeros((nrows, nout))
+    step = max(64, 32768 // max(1, nout))  # ~256 KB of partial sums per sub-block
+    prod = np.empty((min(step, nrows), nout))
+    for r0 in range(0, nrows, step):
+        r1 = min(r0 + step, nrows)
+        acc = out[r0:r1]
+        tmp = prod[: r1 - r0]
+        sub = cells[r0:r1]
+        for e in range(table.shape[0]):
+            np.multiply(sub[:, e, None], table[e][None, :], out=tmp, dtype=np.float64)
+            acc += tmp
     return out
 
 

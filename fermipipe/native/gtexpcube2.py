@@ -37,7 +37,7 @@ import numpy as np
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.dates import utc_now_date
-from fermipipe.fits.dss import BitMaskCut, Cut, GenericCut, read_dss_file, write_dss
+from fermipipe.fits.dss import BitMaskCut, Cut, GenericCut, read_dss, read_dss_file, write_dss
 from fermipipe.fits.gti import Gti, gti_rows
 from fermipipe.fits.header import Card, Header
 from fermipipe.fits.keywords import bintable_keywords
@@ -646,9 +646,8 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     if cmap is not None:
         src_cuts = cmap_cuts or []
     else:
-        src_cuts = read_dss_file(
-            infile, "EXPOSURE", check_columns=False, skip_time_ranges=False, tool=TOOL
-        )
+        # The cube's EXPOSURE DSS, its TIME/TABLE cut bound to the GTI already read.
+        src_cuts = read_dss(cube.header, gti=cube.gti, tool=TOOL, file=infile)
     cuts = output_cuts(src_cuts, choice, str(p["irfs"]).strip().upper() != "CALDB")
     hdus: list[Any] = []
     if kind == "WCS":
