@@ -44,6 +44,7 @@ __all__ = [
     "IrfSelection",
     "caldb_candidates",
     "event_class_info",
+    "event_class_table",
     "event_type_table",
     "find_caldb",
     "pass_version",
@@ -270,6 +271,12 @@ def _read_irf_index(
 def event_type_table(caldb: Path) -> tuple[tuple[str, int, str], ...]:
     """Event types of the CALDB as (name, bit position, partition), in file order."""
     return _read_irf_index(Path(caldb))[1]
+
+
+def event_class_table(caldb: Path) -> dict[str, tuple[int, int]]:
+    """Every IRF of irf_index.fits BITMASK_MAPPING: name → (EVENT_CLASS bit position,
+    allowed event-type mask)."""
+    return dict(_read_irf_index(Path(caldb))[0])
 
 
 def event_class_info(caldb: Path, irf: str) -> tuple[int, int] | None:

@@ -45,6 +45,7 @@ from fermipipe.irf.caldb import (
     CaldbNotFoundError,
     IrfNotFoundError,
     event_class_info,
+    event_class_table,
     event_type_table,
     find_caldb,
     pass_version,
@@ -209,11 +210,10 @@ def _partition_suffix(caldb: Path, evtype: int) -> str:
 
 def _implied_irf(caldb: Path, mask: int, pass_ver: str) -> str:
     """Cuts::CALDB_implied_irfs with no name: the highest-version IRF of that class mask."""
-    from fermipipe.irf.caldb import _read_irf_index
-
     best, best_ver = "", -1
-    for name in sorted(_read_irf_index(caldb)[0]):
-        bitpos, _types = _read_irf_index(caldb)[0][name]
+    classes = event_class_table(caldb)
+    for name in sorted(classes):  # std::map order
+        bitpos, _types = classes[name]
         if (1 << bitpos) != mask or pass_version(name) != pass_ver:
             continue
         ver = name[name.rfind("V") + 1 :]
