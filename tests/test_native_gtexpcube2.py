@@ -549,3 +549,17 @@ def test_edisp_bins_and_center(shared_data: Path, caldb: Path, tmp_path: Path) -
     gtexpcube2.run({**base, "outfile": str(out), "edisp_bins": 1, "bincalc": "CENTER"})
     energies = fits.getdata(out, "ENERGIES")["Energy"]
     np.testing.assert_allclose(energies, 10.0 ** (np.arange(1, 6) + 0.5), rtol=1e-12)
+
+
+def test_thmax_thmin_limit_the_inclination(shared_data: Path, caldb: Path, tmp_path: Path) -> None:
+    """thmax/thmin drop the cosθ bins outside [cos thmax, cos thmin]: less exposure, and the
+    two complementary ranges add up to the full exposure (to float32 rounding)."""
+    base = _params(shared_data, "p8v2", caldb=str(caldb))
+    full, low, high = (tmp_path / f"{n}.fits" for n in ("full", "low", "high"))
+    gtexpcube2.run({**base, "outfile": str(full)})
+    gtexpcube2.run({**base, "outfile": str(low), "thmax": 40})
+    gtexpcube2.run({**base, "outfile": str(high), "thmin": 40})
+    f, lo, hi = (fits.getdata(p).astype(np.float64) for p in (full, low, high))
+    assert np.all(lo <= f) and np.all(hi <= f) and np.any(lo < f) and np.any(hi < f)
+    # No cosθ bin centre of this cube (20 bins) lies exactly at cos 40°.
+    np.testing.assert_allclose(lo + hi, f, rtol=3e-7)
