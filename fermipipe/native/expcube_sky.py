@@ -163,8 +163,10 @@ class WcsGeometry:
         return abs(self.cdelt[0] * self.nx) >= 360.0 and abs(self.cdelt[1] * self.ny) >= 180.0
 
 
-def _wcs_world(geom: WcsGeometry, w: Any, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RA, Dec, valid) of the pixel centres of image rows j0 … j1−1."""
+def _wcs_world(
+    geom: WcsGeometry, w: Any, j0: int, j1: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RA, Dec of the valid pixels, valid mask) for the pixel centres of image rows j0 … j1−1."""
     ny = j1 - j0
     pix = np.empty((ny, geom.nx, 2))
     pix[:, :, 0] = np.arange(1, geom.nx + 1, dtype=np.float64)[None, :]
@@ -188,6 +190,7 @@ def _wcs_world(geom: WcsGeometry, w: Any, j0: int, j1: int) -> tuple[np.ndarray,
 
 
 def _make_wcsprm(geom: WcsGeometry) -> Any:
+    """The wcsprm astro::SkyProj builds for the map (see the module docstring)."""
     w = _wcsprm()
     lon, lat = ("GLON", "GLAT") if geom.galactic else ("RA", "DEC")
     w.ctype = [
