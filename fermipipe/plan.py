@@ -83,7 +83,7 @@ from fermipipe.config import (
     structured_output_params,
 )
 from fermipipe.errors import ConfigError, ToolError
-from fermipipe.fits.sniff import not_a_fits_file
+from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS
 from fermipipe.native.param_checks import check_params
 
@@ -684,14 +684,13 @@ def _rooted_files(tool: str, params: dict[str, str], root: Path) -> dict[str, st
     out = dict(params)
     for key, value in params.items():
         text = value.strip()
-        if (
-            key in files
-            and text
-            and text.upper() not in ("INDEF", "NONE")
-            and not text.startswith("@")
-            and not Path(text).is_absolute()
-        ):
-            out[key] = os.path.normpath(root / text)
+        bang = "!" if text.startswith("!") else ""  # ftools' "overwrite" prefix
+        path = text.removeprefix("!")
+        if not path or path.startswith("@") or Path(path).is_absolute():
+            continue
+        relative = path.startswith(("./", "../"))
+        if relative or (key in files and ("/" in path or looks_like_fits_name(Path(path)))):
+            out[key] = bang + os.path.normpath(root / path)
     return out
 
 

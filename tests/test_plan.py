@@ -276,19 +276,19 @@ def test_no_native_version_without_fermitools_is_config_error(data: Path) -> Non
         SELECT_CMD,
         {
             "name": "expmap",
-            "command": "gtexpcube2 infile={chunk_sel} outfile={x} irfs=P8R3_SOURCE_V3",
+            "command": "gtsrcmaps scfile={chunk_sel} outfile={x} irfs=P8R3_SOURCE_V3",
             "outputs": ["x"],
         },
     ]
     with pytest.raises(ConfigError) as info:
         plan_of(data, small(data, steps))
     message = str(info.value)
-    assert "steps[1] (step 'expmap'): gtexpcube2 has no native version and no Fermitools" in (
+    assert "steps[1] (step 'expmap'): gtsrcmaps has no native version and no Fermitools" in (
         message
     )
     # A dry run may still show the plan, with the problem as a warning.
     plan = plan_of(data, small(data, steps), allow_missing_tools=True)
-    assert plan.warnings and "gtexpcube2 has no native version" in plan.warnings[0]
+    assert plan.warnings and "gtsrcmaps has no native version" in plan.warnings[0]
     assert plan.files[0].chain[1].engine == "fermitools"
 
 
@@ -311,8 +311,8 @@ def test_engine_choice_with_install(data: Path, tmp_path: Path) -> None:
 
 def test_tool_missing_from_install(data: Path, tmp_path: Path) -> None:
     install = fermitools_layout(tmp_path / "env", ("gtselect",))
-    step = {"name": "exp", "command": "gtexpcube2 infile={input} outfile={e}", "outputs": ["e"]}
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version and is not in"):
+    step = {"name": "exp", "command": "gtsrcmaps scfile={input} outfile={e}", "outputs": ["e"]}
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version and is not in"):
         plan_of(data, small(data, [step]), fermitools=install)
 
 
@@ -547,9 +547,8 @@ def test_mission_dry_run_every_week_fermitools(data: Path, tmp_path: Path, name:
 @pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
 def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
     cfg = parse_config(mission(data, name), data, root=data)
-    with pytest.raises(ConfigError, match=r"post_processing\[0\] \(step 'bexpmap'\): gtexpcube2"):
-        build_plan(cfg)
-    plan = build_plan(cfg, allow_missing_tools=True)
+    # gtexpcube2 and farith are native now: the whole mission chain plans without Fermitools.
+    plan = build_plan(cfg)
     text = render_dry_run(plan)
     for week in WEEKS:
         for tool in ("gtselect", "gtmktime", "gtbin", "gtltcube"):
@@ -561,7 +560,9 @@ def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
                 )
                 == 1
             ), (tool, week)
-    assert "# WARNING:" in text and "image_sum" in text and "hierarchical with gtltsum" in text
+    assert "# WARNING:" not in text and "image_sum" in text and "hierarchical with gtltsum" in text
+    for tool in ("gtexpcube2", "farith"):
+        assert any(line.startswith(f"[native] {tool} ") for line in text.splitlines()), tool
 
 
 def test_both_mission_configs_plan_the_same_commands(data: Path, tmp_path: Path) -> None:
@@ -602,10 +603,8 @@ def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
     raw = mission(data, "mission.yaml")
     path = data / "mission.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"mission.yaml: post_processing\[0\]"):
-        prepare(path, environ={})
-    cfg, install, plan, _choices = prepare(path, dry_run=True, environ={})
-    assert install is None and len(plan.files) == len(WEEKS) and plan.warnings
+    cfg, install, plan, _choices = prepare(path, environ={})  # all native: no Fermitools needed
+    assert install is None and len(plan.files) == len(WEEKS) and not plan.warnings
     env_prefix = tmp_path / "env"
     fermitools_layout(env_prefix, ALL_TOOLS)
     cfg, install, plan, _choices = prepare(path, environ={"CONDA_PREFIX": str(env_prefix)})
@@ -620,13 +619,13 @@ def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
 def test_only_steps_skips_checks_and_cleanup_of_steps_not_run(data: Path) -> None:
     steps = [
         dict(SELECT_CMD, cleanup=True),
-        {"name": "exp", "command": "gtexpcube2 infile={chunk_sel} outfile={e}", "outputs": ["e"]},
+        {"name": "exp", "command": "gtsrcmaps scfile={chunk_sel} outfile={e}", "outputs": ["e"]},
     ]
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version"):
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version"):
         plan_of(data, small(data, steps))
     plan = plan_of(data, small(data, steps), only_steps=["select"])
     assert not plan.warnings and all(fp.cleanup for fp in plan.files)
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version"):
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version"):
         plan_of(data, small(data, steps), only_steps=["exp"])
     plan = plan_of(data, small(data, steps), only_steps=["exp"], allow_missing_tools=True)
     assert all(not fp.cleanup for fp in plan.files)  # select's file is not ours to delete

@@ -117,7 +117,10 @@ def test_seed_dry_run_is_fully_resolved(
         # Merge outputs "./data/..." are in the run root, where the post commands look.
         assert f"-> {tmp_path / FIRST_CCUBE}" in text
         assert f"-> {tmp_path / FIRST_LTCUBE}" in text
-        assert f"infile=./{FIRST_LTCUBE}" in text
+        # gtexpcube2 and farith run natively here, in this process: their "./data/..."
+        # paths are made absolute against the run root, where the merges wrote.
+        assert f"infile={tmp_path / FIRST_LTCUBE}" in text
+        assert "[native] farith" in text and "ops=DIV" in text
     else:
         assert "gtselect evclass=1024 evtype=3" in text
         assert "emin=100 emax=316228 enumbins=28" in text
@@ -143,21 +146,27 @@ def test_seed_config_errors_are_reported_at_once(seed: Path, tmp_path: Path) -> 
 
 
 def test_skip_post_does_not_require_post_tools(seed: Path, lat_data: Path) -> None:
-    """gtexpcube2 and farith have no native version here: post-processing that will not run
-    is not checked for them (--skip-post or the config's own run.skip_post)."""
-    settings = data_settings(FIRST, lat_data)
-    with pytest.raises(ConfigError, match=r"post_processing\[0\].*gtexpcube2"):
-        load_and_plan(str(seed / FIRST), settings=settings)
-    _cfg, choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    """The later config's post-processing runs scripts that are not here: an error when
+    post-processing would run, not checked when it will not (--skip-post or run.skip_post)."""
+    settings = data_settings(LATER, lat_data)
+    with pytest.raises(ConfigError, match=r"post_processing\[0\].command: script not found"):
+        load_and_plan(str(seed / LATER), settings=settings)
+    _cfg, choices, plan = load_and_plan(str(seed / LATER), settings=settings, skip_post=True)
     assert choices.skip_post and plan.post == ()
     _cfg, choices, plan = load_and_plan(
-        str(seed / FIRST), settings=[*settings, "run.skip_post=true"]
+        str(seed / LATER), settings=[*settings, "run.skip_post=true"]
     )
     assert choices.skip_post and plan.post == ()
     _cfg, choices, plan = load_and_plan(
-        str(seed / FIRST), settings=[*settings, "run.steps=[gtselect,gtmktime]"], skip_post=True
+        str(seed / LATER), settings=[*settings, "run.steps=[gtselect,gtmktime]"], skip_post=True
     )
     assert [inv.step for inv in plan.files[0].chain] == ["gtselect", "gtmktime"]
+    # The first config's gtexpcube2 and farith have native versions: planned natively.
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=data_settings(FIRST, lat_data))
+    assert [(inv.tool, inv.engine) for inv in plan.post] == [
+        ("gtexpcube2", "native"),
+        ("farith", "native"),
+    ]
 
 
 def test_parallel_accum_false_sums_in_one_pass(seed: Path, lat_data: Path) -> None:

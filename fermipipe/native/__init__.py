@@ -19,6 +19,7 @@ NATIVE_TOOLS: tuple[str, ...] = (
     "gtbin",
     "gtltcube",
     "gtltsum",
+    "gtexpcube2",
     "farith",
     "hpx_divide",
 )
