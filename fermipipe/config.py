@@ -43,6 +43,7 @@ Public API (the contract for flows/ and tasks/)
                          ``cluster`` (validated only; extended by the runner helper).
     ``cache``            :class:`CacheConfig`: ``enabled``, ``directory`` (validated only).
     ``fermi_base``       the existing runner's Fermitools prefix (= ``fermitools.prefix``).
+    ``caldb``            the LAT CALDB for native gtexpcube2/gtpsf (else $CALDB, Fermitools').
     ``run``              :class:`RunOptions`: ``steps``, ``skip_merge``, ``skip_post``.
     ``vars``             values for ``${vars.x}`` (resolved at load).
     ``science_models``   references carried into the run summary and manifests.
@@ -96,7 +97,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fermipipe.errors import ConfigError
+from fermipipe.errors import ConfigError, FermipipeError
 from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 
 __all__ = [
@@ -638,6 +639,9 @@ class PipelineConfig(_Strict):
     #: used by ``${vars.x}`` (resolved at load); ``science_models`` is carried into the run
     #: summary and the manifests (it drives nothing yet).
     fermi_base: Path | None = None
+    #: The LAT calibration database (IRFs) for the native gtexpcube2/gtpsf; else $CALDB or
+    #: the Fermitools installation's. Relative to the config file's directory.
+    caldb: Path | None = None
     run: RunOptions = Field(default_factory=RunOptions)
     vars: dict[str, Any] = Field(default_factory=dict)
     science_models: dict[str, Any] = Field(default_factory=dict)
@@ -1031,6 +1035,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
             cfg.cache.directory = cfg.resources.ltcube_cache.path
     if cfg.cache.directory is not None:
         cfg.cache.directory = _resolve(base, cfg.cache.directory)
+    if cfg.caldb is not None:
+        cfg.caldb = _resolve(base, cfg.caldb)
     for step in (*cfg.steps, *cfg.post_processing):
         step.inputs = {
             k: (v if _is_template(v) else str(_resolve(base, v))) for k, v in step.inputs.items()
@@ -1047,6 +1053,13 @@ def _check_files(cfg: PipelineConfig, problems: _Problems) -> None:
         except ConfigError as exc:
             text = str(exc).removeprefix("fermitools.prefix: ")
             problems.add(key, text)
+    if cfg.caldb is not None:
+        from fermipipe.irf.caldb import find_caldb
+
+        try:
+            find_caldb(cfg.caldb)
+        except FermipipeError as exc:
+            problems.add("caldb", str(exc))
     for name, path in cfg.common_files.items():
         if not path.exists():
             problems.add(f"common_files.{name}", f"file not found: {path}")

@@ -227,6 +227,8 @@ class Plan:
     #: Matches of the input pattern that cannot be used (file name → why): reported and
     #: listed as left out of every merge, never dropped silently.
     rejected: dict[str, str] = field(default_factory=dict)
+    #: Things the run does differently from what the config says, and why (one line each).
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,6 +430,12 @@ class _Ctx:
     warnings: list[str]
 
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, where: str, message: str) -> None:
+        text = f"{where}: {message}"
+        if text not in self.notes:
+            self.notes.append(text)
 
     def fail(self, where: str, message: str) -> None:
         """Record a problem: an error (all raised together by build_plan), or a warning
@@ -599,6 +607,7 @@ def _render_step(
             key, _, message = line.partition(": ")
             ctx.fail(f"{where}.params.{key}", message)
         if engine == "native":
+            _check_irfs(ctx, where, tool, params)
             return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, where, tool, params, per_key=True)
         argv = _fermitools_argv(tool, params)
@@ -617,6 +626,25 @@ def _render_step(
     except ValueError as exc:
         ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc}")
         return make("shell", {}, shell=step_cfg.command)
+    equivalent = _script_equivalent(ctx, words, root)
+    if equivalent is not None:
+        why, tool = equivalent
+        ctx.note(label, f"{why}: runs as the native {tool} (same parameters and product)")
+        try:
+            params = _parse_words(tool, (words or [])[2:])
+        except ToolError as exc:
+            ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc.detail}")
+            params = {}
+        for line in check_params(tool, params, set()):
+            ctx.fail(f"{where}.command", line)
+        params = _rooted_files(tool, params, root)
+        _check_irfs(ctx, f"{where}.command", tool, params)
+        inputs = {
+            used: file_roles[used]
+            for used in placeholders(step_cfg.command)
+            if used in file_roles and used not in outputs
+        }
+        return make("native", inputs, tool=tool, params=params)
     _check_scripts(ctx, f"{where}.command", words, root)
     inputs = {
         used: file_roles[used]
@@ -650,7 +678,9 @@ def _render_step(
         for line in check_params(tool, params, set()):
             ctx.fail(f"{where}.command", line)
         if engine == "native":
-            return make("native", inputs, tool=tool, params=_rooted_files(tool, params, root))
+            params = _rooted_files(tool, params, root)
+            _check_irfs(ctx, f"{where}.command", tool, params)
+            return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
         argv = _fermitools_argv(words[0], params)
         return make_cmd("fermitools", inputs, tool=tool, params=params, argv=argv)
@@ -660,6 +690,54 @@ def _render_step(
 
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
+
+#: The existing runner's own post-processing scripts (its ``scripts/``) and the native tool
+#: that does the same: ``parallel_expcube.py`` runs gtexpcube2 per energy plane and stacks
+#: the planes (identical to one gtexpcube2 run, its author verified); ``hpx_divide.py``
+#: divides a HEALPix counts map by a HEALPix exposure (positional: counts exposure flux).
+SCRIPT_EQUIVALENTS: dict[str, str] = {
+    "parallel_expcube.py": "gtexpcube2",
+    "hpx_divide.py": "hpx_divide",
+}
+
+
+def _script_equivalent(ctx: _Ctx, words: list[str] | None, root: Path) -> tuple[str, str] | None:
+    """(why, native tool) when a command runs one of :data:`SCRIPT_EQUIVALENTS` that is
+    absent, or that needs Fermitools this machine does not have; None: run it as written."""
+    if not words or len(words) < 2 or not _PYTHON.match(PurePath(words[0]).name):
+        return None
+    script = PurePath(words[1]).name
+    tool = SCRIPT_EQUIVALENTS.get(script)
+    if tool is None:
+        return None
+    path = Path(words[1]) if Path(words[1]).is_absolute() else root / words[1]
+    if not path.is_file():
+        return f"{path} is not here", tool
+    if tool == "gtexpcube2" and not _install_has(ctx.install, "gtexpcube2"):
+        return f"{script} needs the Fermitools' gtexpcube2, not installed here", tool
+    return None
+
+
+def _check_irfs(ctx: _Ctx, where: str, tool: str, params: Mapping[str, str]) -> None:
+    """A native exposure or PSF tool's IRF must be in the CALDB: checked now (one line
+    naming the IRF and where it looked), not when the merges are done."""
+    if tool not in ("gtexpcube2", "gtpsf"):
+        return
+    irfs = params.get("irfs", "").strip()
+    if not irfs or irfs.upper() == "CALDB":
+        return
+    from fermipipe.errors import FermipipeError
+    from fermipipe.irf.caldb import resolve_irf
+
+    try:
+        evtype_text = params.get("evtype", "").strip()
+        evtype = int(float(evtype_text)) if evtype_text not in ("", "INDEF") else None
+    except ValueError:
+        return  # check_params has said what is wrong with it
+    try:
+        resolve_irf(irfs, evtype, params.get("caldb") or ctx.cfg.caldb)
+    except FermipipeError as exc:
+        ctx.fail(where, str(exc))
 
 
 def _check_scripts(ctx: _Ctx, where: str, words: list[str] | None, root: Path) -> None:
@@ -900,6 +978,7 @@ def build_plan(
         tuple(ctx.warnings),
         engines,
         rejected,
+        tuple(ctx.notes),
     )
 
 
@@ -980,6 +1059,10 @@ def render_dry_run(plan: Plan) -> str:
     lines.append(f"# products: {plan.outdir}")
     for warning in plan.warnings:
         lines.append(f"# WARNING: {warning}")
+    for note in plan.notes:
+        lines.append(f"# NOTE: {note}")
+    for name, why in plan.rejected.items():
+        lines.append(f"# LEFT OUT: {name}: {why}")
     for fp in plan.files:
         lines.append("")
         week = f" week {fp.week}" if fp.week else ""

@@ -44,6 +44,7 @@ if __name__ == "__main__":  # config errors and --dry-run: answered before Prefe
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import contextlib
+import os
 import shutil
 import time
 import uuid
@@ -167,6 +168,10 @@ def fermi_pipeline(
     logger = get_run_logger()
     for name, why in plan.rejected.items():
         logger.warning("input %s left out: %s", name, why)
+    for note in plan.notes:
+        logger.info("%s", note)
+    if cfg.caldb is not None:  # native gtexpcube2/gtpsf here, and the Fermitools' tools
+        os.environ["CALDB"] = str(cfg.caldb)
     run_work(WorkRequest(cfg, plan, choices, n_workers), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
