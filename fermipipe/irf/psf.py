@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
 from astropy.io import fits
 
+from fermipipe.irf.caldb import IrfComponent
 from fermipipe.irf.quadrature import integrate
 
-__all__ = ["Psf3", "read_psf3"]
+__all__ = ["Psf3", "UnsupportedPsfError", "psf_value", "read_psf3"]
 
 #: Node energies below this are normalised numerically (latResponse Psf3::normalize_pars).
 _NUMERIC_NORM_BELOW_MEV = 120.0
@@ -196,34 +196,44 @@ def _with_edges(values: np.ndarray) -> np.ndarray:
     return np.pad(values, 1, mode="edge")
 
 
-def read_psf3(path: str | Path, event_type: str) -> Psf3:
-    """Read and normalise the PSF of ``event_type`` (FRONT, BACK, PSF0 …) from ``path``.
+class UnsupportedPsfError(ValueError):
+    """The PSF table is not a Pass 8 (PSFVER = 3) King-function table."""
 
-    Raises KeyError when the file has no RPSF_<event_type>/PSF_SCALING_PARAMS_<event_type>.
+
+def read_psf3(rpsf: IrfComponent, scaling: IrfComponent) -> Psf3:
+    """Read and normalise one event type's PSF from its RPSF and PSF_SCALING HDUs.
+
+    Raises :class:`UnsupportedPsfError` for tables of another format (PSFVER ≠ 3, e.g. the
+    Pass 6 PSF).
     """
-    with fits.open(path, memmap=False) as hdul:
-        rpsf = hdul[f"RPSF_{event_type}"].data[0]
-        scaling = np.asarray(hdul[f"PSF_SCALING_PARAMS_{event_type}"].data[0]["PSFSCALE"])
-        elo = np.asarray(rpsf["ENERG_LO"], dtype=np.float64)
-        ehi = np.asarray(rpsf["ENERG_HI"], dtype=np.float64)
-        clo = np.asarray(rpsf["CTHETA_LO"], dtype=np.float64)
-        chi = np.asarray(rpsf["CTHETA_HI"], dtype=np.float64)
+    with fits.open(rpsf.path, memmap=False) as hdul:
+        hdu = hdul[rpsf.hdu]
+        version = hdu.header.get("PSFVER", 1)  # absent = version 1 (latResponse IrfLoader)
+        if version != 3:
+            raise UnsupportedPsfError(
+                f"{rpsf.path}[{rpsf.extname}]: PSFVER {version}, only Pass 8 tables "
+                "(PSFVER 3) are supported"
+            )
+        row = hdu.data[0]
+        elo = np.asarray(row["ENERG_LO"], dtype=np.float64)
+        ehi = np.asarray(row["ENERG_HI"], dtype=np.float64)
+        clo = np.asarray(row["CTHETA_LO"], dtype=np.float64)
+        chi = np.asarray(row["CTHETA_HI"], dtype=np.float64)
         shape = (clo.size, elo.size)
-        cols = [np.asarray(rpsf[c], dtype=np.float64).reshape(shape) for c in _PAR_COLUMNS]
-    # log10 and pow through the C library (math), element by element: exact as the LAT code.
+        cols = [np.asarray(row[c], dtype=np.float64).reshape(shape) for c in _PAR_COLUMNS]
+    with fits.open(scaling.path, memmap=False) as hdul:
+        pars = np.asarray(hdul[scaling.hdu].data[0]["PSFSCALE"], dtype=np.float64)
+    # log10, sqrt, pow and acos through the C library (math), element by element.
     log_e = [0.0] + [math.log10(math.sqrt(lo * hi)) for lo, hi in zip(elo, ehi, strict=True)]
     log_e.append(10.0)
     costh = [-1.0] + [(lo + hi) / 2.0 for lo, hi in zip(clo, chi, strict=True)] + [1.0]
-    energies = np.array([math.pow(10.0, x) for x in log_e])
-    thetas = np.array([math.acos(c) * 180.0 / math.pi for c in costh])
-    pars = np.stack([_with_edges(c).ravel() for c in cols], axis=1)
     table = Psf3(
         log_e=np.array(log_e),
-        energies=energies,
+        energies=np.array([math.pow(10.0, x) for x in log_e]),
         costh=np.array(costh),
-        thetas=thetas,
-        pars=np.ascontiguousarray(pars),
-        scaling=np.asarray(scaling, dtype=np.float64),
+        thetas=np.array([math.acos(c) * 180.0 / math.pi for c in costh]),
+        pars=np.ascontiguousarray(np.stack([_with_edges(c).ravel() for c in cols], axis=1)),
+        scaling=pars[:3].copy(),
     )
     _normalise(table)
     return table

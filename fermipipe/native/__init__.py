@@ -13,7 +13,7 @@ from typing import Any
 
 from fermipipe.native.params import ToolOutcome
 
-NATIVE_TOOLS: tuple[str, ...] = ("gtselect", "gtmktime", "gtbin", "gtltcube", "gtltsum")
+NATIVE_TOOLS: tuple[str, ...] = ("gtselect", "gtmktime", "gtbin", "gtltcube", "gtltsum", "gtpsf")
 
 #: Version of the native engine: part of every cache key, bump when an output changes.
 ENGINE_VERSION = "1"

@@ -45,32 +45,47 @@ _SEP_MIN, _SEP_MAX, _SEP_N = 1e-4, 70.0, 400
 
 @dataclass(frozen=True)
 class CellLivetime:
-    """Livetime of one cube cell: L (and W, or None) per cos θ bin, their cos θ and θ."""
+    """The livetime-cube entries of one cell that the exposure sums run over.
+
+    ``livetime``/``weighted`` (None without a WEIGHTED_EXPOSURE table), and per entry its
+    cosθ, inclination θ = acos(cosθ)·180/π and, for a phi-binned cube, azimuth φ (degrees).
+    """
 
     livetime: np.ndarray
     weighted: np.ndarray | None
     costh: np.ndarray
     inclination: np.ndarray
+    phi_deg: np.ndarray | None
 
     @classmethod
-    def from_bins(
+    def from_row(
         cls,
         livetime: np.ndarray,
         weighted: np.ndarray | None,
+        nbins: int,
+        phibins: int,
         cosmin: float,
         sqrt_binning: bool,
     ) -> CellLivetime:
-        n = livetime.size
-        costh = []
-        for i in range(n):
-            f = (i + 0.5) / n
+        """Entries of one COSBINS row (CosineBinner): the n cosθ bins, or with m phi bins the
+        n·m entries n … n(m+1)−1 (φ block k = index // n − 1), in storage order."""
+        first, last = (nbins, nbins * (phibins + 1)) if phibins > 0 else (0, nbins)
+        costh: list[float] = []
+        phis: list[float] = []
+        for index in range(first, last):
+            f = (index % nbins + 0.5) / nbins
             if sqrt_binning:
                 f = f * f
             costh.append(1.0 - f * (1 - cosmin))
+            if phibins > 0:
+                # CosineBinner::phi (radians), then AeffWrapper's phi *= 180/π.
+                phi = math.pi / 4.0 * ((index // nbins - 1 + 0.5) / phibins)
+                phis.append(phi * (180.0 / math.pi))
         incl = [math.acos(c) * 180.0 / math.pi for c in costh]
-        lt = np.asarray(livetime, dtype=np.float64)
-        wt = None if weighted is None else np.asarray(weighted, dtype=np.float64)
-        return cls(lt, wt, np.array(costh), np.array(incl))
+        lt = np.asarray(livetime[first:last], dtype=np.float64)
+        wt = None if weighted is None else np.asarray(weighted[first:last], dtype=np.float64)
+        phi_deg = np.array(phis) if phibins > 0 else None
+        return cls(lt, wt, np.array(costh), np.array(incl), phi_deg)
 
 
 @dataclass(frozen=True)

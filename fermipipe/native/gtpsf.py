@@ -1,0 +1,244 @@
+"""Native gtpsf: exposure-weighted mean PSF at a sky position (spec §14.6, Likelihood meanPsf).
+
+Behaviour (Likelihood src/meanPsf/meanPsf.cxx, pfiles/gtpsf.par):
+
+* ``irfs`` must name the IRF (``CALDB`` is refused: the tool cannot infer IRFs and event types
+  from a livetime cube); ``evtype`` is a bit mask of event types (3 = FRONT + BACK). The
+  CALDB is found as for the other native IRF users (``$CALDB``, then a Fermitools install;
+  :func:`fermipipe.irf.caldb.find_caldb`).
+* Energies E_i = emin·exp(i·ln(emax/emin)/(n − 1)); offsets θ_j = float(j²)/float(n²)·thetamax
+  (single-precision quotient). The numbers: :mod:`fermipipe.native.meanpsf`.
+* Livetime cell: HEALPix ang2pix of θ = π/2 − dec·π/180, φ = (π/180)·ra at the cube's NSIDE
+  and ORDERING; with PHIBINS > 0 the phi-binned entries and the phi-modulated effective area
+  are used (the Fermitools always do so when the cube has phi bins).
+* Output: empty primary (BITPIX −32, HDUNAME), table ``outtable`` (Energy 1D, Exposure 1D,
+  Psf nD) with the DSS entry IRF_VERSION, then THETA (Theta 1D). Our additions: FILENAME in
+  the primary (as every native product), and nenergies ≥ 2, emin > 0, emax > emin, ntheta ≥ 1
+  checked up front (the real tool writes NaN energies for nenergies = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fermipipe.errors import FermipipeError, ToolError
+from fermipipe.fits.dss import GenericCut, write_dss
+from fermipipe.fits.header import Card, Header
+from fermipipe.fits.keywords import bintable_keywords
+from fermipipe.fits.table import FitsFile
+from fermipipe.irf.aeff import EffectiveArea, load_effective_area
+from fermipipe.irf.caldb import IrfSelection, resolve_irf
+from fermipipe.irf.psf import Psf3, UnsupportedPsfError, read_psf3
+from fermipipe.native.meanpsf import CellLivetime, MeanPsf, log_energies, mean_psf, output_thetas
+from fermipipe.native.output_file import refuse_existing_output, write_tool_output
+from fermipipe.native.params import ParamSpec, ToolOutcome, is_none, resolve
+from fermipipe.native.standard_params import STANDARD_PARAMS
+
+__all__ = ["PARAMS", "compute", "read_cell", "run", "write_psf_file"]
+
+TOOL = "gtpsf"
+
+#: Parameters of Likelihood pfiles/gtpsf.par (names, kinds, defaults).
+PARAMS: list[ParamSpec] = [
+    ParamSpec("expcube", "file", "", required=True),
+    ParamSpec("outfile", "file", "", required=True),
+    ParamSpec("outtable", "str", "PSF"),
+    ParamSpec("irfs", "str", "P8R2_SOURCE_V6"),
+    ParamSpec("evtype", "int", 3),
+    ParamSpec("ra", "real", None, required=True),
+    ParamSpec("dec", "real", None, required=True),
+    ParamSpec("emin", "real", 20.0),
+    ParamSpec("emax", "real", 2e5),
+    ParamSpec("nenergies", "int", 20),
+    ParamSpec("thetamax", "real", 30.0),
+    ParamSpec("ntheta", "int", 300),
+    *STANDARD_PARAMS,
+]
+
+_CALDB_REFUSED = (
+    "irfs=CALDB: the IRFs and event type selection cannot be inferred from the expcube file; "
+    "select irfs and evtype explicitly"
+)
+
+
+def read_cell(path: str, ra: float, dec: float) -> tuple[CellLivetime, int]:
+    """The livetime entries of the cube cell holding (ra, dec), and the cube's PHIBINS."""
+    import healpy as hp  # imported here: healpy pulls in matplotlib
+
+    try:
+        with FitsFile(path) as ff:
+            header = ff.hdu("EXPOSURE").header
+            nside = int(header["NSIDE"])
+            nest = str(header.get("ORDERING", "NESTED")).strip().upper() == "NESTED"
+            nbins = int(header["NBRBINS"])
+            phibins = int(header.get("PHIBINS", 0) or 0)
+            cosmin = float(header.get("COSMIN", 0.0))
+            sqrt_binning = str(header.get("THETABIN", "SQRT(1-COSTHETA)")).strip().upper() == (
+                "SQRT(1-COSTHETA)"
+            )
+            # Healpix::Pixel(SkyDir): θ = π/2 − radians(dec), φ = (π/180)·ra.
+            theta = math.pi / 2 - dec * math.pi / 180.0
+            phi = math.pi / 180.0 * ra
+            pix = int(hp.ang2pix(nside, theta, phi, nest=nest))
+            livetime = np.array(ff.table("EXPOSURE").column("COSBINS")[pix], dtype=np.float64)
+            weighted = None
+            if any(ff.hdu(i).extname.upper() == "WEIGHTED_EXPOSURE" for i in range(len(ff))):
+                weighted = np.array(
+                    ff.table("WEIGHTED_EXPOSURE").column("COSBINS")[pix], dtype=np.float64
+                )
+    except (OSError, KeyError, ValueError) as exc:
+        raise ToolError(TOOL, f"cannot read the livetime cube: {exc}", path) from None
+    if livetime.size != nbins * (phibins + 1):
+        raise ToolError(
+            TOOL, f"COSBINS has {livetime.size} entries, expected NBRBINS·(PHIBINS+1)", path
+        )
+    return CellLivetime.from_row(livetime, weighted, nbins, phibins, cosmin, sqrt_binning), phibins
+
+
+def _load_irfs(irfs: str, evtype: int) -> tuple[IrfSelection, list[EffectiveArea], list[Psf3]]:
+    try:
+        selection = resolve_irf(irfs, evtype)
+        aeffs = [load_effective_area(t) for t in selection.event_types]
+        psfs = []
+        for t in selection.event_types:
+            rpsf, scaling = t.get("RPSF"), t.get("PSF_SCALING")
+            if rpsf is None or scaling is None:
+                raise ToolError(TOOL, f"IRF {irfs}: no PSF tables for event type {t.event_type}")
+            psfs.append(read_psf3(rpsf, scaling))
+    except UnsupportedPsfError as exc:
+        raise ToolError(TOOL, f"IRF {irfs}: {exc}") from None
+    except ToolError:
+        raise
+    except FermipipeError as exc:
+        raise ToolError(TOOL, str(exc)) from None
+    return selection, aeffs, psfs
+
+
+def compute(
+    cell: CellLivetime, energies: np.ndarray, aeffs: list[EffectiveArea], psfs: list[Psf3]
+) -> MeanPsf:
+    """Mean PSF for the cell with the event types' effective areas and PSFs (ascending ID)."""
+    phi = None if cell.phi_deg is None else cell.phi_deg[None, :]
+    areas = [
+        np.asarray(a.value(energies[:, None], cell.costh[None, :], phi), dtype=np.float64)
+        for a in aeffs
+    ]
+    # Efficiency factors of the first event type (ResponseFunctions::efficiencyFactor).
+    eff = aeffs[0].efficiency
+    if eff is None:
+        factors = (np.ones(energies.size), np.zeros(energies.size))
+    else:
+        f1, f2 = eff.factors(energies)
+        factors = (np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64))
+    return mean_psf(cell, energies, psfs, areas, factors)
+
+
+def _card(key: str, value: Any, comment: str | None = None) -> Card:
+    return Card.from_value(key, value, comment)
+
+
+def _primary_header() -> Header:
+    header = Header(
+        [
+            _card("SIMPLE", True, "file does conform to FITS standard"),
+            _card("BITPIX", -32, "number of bits per data pixel"),
+            _card("NAXIS", 0, "number of data axes"),
+            _card("EXTEND", True, "FITS dataset may contain extensions"),
+        ]
+    )
+    header.add_comment("  FITS (Flexible Image Transport System) format is defined in 'Astronomy")
+    header.add_comment("  and Astrophysics', volume 376, page 359; bibcode: 2001A&A...376..359H")
+    header.append(_card("HDUNAME", "PRIMARY"))
+    return header
+
+
+def _table_header(extname: str, columns: list[tuple[str, str]], naxis1: int, rows: int) -> Header:
+    """tip appendTable + appendField: the cfitsio BINTABLE keywords, EXTNAME, then the fields."""
+    header = Header([_card(k, v, c) for k, v, c in bintable_keywords(naxis1, rows, len(columns))])
+    header.append(_card("EXTNAME", extname, "name of this binary table extension"))
+    for n, (name, tform) in enumerate(columns, start=1):
+        header.append(_card(f"TTYPE{n}", name, "label for field"))
+        header.append(_card(f"TFORM{n}", tform, "format of field"))
+    return header
+
+
+def write_psf_file(path: str, result: MeanPsf, thetas: np.ndarray, irf: str, outtable: str) -> Path:
+    """The gtpsf product: primary, ``outtable`` (Energy, Exposure, Psf) and THETA."""
+    n = thetas.size
+    psf_values = np.array(
+        [[result.value(float(e), float(t)) for t in thetas] for e in result.energies]
+    )
+    rows = np.zeros(
+        result.energies.size, dtype=[("Energy", ">f8"), ("Exposure", ">f8"), ("Psf", ">f8", (n,))]
+    )
+    rows["Energy"] = result.energies
+    rows["Exposure"] = result.exposure
+    rows["Psf"] = psf_values
+    psf_header = _table_header(
+        outtable, [("Energy", "1D"), ("Exposure", "1D"), ("Psf", f"{n}D")], rows.itemsize, 0
+    )
+    write_dss(psf_header, [GenericCut("IRF_VERSION", "DIMENSIONLESS", irf)])
+    theta_rows = np.zeros(n, dtype=[("Theta", ">f8")])
+    theta_rows["Theta"] = thetas
+    theta_header = _table_header("THETA", [("Theta", "1D")], theta_rows.itemsize, 0)
+    return write_tool_output(
+        TOOL,
+        path,
+        [(_primary_header(), b""), (psf_header, rows), (theta_header, theta_rows)],
+    )
+
+
+def _check(p: Mapping[str, Any]) -> None:
+    if is_none(p["expcube"]):
+        raise ToolError(TOOL, "Please specify an exposure cube file.")
+    if is_none(p["outfile"]):
+        raise ToolError(TOOL, "parameter outfile is required")
+    if str(p["irfs"]).strip().upper() == "CALDB":
+        raise ToolError(TOOL, _CALDB_REFUSED)
+    # Ranges of gtpsf.par (ra 0–360, dec −90–90), then our own up-front checks.
+    if not 0.0 <= p["ra"] <= 360.0:
+        raise ToolError(TOOL, f"ra={p['ra']} is outside [0, 360]")
+    if not -90.0 <= p["dec"] <= 90.0:
+        raise ToolError(TOOL, f"dec={p['dec']} is outside [-90, 90]")
+    for name in ("emin", "emax", "thetamax"):
+        if p[name] is None or not math.isfinite(p[name]):
+            raise ToolError(TOOL, f"parameter {name} must be a number")
+    if p["emin"] <= 0 or p["emax"] <= p["emin"]:
+        raise ToolError(TOOL, f"need 0 < emin < emax (emin={p['emin']}, emax={p['emax']})")
+    if p["nenergies"] is None or p["nenergies"] < 2:
+        raise ToolError(TOOL, "nenergies must be at least 2")
+    if p["ntheta"] is None or p["ntheta"] < 1:
+        raise ToolError(TOOL, "ntheta must be at least 1")
+    if p["evtype"] is None:
+        raise ToolError(TOOL, "parameter evtype is required")
+
+
+def run(params: Mapping[str, Any]) -> ToolOutcome:
+    """gtpsf with Fermitools parameters."""
+    p = resolve(PARAMS, params, tool=TOOL)
+    _check(p)
+    refuse_existing_output(TOOL, p["outfile"], p["clobber"])
+    expcube = str(p["expcube"])
+    if not Path(expcube).is_file():
+        raise ToolError(TOOL, "expcube: file not found", expcube)
+    irf = str(p["irfs"]).strip()
+    cell, phibins = read_cell(expcube, float(p["ra"]), float(p["dec"]))
+    selection, aeffs, psfs = _load_irfs(irf, int(p["evtype"]))
+    energies = log_energies(float(p["emin"]), float(p["emax"]), int(p["nenergies"]))
+    thetas = output_thetas(float(p["thetamax"]), int(p["ntheta"]))
+    result = compute(cell, energies, aeffs, psfs)
+    out = write_psf_file(p["outfile"], result, thetas, selection.irf, str(p["outtable"]))
+    types = "+".join(t.event_type for t in selection.event_types)
+    return ToolOutcome(
+        outputs=[str(out)],
+        n_rows=int(energies.size),
+        messages=[
+            f"gtpsf: {selection.irf} {types}, {energies.size} energies x {thetas.size} angles"
+            f"{f', {phibins} phi bins' if phibins else ''} -> {out}"
+        ],
+    )
