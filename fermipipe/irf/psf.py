@@ -200,7 +200,7 @@ class UnsupportedPsfError(ValueError):
     """The PSF table is not a Pass 8 (PSFVER = 3) King-function table."""
 
 
-def read_psf3(rpsf: IrfComponent, scaling: IrfComponent) -> Psf3:
+def read_psf3(rpsf: IrfComponent, scaling: IrfComponent | None) -> Psf3:
     """Read and normalise one event type's PSF from its RPSF and PSF_SCALING HDUs.
 
     Raises :class:`UnsupportedPsfError` for tables of another format (PSFVER ≠ 3, e.g. the
@@ -214,6 +214,8 @@ def read_psf3(rpsf: IrfComponent, scaling: IrfComponent) -> Psf3:
                 f"{rpsf.path}[{rpsf.extname}]: PSFVER {version}, only Pass 8 tables "
                 "(PSFVER 3) are supported"
             )
+        if scaling is None:
+            raise UnsupportedPsfError(f"{rpsf.path}: no PSF_SCALING table for this event type")
         row = hdu.data[0]
         elo = np.asarray(row["ENERG_LO"], dtype=np.float64)
         ehi = np.asarray(row["ENERG_HI"], dtype=np.float64)

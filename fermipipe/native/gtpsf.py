@@ -107,7 +107,7 @@ def _load_irfs(irfs: str, evtype: int) -> tuple[IrfSelection, list[EffectiveArea
         psfs = []
         for t in selection.event_types:
             rpsf, scaling = t.get("RPSF"), t.get("PSF_SCALING")
-            if rpsf is None or scaling is None:
+            if rpsf is None:
                 raise ToolError(TOOL, f"IRF {irfs}: no PSF tables for event type {t.event_type}")
             psfs.append(read_psf3(rpsf, scaling))
     except UnsupportedPsfError as exc:

@@ -1,0 +1,189 @@
+"""Native gtpsf against the real Fermitools 2.4 product, plus independent checks.
+
+Reference (PROVENANCE.md, fermitools-2.4 table): ``psf_w323_crab_P8R3_SOURCE_V3_evtype3.fits.gz``
+= ``gtpsf expcube=w323_ltcube_z90.fits irfs=P8R3_SOURCE_V3 evtype=3 ra=83.6331 dec=22.0145
+emin=100 emax=100000 nenergies=20 thetamax=10 ntheta=100``, with the CALDB in ../caldb.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from fitscheck import assert_valid_product
+from native_cli import run_native
+
+from fermipipe.errors import ToolError
+from fermipipe.irf.caldb import resolve_irf
+from fermipipe.irf.psf import read_psf3
+from fermipipe.native import gtpsf
+
+IGNORED_KEYS = {"DATE", "CHECKSUM", "DATASUM", "CREATOR", "FILENAME"}
+
+REF_ARGS = {
+    "irfs": "P8R3_SOURCE_V3",
+    "evtype": "3",
+    "ra": "83.6331",
+    "dec": "22.0145",
+    "emin": "100",
+    "emax": "100000",
+    "nenergies": "20",
+    "thetamax": "10",
+    "ntheta": "100",
+}
+
+
+def assert_same_fits(out: Path, ref: Path) -> None:
+    """HDU names, header cards (ignoring the spec §13 keys) and every column byte-identical."""
+    with fits.open(out) as a, fits.open(ref) as b:
+        assert [h.name for h in a] == [h.name for h in b]
+        for ha, hb in zip(a, b, strict=True):
+            ca = [str(c) for c in ha.header.cards if c.keyword not in IGNORED_KEYS]
+            cb = [str(c) for c in hb.header.cards if c.keyword not in IGNORED_KEYS]
+            assert ca == cb, f"{ha.name}: header cards differ"
+            if hb.data is None:
+                assert ha.data is None
+                continue
+            assert ha.columns.names == hb.columns.names
+            assert ha.columns.formats == hb.columns.formats
+            for col in hb.columns.names:
+                x, y = ha.data[col], hb.data[col]
+                assert x.dtype == y.dtype
+                # Bit-identical: the raw bytes (NaN-safe, sign-of-zero-safe).
+                assert np.ascontiguousarray(x).tobytes() == np.ascontiguousarray(y).tobytes(), (
+                    f"{ha.name}.{col}"
+                )
+
+
+@pytest.fixture
+def caldb(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = shared_data.parent / "caldb"
+    if not root.is_dir():
+        pytest.skip(f"CALDB subset not found at {root}")
+    monkeypatch.setenv("CALDB", str(root))
+    return root
+
+
+@pytest.fixture
+def ltcube(shared_data: Path) -> Path:
+    return shared_data / "fermitools-2.4" / "w323_ltcube_z90.fits.gz"
+
+
+@pytest.fixture
+def reference(shared_data: Path) -> Path:
+    return shared_data / "fermitools-2.4" / "psf_w323_crab_P8R3_SOURCE_V3_evtype3.fits.gz"
+
+
+def run_psf(ltcube: Path, outfile: Path, **overrides: str) -> Path:
+    params = {**REF_ARGS, "expcube": str(ltcube), "outfile": str(outfile), **overrides}
+    outcome = gtpsf.run(params)
+    assert outcome.outputs == [str(outfile)]
+    return outfile
+
+
+# ---------------------------------------------------------------------- reference
+
+
+def test_matches_fermitools_reference(
+    caldb: Path, ltcube: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = run_psf(ltcube, tmp_path / "psf.fits")
+    assert_same_fits(out, reference)
+    assert_valid_product(out)
+
+
+def test_cli_matches_reference(caldb: Path, ltcube: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.fits"
+    args = [f"{k}={v}" for k, v in REF_ARGS.items()]
+    res = run_native("gtpsf", f"expcube={ltcube}", f"outfile={out}", *args)
+    assert res.returncode == 0, res.stderr
+    assert "P8R3_SOURCE_V3 FRONT+BACK" in res.stdout
+    assert_same_fits(out, reference)
+    with fits.open(out) as h:
+        assert h[0].header["FILENAME"] == "cli.fits"
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_irfs_caldb_refused_with_one_line(caldb: Path, ltcube: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.fits"
+    args = [f"{k}={v}" for k, v in {**REF_ARGS, "irfs": "CALDB"}.items()]
+    res = run_native("gtpsf", f"expcube={ltcube}", f"outfile={out}", *args)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: gtpsf: irfs=CALDB"), res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"expcube": "none"}, "Please specify an exposure cube file"),
+        ({"ra": "361"}, "outside [0, 360]"),
+        ({"dec": "-91"}, "outside [-90, 90]"),
+        ({"nenergies": "1"}, "nenergies must be at least 2"),
+        ({"emax": "50"}, "emin < emax"),
+        ({"ntheta": "0"}, "ntheta must be at least 1"),
+        ({"irfs": "P8R3_NOSUCH_V9"}, "P8R3_NOSUCH_V9"),
+        ({"evtype": "0"}, "selects no event type"),
+        ({"irfs": "P6_V3_DIFFUSE"}, "only Pass 8 tables"),
+        ({"expcube": "/nonexistent/lt.fits"}, "file not found"),
+        ({"bogus": "1"}, "unknown parameter"),
+    ],
+)
+def test_bad_input_is_one_tool_error(
+    caldb: Path, ltcube: Path, tmp_path: Path, override: dict[str, str], message: str
+) -> None:
+    out = tmp_path / "x.fits"
+    with pytest.raises(ToolError) as err:
+        gtpsf.run({**REF_ARGS, "expcube": str(ltcube), "outfile": str(out), **override})
+    text = str(err.value)
+    assert "\n" not in text and message in text, text
+    assert not out.exists()
+
+
+def test_clobber_no_refuses_existing_output(caldb: Path, ltcube: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exists.fits"
+    out.write_bytes(b"keep")
+    with pytest.raises(ToolError, match="clobber"):
+        run_psf(ltcube, out, clobber="no")
+    assert out.read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------------- independent checks
+
+
+def test_psf_nodes_are_normalised(caldb: Path) -> None:
+    """Every PSF node integrates to 1 over 0–90° (its own normalisation, checked here with a
+    plain trapezoid on a fine grid instead of the LAT quadrature)."""
+    sel = resolve_irf("P8R3_SOURCE_V3", 3)
+    t = sel.event_types[0]
+    rpsf, scaling = t.get("RPSF"), t.get("PSF_SCALING")
+    assert rpsf is not None and scaling is not None
+    table = read_psf3(rpsf, scaling)
+    x = np.concatenate(([0.0], np.geomspace(1e-5, 90.0, 200_000)))
+    for energy in (50.0, 316.0, 1e4):  # one numerically, two analytically normalised nodes
+        k = int(np.argmin(np.abs(table.energies - energy)))
+        e, th = float(table.energies[k]), float(table.thetas[4])
+        y = np.array([table.value(float(v), e, th) for v in x[::100]])
+        xs = x[::100]
+        integrand = y * np.sin(np.radians(xs)) * 2 * math.pi * math.pi / 180
+        total = float(np.sum((integrand[1:] + integrand[:-1]) / 2 * np.diff(xs)))
+        assert total == pytest.approx(1.0, abs=2e-3), (e, th, total)
+
+
+def test_output_psf_integrates_to_one(caldb: Path, ltcube: Path, tmp_path: Path) -> None:
+    """The mean PSF is a density: ∫2π sinθ PSF dθ ≈ 1 out to 70° (coarse output grid)."""
+    out = run_psf(ltcube, tmp_path / "wide.fits", thetamax="70", ntheta="2000")
+    with fits.open(out) as h:
+        theta = np.radians(h["THETA"].data["Theta"])
+        for row in h["PSF"].data:
+            y = 2 * math.pi * np.sin(theta) * row["Psf"]
+            total = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(theta)))
+            assert total == pytest.approx(1.0, abs=5e-3), row["Energy"]
+            assert row["Exposure"] > 0
