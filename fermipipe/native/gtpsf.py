@@ -39,7 +39,15 @@ from fermipipe.native.output_file import refuse_existing_output, write_tool_outp
 from fermipipe.native.params import ParamSpec, ToolOutcome, is_none, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
 
-__all__ = ["PARAMS", "compute", "read_cell", "run", "write_psf_file"]
+__all__ = [
+    "PARAMS",
+    "compute",
+    "effective_areas",
+    "efficiency_factors",
+    "read_cell",
+    "run",
+    "write_psf_file",
+]
 
 TOOL = "gtpsf"
 
@@ -119,23 +127,36 @@ def _load_irfs(irfs: str, evtype: int) -> tuple[IrfSelection, list[EffectiveArea
     return selection, aeffs, psfs
 
 
+def effective_areas(
+    cell: CellLivetime, energies: np.ndarray, aeffs: list[EffectiveArea]
+) -> list[np.ndarray]:
+    """A_t(E_k, entry) in cm² for every event type: (n_energies, n_entries) each, with the
+    phi modulation when the cube is phi-binned."""
+    phi = None if cell.phi_deg is None else cell.phi_deg[None, :]
+    return [
+        np.asarray(a.value(energies[:, None], cell.costh[None, :], phi), dtype=np.float64)
+        for a in aeffs
+    ]
+
+
+def efficiency_factors(
+    energies: np.ndarray, aeffs: list[EffectiveArea]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(f1, f2) per energy from the first event type (ResponseFunctions::efficiencyFactor);
+    (1, 0) when it has no efficiency parameters."""
+    eff = aeffs[0].efficiency
+    if eff is None:
+        return np.ones(energies.size), np.zeros(energies.size)
+    f1, f2 = eff.factors(energies)
+    return np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64)
+
+
 def compute(
     cell: CellLivetime, energies: np.ndarray, aeffs: list[EffectiveArea], psfs: list[Psf3]
 ) -> MeanPsf:
     """Mean PSF for the cell with the event types' effective areas and PSFs (ascending ID)."""
-    phi = None if cell.phi_deg is None else cell.phi_deg[None, :]
-    areas = [
-        np.asarray(a.value(energies[:, None], cell.costh[None, :], phi), dtype=np.float64)
-        for a in aeffs
-    ]
-    # Efficiency factors of the first event type (ResponseFunctions::efficiencyFactor).
-    eff = aeffs[0].efficiency
-    if eff is None:
-        factors = (np.ones(energies.size), np.zeros(energies.size))
-    else:
-        f1, f2 = eff.factors(energies)
-        factors = (np.asarray(f1, dtype=np.float64), np.asarray(f2, dtype=np.float64))
-    return mean_psf(cell, energies, psfs, areas, factors)
+    areas = effective_areas(cell, energies, aeffs)
+    return mean_psf(cell, energies, psfs, areas, efficiency_factors(energies, aeffs))
 
 
 def _card(key: str, value: Any, comment: str | None = None) -> Card:

@@ -37,6 +37,7 @@ __all__ = [
     "mean_psf",
     "output_thetas",
     "separations",
+    "type_exposure",
 ]
 
 #: Internal offset grid of MeanPsf (degrees): 0, then 400 log-spaced values 1e-4 … 70.
@@ -177,6 +178,16 @@ def _combine(f1: np.ndarray, f2: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> 
     return np.where(f2 != 0.0, out + f2 * s2, out)
 
 
+def type_exposure(
+    cell: CellLivetime, aeff: np.ndarray, factors: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Exposure (cm² s) of one event type per energy: f1·Σ L·A (+ f2·Σ W·A where f2 ≠ 0)."""
+    a = np.ascontiguousarray(aeff, dtype=np.float64)
+    wt = cell.weighted if cell.weighted is not None else cell.livetime
+    f1, f2 = (np.asarray(f, dtype=np.float64) for f in factors)
+    return _combine(f1, f2, _weighted_sums(cell.livetime, a), _weighted_sums(wt, a))
+
+
 def mean_psf(
     cell: CellLivetime,
     energies: np.ndarray,
@@ -197,8 +208,7 @@ def mean_psf(
     total = np.zeros((energies.size, seps.size))
     for table, a in zip(psfs, aeff, strict=True):
         a = np.ascontiguousarray(a, dtype=np.float64)
-        e1, e2 = _weighted_sums(lt, a), _weighted_sums(wt, a)
-        exposure = exposure + _combine(f1, f2, e1, e2)
+        exposure = exposure + type_exposure(cell, a, (f1, f2))
         s1, s2 = _psf_sums(
             seps, energies, cell.inclination, a, lt, wt,
             table.log_e, table.energies, table.costh, table.pars, table.scaling,
