@@ -8,8 +8,8 @@ Behaviour (Likelihood src/meanPsf/meanPsf.cxx, pfiles/gtpsf.par):
   :func:`fermipipe.irf.caldb.find_caldb`).
 * Energies E_i = emin·exp(i·ln(emax/emin)/(n − 1)); offsets θ_j = float(j²)/float(n²)·thetamax
   (single-precision quotient). The numbers: :mod:`fermipipe.native.meanpsf`.
-* Livetime cell: HEALPix ang2pix of θ = π/2 − dec·π/180, φ = (π/180)·ra at the cube's NSIDE
-  and ORDERING; with PHIBINS > 0 the phi-binned entries and the phi-modulated effective area
+* Livetime cell: HEALPix ang2pix at the cube's NSIDE and ORDERING of the direction as
+  astro::SkyDir hands it to healpix (:func:`_cell_angles`); with PHIBINS > 0 the phi-binned entries and the phi-modulated effective area
   are used (the Fermitools always do so when the cube has phi bins).
 * Output: empty primary (BITPIX −32, HDUNAME), table ``outtable`` (Energy 1D, Exposure 1D,
   Psf nD) with the DSS entry IRF_VERSION, then THETA (Theta 1D). Our additions: FILENAME in
@@ -74,6 +74,22 @@ _CALDB_REFUSED = (
 )
 
 
+def _cell_angles(ra: float, dec: float) -> tuple[float, float]:
+    """HEALPix (θ, φ) of the source direction as the Fermitools form them: astro::SkyDir
+    stores the unit vector of (ra, dec) and gives back ra = atan2(y, x)·180/π (folded into
+    [0, 360]) and dec = asin(z)·180/π; Healpix::Pixel then takes θ = π/2 − dec·π/180 and
+    φ = (π/180)·ra. The round trip matters only for a direction on a cell boundary."""
+    r, d = ra * math.pi / 180, dec * math.pi / 180
+    x, y, z = math.cos(r) * math.cos(d), math.sin(r) * math.cos(d), math.sin(d)
+    ra2 = math.atan2(y, x) * 180 / math.pi
+    while ra2 < 0:
+        ra2 += 360.0
+    while ra2 > 360:
+        ra2 -= 360.0
+    dec2 = math.asin(z) * 180 / math.pi
+    return math.pi / 2 - dec2 * math.pi / 180.0, math.pi / 180 * ra2
+
+
 def read_cell(path: str, ra: float, dec: float) -> tuple[CellLivetime, int]:
     """The livetime entries of the cube cell holding (ra, dec), and the cube's PHIBINS."""
     import healpy as hp  # imported here: healpy pulls in matplotlib
@@ -89,9 +105,10 @@ def read_cell(path: str, ra: float, dec: float) -> tuple[CellLivetime, int]:
             sqrt_binning = str(header.get("THETABIN", "SQRT(1-COSTHETA)")).strip().upper() == (
                 "SQRT(1-COSTHETA)"
             )
-            # Healpix::Pixel(SkyDir): θ = π/2 − radians(dec), φ = (π/180)·ra.
-            theta = math.pi / 2 - dec * math.pi / 180.0
-            phi = math.pi / 180.0 * ra
+            coordsys = str(header.get("COORDSYS", "EQU")).strip().upper()
+            if coordsys not in ("EQU", "C", "CEL"):
+                raise ToolError(TOOL, f"livetime cube COORDSYS {coordsys!r} is not equatorial")
+            theta, phi = _cell_angles(ra, dec)
             pix = int(hp.ang2pix(nside, theta, phi, nest=nest))
             livetime = np.array(ff.table("EXPOSURE").column("COSBINS")[pix], dtype=np.float64)
             weighted = None
