@@ -13,7 +13,9 @@ from typing import Any
 
 from fermipipe.native.params import ToolOutcome
 
-NATIVE_TOOLS: tuple[str, ...] = ("gtselect", "gtmktime", "gtbin", "gtltcube", "gtltsum", "gtpsf")
+NATIVE_TOOLS: tuple[str, ...] = (
+    "gtselect", "gtmktime", "gtbin", "gtltcube", "gtltsum", "gtexpcube2", "gtpsf",
+)  # fmt: skip
 
 #: Version of the native engine: part of every cache key, bump when an output changes.
 ENGINE_VERSION = "1"
