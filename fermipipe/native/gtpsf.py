@@ -9,12 +9,14 @@ Behaviour (Likelihood src/meanPsf/meanPsf.cxx, pfiles/gtpsf.par):
 * Energies E_i = emin·exp(i·ln(emax/emin)/(n − 1)); offsets θ_j = float(j²)/float(n²)·thetamax
   (single-precision quotient). The numbers: :mod:`fermipipe.native.meanpsf`.
 * Livetime cell: HEALPix ang2pix at the cube's NSIDE and ORDERING of the direction as
-  astro::SkyDir hands it to healpix (:func:`_cell_angles`); with PHIBINS > 0 the phi-binned entries and the phi-modulated effective area
+  astro::SkyDir hands it to healpix (the livetime-cube reader and cell lookup are
+  gtexpcube2's, :mod:`fermipipe.native.expcube_kernel` / :mod:`~fermipipe.native.expcube_sky`); with PHIBINS > 0 the phi-binned entries and the phi-modulated effective area
   are used (the Fermitools always do so when the cube has phi bins).
-* Output: empty primary (BITPIX −32, HDUNAME), table ``outtable`` (Energy 1D, Exposure 1D,
-  Psf nD) with the DSS entry IRF_VERSION, then THETA (Theta 1D). Our additions: FILENAME in
-  the primary (as every native product), and nenergies ≥ 2, emin > 0, emax > emin, ntheta ≥ 1
-  checked up front (the real tool writes NaN energies for nenergies = 1).
+* Output: empty primary (BITPIX −32, HDUNAME; no FILENAME, as the real product), table
+  ``outtable`` (Energy 1D, Exposure 1D, Psf nD) with the DSS entry IRF_VERSION, then THETA
+  (Theta 1D); CHECKSUM/DATASUM on every HDU. Our additions: nenergies ≥ 2, emin > 0,
+  emax > emin, ntheta ≥ 1 checked up front (the real tool writes NaN energies for
+  nenergies = 1).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from fermipipe.errors import FermipipeError, ToolError
 from fermipipe.fits.dss import GenericCut, write_dss
 from fermipipe.fits.header import Card, Header
 from fermipipe.fits.keywords import bintable_keywords
-from fermipipe.fits.table import FitsFile
 from fermipipe.irf.aeff import EffectiveArea, load_effective_area
 from fermipipe.irf.caldb import IrfSelection, resolve_irf
 from fermipipe.irf.psf import Psf3, UnsupportedPsfError, read_psf3
+from fermipipe.native.expcube_kernel import read_livetime_cube
+from fermipipe.native.expcube_sky import equatorial_from_lonlat, livetime_cells
 from fermipipe.native.meanpsf import CellLivetime, MeanPsf, log_energies, mean_psf, output_thetas
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, is_none, resolve
@@ -74,55 +77,28 @@ _CALDB_REFUSED = (
 )
 
 
-def _cell_angles(ra: float, dec: float) -> tuple[float, float]:
-    """HEALPix (θ, φ) of the source direction as the Fermitools form them: astro::SkyDir
-    stores the unit vector of (ra, dec) and gives back ra = atan2(y, x)·180/π (folded into
-    [0, 360]) and dec = asin(z)·180/π; Healpix::Pixel then takes θ = π/2 − dec·π/180 and
-    φ = (π/180)·ra. The round trip matters only for a direction on a cell boundary."""
-    r, d = ra * math.pi / 180, dec * math.pi / 180
-    x, y, z = math.cos(r) * math.cos(d), math.sin(r) * math.cos(d), math.sin(d)
-    ra2 = math.atan2(y, x) * 180 / math.pi
-    while ra2 < 0:
-        ra2 += 360.0
-    while ra2 > 360:
-        ra2 -= 360.0
-    dec2 = math.asin(z) * 180 / math.pi
-    return math.pi / 2 - dec2 * math.pi / 180.0, math.pi / 180 * ra2
-
-
 def read_cell(path: str, ra: float, dec: float) -> tuple[CellLivetime, int]:
-    """The livetime entries of the cube cell holding (ra, dec), and the cube's PHIBINS."""
-    import healpy as hp  # imported here: healpy pulls in matplotlib
+    """The livetime entries of the cube cell holding (ra, dec), and the cube's PHIBINS.
 
+    The direction goes through astro::SkyDir (unit vector, back to RA/Dec) before the
+    HEALPix lookup, as MeanPsf's source direction does; it matters only on a cell boundary.
+    """
     try:
-        with FitsFile(path) as ff:
-            header = ff.hdu("EXPOSURE").header
-            nside = int(header["NSIDE"])
-            nest = str(header.get("ORDERING", "NESTED")).strip().upper() == "NESTED"
-            nbins = int(header["NBRBINS"])
-            phibins = int(header.get("PHIBINS", 0) or 0)
-            cosmin = float(header.get("COSMIN", 0.0))
-            sqrt_binning = str(header.get("THETABIN", "SQRT(1-COSTHETA)")).strip().upper() == (
-                "SQRT(1-COSTHETA)"
-            )
-            coordsys = str(header.get("COORDSYS", "EQU")).strip().upper()
-            if coordsys not in ("EQU", "C", "CEL"):
-                raise ToolError(TOOL, f"livetime cube COORDSYS {coordsys!r} is not equatorial")
-            theta, phi = _cell_angles(ra, dec)
-            pix = int(hp.ang2pix(nside, theta, phi, nest=nest))
-            livetime = np.array(ff.table("EXPOSURE").column("COSBINS")[pix], dtype=np.float64)
-            weighted = None
-            if any(ff.hdu(i).extname.upper() == "WEIGHTED_EXPOSURE" for i in range(len(ff))):
-                weighted = np.array(
-                    ff.table("WEIGHTED_EXPOSURE").column("COSBINS")[pix], dtype=np.float64
-                )
-    except (OSError, KeyError, ValueError) as exc:
-        raise ToolError(TOOL, f"cannot read the livetime cube: {exc}", path) from None
-    if livetime.size != nbins * (phibins + 1):
-        raise ToolError(
-            TOOL, f"COSBINS has {livetime.size} entries, expected NBRBINS·(PHIBINS+1)", path
-        )
-    return CellLivetime.from_row(livetime, weighted, nbins, phibins, cosmin, sqrt_binning), phibins
+        cube = read_livetime_cube(path)
+    except ToolError as exc:  # the reader is gtexpcube2's: report it as ours
+        raise ToolError(TOOL, exc.detail, exc.file) from None
+    coordsys = str(cube.header.get("COORDSYS", "EQU")).strip().upper()
+    if coordsys not in ("EQU", "C", "CEL"):
+        raise ToolError(TOOL, f"livetime cube COORDSYS {coordsys!r} is not equatorial", path)
+    ra2, dec2 = equatorial_from_lonlat(
+        np.array([ra * math.pi / 180]), np.array([dec * math.pi / 180]), galactic=False
+    )
+    pix = int(livetime_cells(ra2, dec2, cube.nside, cube.nest)[0])
+    weighted = None if cube.weighted is None else cube.weighted[pix]
+    cell = CellLivetime.from_row(
+        cube.exposure[pix], weighted, cube.nbins, cube.phibins, cube.cosmin, cube.sqrt_weight
+    )
+    return cell, cube.phibins
 
 
 def _load_irfs(irfs: str, evtype: int) -> tuple[IrfSelection, list[EffectiveArea], list[Psf3]]:
@@ -228,6 +204,7 @@ def write_psf_file(path: str, result: MeanPsf, thetas: np.ndarray, irf: str, out
         TOOL,
         path,
         [(_primary_header(), b""), (psf_header, rows), (theta_header, theta_rows)],
+        add_filename=False,  # the real gtpsf product has no FILENAME
     )
 
 

@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 from fermipipe.irf.psf import Psf3, psf_value
+from fermipipe.native.expcube_kernel import cos_bin_centres, phi_bin_centres
 
 __all__ = [
     "CellLivetime",
@@ -70,23 +71,18 @@ class CellLivetime:
     ) -> CellLivetime:
         """Entries of one COSBINS row (CosineBinner): the n cosθ bins, or with m phi bins the
         n·m entries n … n(m+1)−1 (φ block k = index // n − 1), in storage order."""
-        first, last = (nbins, nbins * (phibins + 1)) if phibins > 0 else (0, nbins)
-        costh: list[float] = []
-        phis: list[float] = []
-        for index in range(first, last):
-            f = (index % nbins + 0.5) / nbins
-            if sqrt_binning:
-                f = f * f
-            costh.append(1.0 - f * (1 - cosmin))
-            if phibins > 0:
-                # CosineBinner::phi (radians), then AeffWrapper's phi *= 180/π.
-                phi = math.pi / 4.0 * ((index // nbins - 1 + 0.5) / phibins)
-                phis.append(phi * (180.0 / math.pi))
-        incl = [math.acos(c) * 180.0 / math.pi for c in costh]
+        centres = cos_bin_centres(nbins, cosmin, sqrt_binning)
+        if phibins > 0:
+            first, last = nbins, nbins * (phibins + 1)
+            costh = np.tile(centres, phibins)
+            phi_deg: np.ndarray | None = np.repeat(phi_bin_centres(phibins), nbins)
+        else:
+            first, last = 0, nbins
+            costh, phi_deg = centres, None
+        incl = np.array([math.acos(c) * 180.0 / math.pi for c in costh])  # C library acos
         lt = np.asarray(livetime[first:last], dtype=np.float64)
         wt = None if weighted is None else np.asarray(weighted[first:last], dtype=np.float64)
-        phi_deg = np.array(phis) if phibins > 0 else None
-        return cls(lt, wt, np.array(costh), np.array(incl), phi_deg)
+        return cls(lt, wt, costh, incl, phi_deg)
 
 
 @dataclass(frozen=True)
