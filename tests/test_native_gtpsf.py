@@ -314,3 +314,30 @@ def test_dgaus8_integrates_as_slatec_promises() -> None:
     assert integrate(peak, -1.0, 1.0, 1e-8) == pytest.approx(exact, rel=1e-7)
     assert calls > 100
     assert dgaus8(math.sin, 1.0, 1.0, 1e-5) == (0.0, 1)
+
+
+# ---------------------------------------------------------------------- event types
+
+
+def test_exposure_adds_over_event_types(caldb: Path, ltcube: Path, tmp_path: Path) -> None:
+    """The exposure of evtype=3 is FRONT's plus BACK's to the bit, both with the efficiency
+    factors of the first type loaded (FRONT): so BACK alone (evtype=2, its own factors) is
+    not the difference. The PSF0–3 partition (evtype=60) sees nearly the same total."""
+    exposure = {}
+    for evtype in ("1", "2", "3", "60"):
+        out = run_psf(ltcube, tmp_path / f"e{evtype}.fits", evtype=evtype)
+        with fits.open(out) as h:
+            exposure[evtype] = np.array(h["PSF"].data["Exposure"], dtype=np.float64)
+            assert h["PSF"].header["DSVAL1"] == "P8R3_SOURCE_V3"
+    energies = log_energies(100.0, 100000.0, 20)
+    cell, _ = gtpsf.read_cell(str(ltcube), 83.6331, 22.0145)
+    front, back = (load_effective_area(t) for t in resolve_irf("P8R3_SOURCE_V3", 3).event_types)
+    area_f, area_b = gtpsf.effective_areas(cell, energies, [front, back])
+    with_front = gtpsf.efficiency_factors(energies, [front])
+    own_back = gtpsf.efficiency_factors(energies, [back])
+    v_front = type_exposure(cell, area_f, with_front)
+    assert np.array_equal(v_front, exposure["1"])
+    assert np.array_equal(v_front + type_exposure(cell, area_b, with_front), exposure["3"])
+    assert np.array_equal(type_exposure(cell, area_b, own_back), exposure["2"])
+    assert not np.array_equal(exposure["1"] + exposure["2"], exposure["3"])
+    np.testing.assert_allclose(exposure["60"], exposure["3"], rtol=0.02)
