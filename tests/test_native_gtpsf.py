@@ -146,6 +146,7 @@ def test_irfs_caldb_refused_with_one_line(caldb: Path, ltcube: Path, tmp_path: P
         ({"nenergies": "1"}, "nenergies must be at least 2"),
         ({"emax": "50"}, "emin < emax"),
         ({"ntheta": "0"}, "ntheta must be at least 1"),
+        ({"emax": "1e11"}, "above the IRF table range"),
         ({"irfs": "P8R3_NOSUCH_V9"}, "P8R3_NOSUCH_V9"),
         ({"evtype": "0"}, "selects no event type"),
         ({"irfs": "P6_V3_DIFFUSE"}, "only Pass 8 tables"),

@@ -47,6 +47,7 @@ _NUMERIC_NORM_BELOW_MEV = 120.0
 _NORM_RADIUS_DEG = 90.0
 #: Relative error asked of the quadrature (irfInterface IPsf::angularIntegral).
 _NORM_REL_ERR = 1e-5
+#: The parameter columns, in the order the LAT code takes them (by position).
 _PAR_COLUMNS = ("NCORE", "NTAIL", "SCORE", "STAIL", "GCORE", "GTAIL")
 
 
@@ -222,7 +223,15 @@ def read_psf3(rpsf: IrfComponent, scaling: IrfComponent | None) -> Psf3:
         clo = np.asarray(row["CTHETA_LO"], dtype=np.float64)
         chi = np.asarray(row["CTHETA_HI"], dtype=np.float64)
         shape = (clo.size, elo.size)
-        cols = [np.asarray(row[c], dtype=np.float64).reshape(shape) for c in _PAR_COLUMNS]
+        # Psf3::readFits: the four bounds columns first, then the parameters by position.
+        names = list(hdu.columns.names)
+        if [n.upper() for n in names[:4]] != ["ENERG_LO", "ENERG_HI", "CTHETA_LO", "CTHETA_HI"]:
+            raise UnsupportedPsfError(f"{rpsf.path}[{rpsf.extname}]: unexpected columns {names}")
+        if len(names) != 4 + len(_PAR_COLUMNS):
+            raise UnsupportedPsfError(
+                f"{rpsf.path}[{rpsf.extname}]: {len(names) - 4} PSF parameters, expected 6"
+            )
+        cols = [np.asarray(row[c], dtype=np.float64).reshape(shape) for c in names[4:]]
     with fits.open(scaling.path, memmap=False) as hdul:
         pars = np.asarray(hdul[scaling.hdu].data[0]["PSFSCALE"], dtype=np.float64)
     # log10, sqrt, pow and acos through the C library (math), element by element.

@@ -246,7 +246,10 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     selection, aeffs, psfs = _load_irfs(irf, int(p["evtype"]))
     energies = log_energies(float(p["emin"]), float(p["emax"]), int(p["nenergies"]))
     thetas = output_thetas(float(p["thetamax"]), int(p["ntheta"]))
-    result = compute(cell, energies, aeffs, psfs)
+    try:
+        result = compute(cell, energies, aeffs, psfs)
+    except ValueError as exc:  # an energy outside the IRF tables (above 1e10 MeV)
+        raise ToolError(TOOL, f"IRF {irf}: {exc}") from None
     out = write_psf_file(p["outfile"], result, thetas, selection.irf, str(p["outtable"]))
     types = "+".join(t.event_type for t in selection.event_types)
     return ToolOutcome(
