@@ -4,7 +4,9 @@ Facts from Likelihood (MeanPsf, ExposureCube) and healpix (CosineBinner), public
 
 * The livetime cell of the position gives L_i (EXPOSURE.COSBINS) and W_i
   (WEIGHTED_EXPOSURE.COSBINS) at c_i = 1 − f_i·(1 − COSMIN), f_i = ((i + ½)/n)² for the
-  SQRT(1-COSTHETA) binning ((i + ½)/n otherwise); inclination θ_i = acos(c_i)·180/π.
+  SQRT(1-COSTHETA) binning ((i + ½)/n otherwise); inclination θ_i = acos(c_i)·180/π. With
+  PHIBINS = m > 0 only the n·m phi entries are summed (bin i of block k at φ_k), and the
+  effective area carries its phi modulation.
 * Per energy E and event type t: S1 = Σ_i L_i·g(c_i), S2 = Σ_i W_i·g(c_i), summed in bin order
   in double, with g = A_t(E, θ_i) for the exposure and g = A_t(E, θ_i)·PSF_t(x, E, θ_i) for
   the PSF at offset x; value_t = f1(E)·S1 (+ f2(E)·S2 when f2 ≠ 0; without a weighted table
@@ -193,7 +195,7 @@ def mean_psf(
 ) -> MeanPsf:
     """The exposure and normalised mean PSF of the event types in ``psfs`` (ascending ID).
 
-    ``aeff[t]`` is A_t(E_k, θ_i) (cm², shape (n_energies, n_bins)); ``factors`` the
+    ``aeff[t]`` is A_t(E_k, entry i) (cm², shape (n_energies, n_entries)); ``factors`` the
     livetime-efficiency factors (f1, f2) per energy.
     """
     seps = separations()
