@@ -20,6 +20,7 @@ NATIVE_TOOLS: tuple[str, ...] = (
     "gtltcube",
     "gtltsum",
     "gtexpcube2",
+    "gtpsf",
     "farith",
     "hpx_divide",
 )
