@@ -545,9 +545,13 @@ def test_mission_dry_run_every_week_fermitools(data: Path, tmp_path: Path, name:
 
 
 @pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
-def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
+def test_mission_dry_run_without_fermitools(data: Path, name: str, shared_data: Path) -> None:
     cfg = parse_config(mission(data, name), data, root=data)
-    # gtexpcube2 and farith are native now: the whole mission chain plans without Fermitools.
+    # gtexpcube2 and farith are native now: the whole mission chain plans without Fermitools,
+    # given a CALDB for the exposure's IRFs (checked now, not after the merges).
+    with pytest.raises(ConfigError, match=r"post_processing\[0\].*no LAT CALDB found"):
+        build_plan(cfg)
+    cfg.caldb = shared_data.parent / "caldb"
     plan = build_plan(cfg)
     text = render_dry_run(plan)
     for week in WEEKS:
@@ -599,8 +603,9 @@ def test_tool_invocation_for_merges(tmp_path: Path) -> None:
     assert native.argv is None and native.params == {"infile1": str(a), "chatter": "2"}
 
 
-def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
+def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path, shared_data: Path) -> None:
     raw = mission(data, "mission.yaml")
+    raw["caldb"] = str(shared_data.parent / "caldb")  # the native exposure's IRFs
     path = data / "mission.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg, install, plan, _choices = prepare(path, environ={})  # all native: no Fermitools needed
