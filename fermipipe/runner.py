@@ -45,7 +45,12 @@ from typing import IO, Any, Literal
 from fermipipe.errors import EmptyProductError, FermipipeError, ToolError
 from fermipipe.fermitools import private_env
 from fermipipe.plan import Invocation
-from fermipipe.tool_groups import parent_death_preexec, reaper, write_group_record
+from fermipipe.tool_groups import (
+    group_members,
+    parent_death_preexec,
+    reaper,
+    write_group_record,
+)
 
 Status = Literal["ok", "empty", "failed", "skipped"]
 
@@ -349,21 +354,9 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return True
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...: comm may contain spaces, so split after ")".
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return pgid in group_members()
 
 
 def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fermipipe.fits.writing import atomic_output
+from fermipipe.fits.writing import atomic_output, pid_alive
 from fermipipe.tool_groups import kill_leftover_groups
 
 MARKER = ".fermipipe-owner.json"
@@ -87,16 +87,6 @@ def choose_workdir(
         )
     return WorkdirChoice(Path(ram_disk_path), True, f"RAM disk {ram_disk_path}")
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -120,7 +110,7 @@ def cleanup_orphans(root: Path) -> list[Path]:
             except OSError:
                 continue
             owner = {"host": host, "pid": -1}
-        if owner.get("kept") or owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+        if owner.get("kept") or owner.get("host") != host or pid_alive(int(owner.get("pid", -1))):
             continue  # kept on request (--keep-intermediate), another host's, or in use
         # Its tools may outlive it (the reaper was killed too): they would keep writing
         # into the folder being removed, so their process groups go first.

@@ -195,7 +195,7 @@ def write_group_record(folder: Path, pgid: int) -> None:
         (Path(folder) / GROUP_RECORD).write_text(json.dumps(record))
 
 
-def _members() -> dict[int, list[int]]:
+def group_members() -> dict[int, list[int]]:
     """Process group → member pids, from /proc (empty where there is no /proc)."""
     groups: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
@@ -230,7 +230,7 @@ def kill_leftover_groups(folder: Path, *, wait: float = 5.0) -> list[int]:
     """
     root = os.path.realpath(folder)
     host = socket.gethostname()
-    groups = _members()
+    groups = group_members()
     targets: set[int] = set()
     for record in Path(root).rglob(GROUP_RECORD):
         try:
@@ -252,7 +252,7 @@ def kill_leftover_groups(folder: Path, *, wait: float = 5.0) -> list[int]:
             os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + wait
     while targets and time.monotonic() < deadline:
-        alive = _members()
+        alive = group_members()
         if not any(g in alive for g in targets):
             break
         time.sleep(0.05)

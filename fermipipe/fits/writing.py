@@ -60,7 +60,10 @@ def temporary_name(path: str | os.PathLike[str]) -> Path:
 _tmp_name = temporary_name  # the former private name
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host (a PID of 0 or less never does)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,7 +93,7 @@ def remove_dead_temporaries(
         m = _TMP_RE.match(path.name)
         if m is None or (m["host"] is not None and m["host"] != here):
             continue
-        if _pid_alive(int(m["pid"])) or path.is_dir():
+        if pid_alive(int(m["pid"])) or path.is_dir():
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
