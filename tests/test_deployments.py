@@ -54,6 +54,7 @@ from prefect.states import AwaitingRetry
 from prefect.utilities.templating import apply_values
 from prefect.workers.process import ProcessWorker
 from processes import group_gone
+from shared_inputs import FITS_STUB
 
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
@@ -255,6 +256,7 @@ def tiny_project(folder: Path, shared_data: Path) -> Path:
                 "name": "select",
                 "command": f"fitscopy '{{input}}[EVENTS][ENERGY>{ENERGY_CUT:g}]' {{sel}}",
                 "outputs": {"sel": "{stem}_sel.fits"},
+                "keep": True,  # the per-file selections are checked too
             }
         ],
         "merging": [
@@ -540,7 +542,7 @@ def test_cancel_from_the_ui_kills_tools_and_removes_the_staging_folder(
     project, ram = tmp_path / "project", tmp_path / "shm"
     (project / "in").mkdir(parents=True)
     ram.mkdir()
-    (project / "in" / "week.fits").write_bytes(b"\0" * 2880)
+    (project / "in" / "week.fits").write_bytes(FITS_STUB)  # only a FITS file is an input
     pidfile = tmp_path / "tool.pid"
     config = {
         "resources": {"cores": 1, "ram_disk": {"enabled": True, "path": str(ram)}},
