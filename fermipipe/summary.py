@@ -42,6 +42,11 @@ class FileSummary:
         """Every step of the file came from the cache (nothing was recomputed)."""
         return bool(self.steps) and len(self.cached_steps) == len(self.steps)
 
+    @property
+    def warnings(self) -> list[str]:
+        """The data warnings of its steps ("step: warning"), in step order."""
+        return [f"{r.step}: {w}" for r in self.steps for w in r.warnings]
+
 
 @dataclass
 class MergeSummary:
@@ -101,6 +106,12 @@ class RunSummary:
 
     def failed_files(self) -> list[FileSummary]:
         return [f for f in self.files if f.status == "failed"]
+
+    def data_warnings(self) -> list[tuple[str, str]]:
+        """(file or "(post)", "step: warning") for every data warning of the run."""
+        rows = [(f.file_id, w) for f in self.files for w in f.warnings]
+        rows += [("(post)", f"{p.step}: {w}") for p in self.post for w in p.warnings]
+        return rows
 
     def failures(self) -> list[dict[str, str]]:
         """Rows file, step, error for every failed file, merge and post command."""
@@ -202,6 +213,7 @@ class RunSummary:
             },
             "steps": self.step_rows(),
             "failures": self.failures(),
+            "data_warnings": len(self.data_warnings()),
             "outputs": self.outputs(),
             "merge_note": self.merge_note,
             "merges": [asdict(m) for m in self.merges],
@@ -214,6 +226,7 @@ class RunSummary:
                     "status": f.status,
                     "cached_steps": f.cached_steps,
                     "error": f.error,
+                    "warnings": f.warnings,
                     "steps": [asdict(r) for r in f.steps],
                 }
                 for f in self.files
@@ -249,7 +262,8 @@ class RunSummary:
         out.append(
             f"files: {len(self.files)} — ok {self.count('ok')}, empty {self.count('empty')}, "
             f"failed {self.count('failed')}, cached {self.count('cached')}; "
-            f"wall {self.wall_seconds:.1f} s with {self.workers} workers; {self.state}"
+            + (f"{len(self.data_warnings())} data warning(s); " if self.data_warnings() else "")
+            + f"wall {self.wall_seconds:.1f} s with {self.workers} workers; {self.state}"
         )
         return "\n".join(out)
 
@@ -290,6 +304,10 @@ class RunSummary:
             for row in failures:
                 lines.append(f"| {row['file']} | {row['step']} | {_cell(row['error'])} |")
             lines += ["", "(their last stderr lines: the `fermipipe-failures` table artifact)"]
+        warnings = self.data_warnings()
+        if warnings:
+            lines += ["", "## Data warnings", ""]
+            lines += [f"- `{name}`: {_cell(text)}" for name, text in warnings]
         if self.rejected:
             lines += ["", "## Inputs that could not be used (left out)", ""]
             lines += [f"- `{name}`: {why}" for name, why in self.rejected.items()]

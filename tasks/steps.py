@@ -122,6 +122,7 @@ def result_from_store(inv: Invocation, store: ProductStore, key: str) -> StepRes
         error=meta.get("error"),
         outputs=outputs,
         from_store=True,
+        warnings=list(meta.get("warnings") or []),
     )
 
 
@@ -228,6 +229,8 @@ def run_stored(
                 hit = None
         if hit is not None:
             logger.info("%s: taken from the cache store (no tool run)", hit.describe())
+            for warning in hit.warnings:
+                logger.warning("%s[%s] data warning: %s", hit.step, hit.file_id, warning)
             drop(cache)
             return hit
         store.forget(cache.key)  # a damaged entry is replaced, never trusted
@@ -240,7 +243,12 @@ def run_stored(
             cache.key,
             files,
             link=True,
-            meta={"status": result.status, "error": result.error, "step": invocation.step},
+            meta={
+                "status": result.status,
+                "error": result.error,
+                "step": invocation.step,
+                "warnings": result.warnings,  # a cache hit reports them again
+            },
         )
         result.outputs = {n: str(stored[stored_name(invocation, n)]) for n in result.outputs}
     drop(cache)
@@ -290,7 +298,8 @@ def _execute(
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
     if result.status == "failed":
-        result.failure_kind = runner.classify_failure(result)
+        # A data warning under on_data_warning: fail is already deterministic (runner).
+        result.failure_kind = result.failure_kind or runner.classify_failure(result)
         if result.failure_kind == "transient":
             logger.warning("%s — transient failure: retried with backoff", result.describe())
         else:

@@ -44,6 +44,7 @@ from fermipipe.fits.gti import Gti
 from fermipipe.fits.table import write_fits
 from fermipipe.native import gtbin_products as tpl
 from fermipipe.native.binning import Binner, file_binner, lin_binner, log_binner
+from fermipipe.native.data_checks import coverage_warning, empty_events_warning
 from fermipipe.native.gtbin_header import CardList, Harvest, Hdu, table_bytes
 from fermipipe.native.gtbin_inputs import (
     TOOL,
@@ -794,4 +795,16 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         messages = sc.messages + messages
     write_output(outfile, hdus)
     messages.append(f"gtbin {p['algorithm']}: {total} events binned into {outfile}")
-    return ToolOutcome(outputs=[outfile], n_rows=total, messages=messages)
+    # Data-quality findings (the product is what the Fermitools write).
+    warnings = [] if sc is None else [coverage_warning(scfiles, p["sctable"], gti)]
+    warnings += [
+        empty_events_warning(ev.name, p["evtable"], gti, "the product has its time, no counts")
+        for ev in events
+        if ev.nrows == 0
+    ]
+    return ToolOutcome(
+        outputs=[outfile],
+        n_rows=total,
+        messages=messages,
+        warnings=[w for w in warnings if w is not None],
+    )

@@ -52,6 +52,7 @@ from fermipipe.fits.table import (
     dtype_from_header,
     write_fits,
 )
+from fermipipe.native.data_checks import coverage_warning, empty_events_warning
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
 from fermipipe.native.tool_files import fits_problem
@@ -357,6 +358,22 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     filter_text, messages = build_filter(p["filter"], cuts, p["roicut"])
 
     gti = ft2_gti(scfiles, p["sctable"], filter_text, tmin, tmax)
+    # The good time the events claim (their GTI cut, else TSTART-TSTOP): how much of it the
+    # FT2 rows cover, whatever the filter then keeps (data_checks).
+    claimed = [c.gti for c in cuts if isinstance(c, GtiCut) and c.gti is not None]
+    own_gti = claimed[0] if claimed else Gti.from_intervals([tmin], [tmax])
+    for more in claimed[1:]:
+        own_gti = own_gti & more
+    warnings = [
+        w
+        for w in (
+            coverage_warning(scfiles, p["sctable"], own_gti, f"the GTI of {evfile}"),
+            empty_events_warning(
+                evfile, evtable, own_gti, "the output keeps the good time with no events"
+            ),
+        )
+        if w is not None
+    ]
     if p["overwrite"]:
         if p["header_obstimes"]:
             t1, t2 = tmin, tmax
@@ -403,4 +420,6 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         f"gtmktime: {result.n_gti} GTIs, ONTIME {result.ontime!r} s, "
         f"{result.n_events} events written to {outfile}"
     )
-    return ToolOutcome(outputs=[outfile], n_rows=result.n_events, messages=messages)
+    return ToolOutcome(
+        outputs=[outfile], n_rows=result.n_events, messages=messages, warnings=warnings
+    )
