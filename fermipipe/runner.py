@@ -86,6 +86,9 @@ class StepResult:
     #: Data-quality findings of a native tool (one line each, naming the file and the size
     #: of the problem): logged at WARNING and listed in the run summary.
     warnings: list[str] = field(default_factory=list)
+    #: The file's earlier steps' data warnings ("step: warning"), kept with a stored product
+    #: so that a cache hit still reports them when those earlier steps do not run again.
+    upstream_warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

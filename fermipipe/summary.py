@@ -44,8 +44,14 @@ class FileSummary:
 
     @property
     def warnings(self) -> list[str]:
-        """The data warnings of its steps ("step: warning"), in step order."""
-        return [f"{r.step}: {w}" for r in self.steps for w in r.warnings]
+        """The data warnings of its steps ("step: warning"), in step order, each once (a
+        cache hit brings its earlier steps' warnings along: those steps did not run)."""
+        seen = [
+            w
+            for r in self.steps
+            for w in (*r.upstream_warnings, *(f"{r.step}: {text}" for text in r.warnings))
+        ]
+        return list(dict.fromkeys(seen))
 
 
 @dataclass

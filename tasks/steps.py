@@ -123,6 +123,7 @@ def result_from_store(inv: Invocation, store: ProductStore, key: str) -> StepRes
         outputs=outputs,
         from_store=True,
         warnings=list(meta.get("warnings") or []),
+        upstream_warnings=list(meta.get("upstream_warnings") or []),
     )
 
 
@@ -193,8 +194,13 @@ def run_step(
             get_store(cache.store).put(cache.key, {}, meta=meta)
         return skipped
     logger = get_run_logger()
+
+    def execute() -> StepResult:
+        return inherit(_execute(invocation, run, order, step_index, logger, stage), previous)
+
+    stage = cache.stage if cache is not None else None
     if cache is None:
-        return _execute(invocation, run, order, step_index, logger)
+        return execute()
     store = get_store(cache.store)
     if not cache.stored:
         if not cache.needed:
@@ -203,15 +209,18 @@ def run_step(
                 invocation.step, invocation.file_id, "ok", invocation.render(), from_store=True
             )
         materialise_inputs(cache, store)
-        result = _execute(invocation, run, order, step_index, logger, cache.stage)
+        result = execute()
         drop(cache)
         return result
-    return run_stored(
-        invocation,
-        cache,
-        lambda: _execute(invocation, run, order, step_index, logger, cache.stage),
-        logger,
-    )
+    return run_stored(invocation, cache, execute, logger)
+
+
+def inherit(result: StepResult, previous: StepResult | None) -> StepResult:
+    """``result`` with the data warnings of the file's earlier steps (see StepResult)."""
+    if previous is not None:
+        own = [f"{previous.step}: {w}" for w in previous.warnings]
+        result.upstream_warnings = [*previous.upstream_warnings, *own]
+    return result
 
 
 def run_stored(
@@ -229,7 +238,7 @@ def run_stored(
                 hit = None
         if hit is not None:
             logger.info("%s: taken from the cache store (no tool run)", hit.describe())
-            for warning in hit.warnings:
+            for warning in [*hit.upstream_warnings, *hit.warnings]:
                 logger.warning("%s[%s] data warning: %s", hit.step, hit.file_id, warning)
             drop(cache)
             return hit
@@ -248,6 +257,7 @@ def run_stored(
                 "error": result.error,
                 "step": invocation.step,
                 "warnings": result.warnings,  # a cache hit reports them again
+                "upstream_warnings": result.upstream_warnings,
             },
         )
         result.outputs = {n: str(stored[stored_name(invocation, n)]) for n in result.outputs}
