@@ -36,6 +36,9 @@ class FileSummary:
     cached_steps: list[str] = field(default_factory=list)  # steps Prefect served from cache
     failed_step: str | None = None
     error: str | None = None  # why it failed or is empty (one line)
+    #: Data warnings ("step: warning") of steps not in ``steps``: carried by a skipped step
+    #: that came from the cache (the empty step that warned did not run again).
+    upstream_warnings: list[str] = field(default_factory=list)
 
     @property
     def cached(self) -> bool:
@@ -46,7 +49,7 @@ class FileSummary:
     def warnings(self) -> list[str]:
         """The data warnings of its steps ("step: warning"), in step order, each once (a
         cache hit brings its earlier steps' warnings along: those steps did not run)."""
-        seen = [
+        seen = [*self.upstream_warnings] + [
             w
             for r in self.steps
             for w in (*r.upstream_warnings, *(f"{r.step}: {text}" for text in r.warnings))

@@ -189,8 +189,14 @@ def run_step(
             error=f"previous step {previous.step} was {previous.status}"
             + (f" ({previous.error})" if previous.error else ""),
         )
+        inherit(skipped, previous)  # an empty step's data warnings outlive it in the store
         if cache is not None and cache.stored:  # remembered, so a rerun finds it settled
-            meta = {"status": "skipped", "error": skipped.error, "step": invocation.step}
+            meta = {
+                "status": "skipped",
+                "error": skipped.error,
+                "step": invocation.step,
+                "upstream_warnings": skipped.upstream_warnings,
+            }
             get_store(cache.store).put(cache.key, {}, meta=meta)
         return skipped
     logger = get_run_logger()
