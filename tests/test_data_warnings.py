@@ -27,6 +27,7 @@ from astropy.io import fits
 from pipeline_project import PHOTON, SAMPLE, SPACECRAFT, make_project, run_flow
 
 from fermipipe import runner
+from fermipipe.errors import ToolError
 from fermipipe.native import run_tool
 from fermipipe.plan import Invocation
 from fermipipe.summary import FileSummary, RunSummary
@@ -185,6 +186,38 @@ def test_infinite_ra_kept_without_a_position_cut_is_counted(tmp_path: Path) -> N
     params = {**SELECT, "emin": "INDEF", "emax": "INDEF", "zmax": "180", "evclass": "INDEF"}
     out = run_tool("gtselect", {"infile": str(bad), "outfile": str(tmp_path / "o.fits"), **params})
     assert only_one(out.warnings, "RA").endswith("2 of 15000 rows have infinite RA (kept)")
+
+
+def test_nan_values_read_by_gtmktime_and_gtbin_are_counted(tmp_path: Path) -> None:
+    """The same class of damage met by the tools that read events after gtselect: gtmktime
+    keeps NaN energies (it cuts on TIME only) and drops NaN times; gtbin says how many rows
+    it could not bin properly, and refuses NaN positions in one line, not a projection
+    error."""
+    nan = with_values(FT1, tmp_path / "nan_e.fits", "ENERGY", [3, 10], np.nan)
+    nan = with_values(nan, tmp_path / "nan_et.fits", "TIME", [8], np.nan)
+    before = digests(tmp_path)
+    mk = run_tool(
+        "gtmktime",
+        {"evfile": str(nan), "scfile": str(FT2), "outfile": str(tmp_path / "g.fits"), **MKTIME},
+    )
+    assert mk.warnings == [
+        f"{nan}: 2 of 15000 rows have NaN ENERGY (kept)",
+        f"{nan}: 1 of 15000 rows have NaN TIME (dropped)",
+    ]
+    pha = {"algorithm": "PHA1", "ebinalg": "LOG", "emin": "100", "emax": "1000000"}
+    cc = run_tool(
+        "gtbin",
+        {"evfile": str(nan), "scfile": str(FT2), "outfile": str(tmp_path / "p.fits"), **pha,
+         "enumbins": "4"},
+    )  # fmt: skip
+    assert f"{nan}: 2 of 15000 rows have NaN ENERGY" in cc.warnings
+    bad_ra = with_values(FT1, tmp_path / "nan_ra.fits", "RA", [5, 6], np.nan)
+    with pytest.raises(ToolError, match="2 event\\(s\\) have NaN or infinite RA/DEC"):
+        run_tool(
+            "gtbin",
+            {"evfile": str(bad_ra), "outfile": str(tmp_path / "c.fits"), **CCUBE},
+        )
+    assert digests(tmp_path).items() >= before.items()
 
 
 def test_zero_row_events_table_warns_in_every_tool_that_reads_it(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ Findings:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +48,20 @@ CHECKED_COLUMNS: tuple[str, ...] = (
 )
 
 
+def bisect_column(col: np.ndarray, x: float, right: bool) -> int:
+    """Binary search on a (strided, big-endian) memmap column without converting it all
+    (``np.searchsorted`` would convert the whole column first: 160 MB for a mission FT2)."""
+    lo, hi = 0, col.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = float(col[mid])
+        if v < x or (right and v == x):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def ft2_intervals(scfiles: Sequence[str], sctable: str, gti: Gti) -> Gti:
     """The union of the [START, STOP] rows of the FT2 file(s) near ``gti``'s span.
 
@@ -56,12 +70,16 @@ def ft2_intervals(scfiles: Sequence[str], sctable: str, gti: Gti) -> Gti:
     """
     pieces: list[Gti] = []
     for path in scfiles:
-        with FitsFile(path) as ff:
+        try:
+            ff = FitsFile(path)
             table = ff.table(sctable)
             start = table.column("START")
             stop = table.column("STOP")
-            lo = int(np.searchsorted(stop, gti.tstart, side="left")) if len(gti) else 0
-            hi = int(np.searchsorted(start, gti.tstop, side="right")) if len(gti) else 0
+        except (OSError, ValueError, KeyError):
+            continue  # an unreadable FT2 is the tool's own error to report, not a finding
+        with ff:
+            lo = bisect_column(stop, gti.tstart, right=False) if len(gti) else 0
+            hi = bisect_column(start, gti.tstop, right=True) if len(gti) else 0
             s = np.asarray(start[max(lo - 1, 0) : hi + 1], dtype=np.float64)
             e = np.asarray(stop[max(lo - 1, 0) : hi + 1], dtype=np.float64)
             if np.any(np.diff(s) < 0):  # not time ordered: the search above means nothing
@@ -119,29 +137,41 @@ class NonFiniteTally:
     nan: dict[str, int] = field(default_factory=dict)
     inf: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)  # of the non-finite rows, per column
+    judged: bool = True  # False: the tool does not select rows, so no "dropped"/"kept"
 
-    def add(self, chunk: np.ndarray, accepted: np.ndarray) -> None:
+    def add(self, chunk: np.ndarray, accepted: np.ndarray | None) -> None:
         """Count ``chunk``'s rows (a record array) and its non-finite values, per column;
-        ``accepted`` is the selection's mask of the chunk."""
-        self.rows += len(chunk)
+        ``accepted`` is the selection's mask of the chunk (None: the tool selects nothing)."""
         names = {n.upper(): n for n in chunk.dtype.names or ()}
+        columns = {}
         for column in CHECKED_COLUMNS:
             name = names.get(column)
-            if name is None or chunk.dtype[name].kind != "f" or chunk.dtype[name].shape:
-                continue
-            values = chunk[name]
+            if name is not None and chunk.dtype[name].kind == "f" and not chunk.dtype[name].shape:
+                columns[column] = chunk[name]
+        self.add_columns(len(chunk), columns, accepted)
+
+    def add_columns(
+        self, rows: int, columns: Mapping[str, np.ndarray], accepted: np.ndarray | None
+    ) -> None:
+        """As :meth:`add`, for ``rows`` rows given as columns (name → values)."""
+        self.rows += rows
+        if accepted is None:
+            self.judged = False
+        for column, values in columns.items():
             bad = ~np.isfinite(values)
             if not bad.any():
                 continue
             n_nan = int(np.count_nonzero(np.isnan(values)))
             self.nan[column] = self.nan.get(column, 0) + n_nan
             self.inf[column] = self.inf.get(column, 0) + int(np.count_nonzero(bad)) - n_nan
-            self.kept[column] = self.kept.get(column, 0) + int(np.count_nonzero(bad & accepted))
+            if accepted is not None:
+                kept = int(np.count_nonzero(bad & accepted))
+                self.kept[column] = self.kept.get(column, 0) + kept
 
     def warnings(self) -> list[str]:
         """One line per column with non-finite values."""
         out = []
-        for column in CHECKED_COLUMNS:
+        for column in dict.fromkeys([*CHECKED_COLUMNS, *self.nan]):
             n_nan, n_inf = self.nan.get(column, 0), self.inf.get(column, 0)
             if not n_nan and not n_inf:
                 continue
@@ -154,5 +184,6 @@ class NonFiniteTally:
                 if kept == bad
                 else f"{bad - kept} dropped, {kept} kept"
             )
-            out.append(f"{self.path}: {bad} of {self.rows} rows have {kinds} {column} ({fate})")
+            text = f"{self.path}: {bad} of {self.rows} rows have {kinds} {column}"
+            out.append(f"{text} ({fate})" if self.judged else text)
         return out

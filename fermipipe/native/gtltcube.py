@@ -47,7 +47,7 @@ from fermipipe.fits.keywords import (
 )
 from fermipipe.fits.table import FitsFile, RawTable
 from fermipipe.native import ENGINE_VERSION
-from fermipipe.native.data_checks import coverage_warning, empty_events_warning
+from fermipipe.native.data_checks import bisect_column, coverage_warning, empty_events_warning
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, is_none, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
@@ -215,19 +215,6 @@ class Ft2Chunk:
     wvalue: np.ndarray
 
 
-def _bisect(col: np.ndarray, x: float, right: bool) -> int:
-    """Binary search on a (strided, big-endian) memmap column without converting it all."""
-    lo, hi = 0, col.shape[0]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        v = float(col[mid])
-        if v < x or (right and v == x):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 def _open_ft2(path: str, sctable: str, phibins: int) -> RawTable:
     try:
         table = FitsFile(path).table(sctable)
@@ -254,8 +241,8 @@ def _row_window(table: RawTable, t_lo: float, t_hi: float) -> tuple[int, int]:
     stop = table.column("STOP")
     if table.nrows == 0:
         return 0, 0
-    i0 = _bisect(start, t_lo, right=False)
-    i1 = _bisect(stop, t_hi, right=True)
+    i0 = bisect_column(start, t_lo, right=False)
+    i1 = bisect_column(stop, t_hi, right=True)
     return i0, max(i0, i1)
 
 

@@ -52,7 +52,11 @@ from fermipipe.fits.table import (
     dtype_from_header,
     write_fits,
 )
-from fermipipe.native.data_checks import coverage_warning, empty_events_warning
+from fermipipe.native.data_checks import (
+    NonFiniteTally,
+    coverage_warning,
+    empty_events_warning,
+)
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
 from fermipipe.native.tool_files import fits_problem
@@ -239,6 +243,7 @@ def write_filtered_events(
     evtable: str = "EVENTS",
     history: Sequence[str] = (),
     fitsfile: FitsFile | None = None,
+    tally: NonFiniteTally | None = None,
 ) -> FilterResult:
     """Copy ``evfile`` to ``outfile`` keeping the events inside ``gti`` (closed intervals).
 
@@ -247,7 +252,8 @@ def write_filtered_events(
     (rows replaced, ONTIME set in place; appended from the event header when absent, like
     dataSubselector ``Gti::writeExtension``). Rows are copied as raw bytes in chunks
     (fermipipe.fits.table), never through astropy tables. Checksums on every HDU, primary
-    FILENAME, atomic rename. ``fitsfile``: ``evfile`` already open.
+    FILENAME, atomic rename. ``fitsfile``: ``evfile`` already open. ``tally`` counts the
+    rows with NaN/inf values as they stream past (data_checks).
     """
     try:
         ff = fitsfile if fitsfile is not None else FitsFile(evfile)
@@ -269,7 +275,7 @@ def write_filtered_events(
     hdus: list[Any] = []
     for info in ff.hdus:
         if events.info is not None and info.index == events.info.index:
-            hdus.append((ev_header, _selected_chunks(events, gti, counter, evfile)))
+            hdus.append((ev_header, _selected_chunks(events, gti, counter, evfile, tally)))
         elif info.index == gti_index:
             hdus.append(_replaced_gti(info.header, gti, evfile))
         else:
@@ -282,7 +288,11 @@ def write_filtered_events(
 
 
 def _selected_chunks(
-    events: RawTable, gti: Gti, counter: list[int], evfile: str
+    events: RawTable,
+    gti: Gti,
+    counter: list[int],
+    evfile: str,
+    tally: NonFiniteTally | None = None,
 ) -> Iterator[np.ndarray]:
     """The rows whose TIME lies in ``gti`` (closed intervals), input order, chunk by chunk
     (``RawTable.read_chunks``: ordinary reads, so the resident memory stays ~ one chunk).
@@ -294,6 +304,8 @@ def _selected_chunks(
         for chunk in events.read_chunks():
             block = chunk.rows
             keep = gti.contains(block[name].astype(np.float64))
+            if tally is not None:
+                tally.add(block, keep)
             n = int(np.count_nonzero(keep))
             counter[0] += n
             if n == block.shape[0]:
@@ -408,6 +420,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         # The C++ writes the GTI to <outfile>_tempgti and filters through it; we filter in
         # memory (no temp file, so no collisions) and keep the name only for the HISTORY.
         gtifile = f"{outfile}_tempgti"
+    tally = NonFiniteTally(evfile)
     result = write_filtered_events(
         evfile,
         outfile,
@@ -415,7 +428,9 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         evtable=evtable,
         history=history_cards(evfile, evtable, gtifile),
         fitsfile=evff,
+        tally=tally,
     )
+    warnings += tally.warnings()
     messages.append(
         f"gtmktime: {result.n_gti} GTIs, ONTIME {result.ontime!r} s, "
         f"{result.n_events} events written to {outfile}"
