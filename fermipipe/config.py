@@ -632,6 +632,9 @@ class PipelineConfig(_Strict):
     engine: EngineChoice = "auto"
     fermitools: FermitoolsConfig = Field(default_factory=FermitoolsConfig)
     on_failure: Literal["stop", "skip"] = "stop"
+    #: A native tool's data-quality warning (FT2 not covering the GTI, NaN values, an empty
+    #: event table): "warn" logs it and puts it in the summary; "fail" fails that file's step.
+    on_data_warning: Literal["warn", "fail"] = "warn"
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     #: The existing format's keys (``../shared/seed``): ``fermi_base`` is the Fermitools

@@ -141,6 +141,9 @@ class Invocation:
     #: from the run root, so relative paths in them mean what the existing runner's users
     #: expect (it chdirs to its repository root).
     cwd: Path | None = None
+    #: ``on_data_warning`` of the config: "fail" makes a native tool's data-quality warning
+    #: fail the step (decided in fermipipe.runner.run_invocation).
+    on_data_warning: str = "warn"
 
     def render(self) -> str:
         """The command line a user would type (for --dry-run and logs)."""
@@ -176,7 +179,10 @@ class Invocation:
             body: object = neutral(self.shell)
         else:
             body = sorted((k, neutral(v)) for k, v in self.params.items())
-        blob = json.dumps({"step": self.step, "tool": self.tool, "body": body}, sort_keys=True)
+        what: dict[str, object] = {"step": self.step, "tool": self.tool, "body": body}
+        if self.on_data_warning != "warn":  # it changes the outcome; "warn" keeps old keys
+            what["on_data_warning"] = self.on_data_warning
+        blob = json.dumps(what, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -573,7 +579,7 @@ def _render_step(
     ) -> Invocation:
         return Invocation(
             name, file_id, engine, tool, params or {}, argv, shell, inputs, dict(outputs),
-            timeout, max_parallel,
+            timeout, max_parallel, on_data_warning=ctx.cfg.on_data_warning,
         )  # fmt: skip
 
     if step_cfg.tool is not None:

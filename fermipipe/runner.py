@@ -88,6 +88,12 @@ class StepResult:
     from_store: bool = False
     #: For a failure: "transient" (worth retrying) or "deterministic" (bad data, no retry).
     failure_kind: str | None = None
+    #: Data-quality findings of a native tool (one line each, naming the file and the size
+    #: of the problem): logged at WARNING and listed in the run summary.
+    warnings: list[str] = field(default_factory=list)
+    #: The file's earlier steps' data warnings ("step: warning"), kept with a stored product
+    #: so that a cache hit still reports them when those earlier steps do not run again.
+    upstream_warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -492,6 +498,13 @@ class _Capture:
         if self.logger is not None:
             self.logger.info("%s %s", self.prefix, text)
 
+    def warning(self, text: str) -> None:
+        """A data-quality finding: in the log file and at WARNING through the logger."""
+        if self.log_file is not None:
+            self.log_file.write(f"[warning] {text}\n")
+        if self.logger is not None:
+            self.logger.warning("%s data warning: %s", self.prefix, text)
+
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
@@ -561,12 +574,32 @@ def run_invocation(
             result = _run_native(inv, command, capture, slot)
         else:
             result = _run_subprocess(inv, command, capture, scratch, env, slot)
+        apply_data_policy(inv, result)
         if log_file is not None:
             log_file.write(f"=== {result.describe()} ({result.wall_seconds:.2f} s)\n")
     finally:
         if log_file is not None:
             log_file.close()
     return result
+
+
+def apply_data_policy(inv: Invocation, result: StepResult) -> None:
+    """``on_data_warning: fail``: a step with a data warning is a failed step whose error is
+    the (first) warning, deterministic (the same data warn again: not retried).
+
+    The one place the policy is decided. It travels in the Invocation because it changes
+    what a step yields: it is part of the step's cache key (``Invocation.params_digest``), so
+    a stored result made under "warn" is never reused under "fail", and every way a result
+    can come back (store, Prefect's cache, bulk cache hits) agrees with a fresh run.
+    """
+    if inv.on_data_warning != "fail" or not result.warnings or result.status == "failed":
+        return
+    more = len(result.warnings) - 1
+    result.status = "failed"
+    result.error = "data warning (on_data_warning: fail): " + result.warnings[0]
+    if more:
+        result.error += f" (and {more} more)"
+    result.failure_kind = "deterministic"
 
 
 def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) -> StepResult:
@@ -594,6 +627,9 @@ def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) ->
     else:
         for message in outcome.messages:
             capture.line("stdout", message)
+        for warning in outcome.warnings:
+            capture.warning(warning)
+        result.warnings = list(outcome.warnings)
         result.status = "ok"
         result.outputs = {name: str(path) for name, path in inv.outputs.items()}
         _mark_empty(inv, result)  # the same rule as for the Fermitools, below

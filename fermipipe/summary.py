@@ -36,11 +36,25 @@ class FileSummary:
     cached_steps: list[str] = field(default_factory=list)  # steps Prefect served from cache
     failed_step: str | None = None
     error: str | None = None  # why it failed or is empty (one line)
+    #: Data warnings ("step: warning") of steps not in ``steps``: carried by a skipped step
+    #: that came from the cache (the empty step that warned did not run again).
+    upstream_warnings: list[str] = field(default_factory=list)
 
     @property
     def cached(self) -> bool:
         """Every step of the file came from the cache (nothing was recomputed)."""
         return bool(self.steps) and len(self.cached_steps) == len(self.steps)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The data warnings of its steps ("step: warning"), in step order, each once (a
+        cache hit brings its earlier steps' warnings along: those steps did not run)."""
+        seen = [*self.upstream_warnings] + [
+            w
+            for r in self.steps
+            for w in (*r.upstream_warnings, *(f"{r.step}: {text}" for text in r.warnings))
+        ]
+        return list(dict.fromkeys(seen))
 
 
 @dataclass
@@ -101,6 +115,12 @@ class RunSummary:
 
     def failed_files(self) -> list[FileSummary]:
         return [f for f in self.files if f.status == "failed"]
+
+    def data_warnings(self) -> list[tuple[str, str]]:
+        """(file or "(post)", "step: warning") for every data warning of the run."""
+        rows = [(f.file_id, w) for f in self.files for w in f.warnings]
+        rows += [("(post)", f"{p.step}: {w}") for p in self.post for w in p.warnings]
+        return rows
 
     def failures(self) -> list[dict[str, str]]:
         """Rows file, step, error for every failed file, merge and post command."""
@@ -202,6 +222,7 @@ class RunSummary:
             },
             "steps": self.step_rows(),
             "failures": self.failures(),
+            "data_warnings": len(self.data_warnings()),
             "outputs": self.outputs(),
             "merge_note": self.merge_note,
             "merges": [asdict(m) for m in self.merges],
@@ -214,6 +235,7 @@ class RunSummary:
                     "status": f.status,
                     "cached_steps": f.cached_steps,
                     "error": f.error,
+                    "warnings": f.warnings,
                     "steps": [asdict(r) for r in f.steps],
                 }
                 for f in self.files
@@ -249,7 +271,8 @@ class RunSummary:
         out.append(
             f"files: {len(self.files)} — ok {self.count('ok')}, empty {self.count('empty')}, "
             f"failed {self.count('failed')}, cached {self.count('cached')}; "
-            f"wall {self.wall_seconds:.1f} s with {self.workers} workers; {self.state}"
+            + (f"{len(self.data_warnings())} data warning(s); " if self.data_warnings() else "")
+            + f"wall {self.wall_seconds:.1f} s with {self.workers} workers; {self.state}"
         )
         return "\n".join(out)
 
@@ -290,6 +313,10 @@ class RunSummary:
             for row in failures:
                 lines.append(f"| {row['file']} | {row['step']} | {_cell(row['error'])} |")
             lines += ["", "(their last stderr lines: the `fermipipe-failures` table artifact)"]
+        warnings = self.data_warnings()
+        if warnings:
+            lines += ["", "## Data warnings", ""]
+            lines += [f"- `{name}`: {_cell(text)}" for name, text in warnings]
         if self.rejected:
             lines += ["", "## Inputs that could not be used (left out)", ""]
             lines += [f"- `{name}`: {why}" for name, why in self.rejected.items()]

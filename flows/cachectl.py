@@ -461,6 +461,7 @@ def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSumm
             if result.status == "skipped":
                 # A stored step is remembered as skipped only after an empty earlier step
                 # (failures are never stored): the file is empty, as when it first ran.
+                summary.upstream_warnings += result.upstream_warnings
                 if summary.status == "ok":
                     summary.status, summary.error = "empty", result.error
                 continue

@@ -122,6 +122,8 @@ def result_from_store(inv: Invocation, store: ProductStore, key: str) -> StepRes
         error=meta.get("error"),
         outputs=outputs,
         from_store=True,
+        warnings=list(meta.get("warnings") or []),
+        upstream_warnings=list(meta.get("upstream_warnings") or []),
     )
 
 
@@ -187,13 +189,24 @@ def run_step(
             error=f"previous step {previous.step} was {previous.status}"
             + (f" ({previous.error})" if previous.error else ""),
         )
+        inherit(skipped, previous)  # an empty step's data warnings outlive it in the store
         if cache is not None and cache.stored:  # remembered, so a rerun finds it settled
-            meta = {"status": "skipped", "error": skipped.error, "step": invocation.step}
+            meta = {
+                "status": "skipped",
+                "error": skipped.error,
+                "step": invocation.step,
+                "upstream_warnings": skipped.upstream_warnings,
+            }
             get_store(cache.store).put(cache.key, {}, meta=meta)
         return skipped
     logger = get_run_logger()
+
+    def execute() -> StepResult:
+        return inherit(_execute(invocation, run, order, step_index, logger, stage), previous)
+
+    stage = cache.stage if cache is not None else None
     if cache is None:
-        return _execute(invocation, run, order, step_index, logger)
+        return execute()
     store = get_store(cache.store)
     if not cache.stored:
         if not cache.needed:
@@ -202,15 +215,18 @@ def run_step(
                 invocation.step, invocation.file_id, "ok", invocation.render(), from_store=True
             )
         materialise_inputs(cache, store)
-        result = _execute(invocation, run, order, step_index, logger, cache.stage)
+        result = execute()
         drop(cache)
         return result
-    return run_stored(
-        invocation,
-        cache,
-        lambda: _execute(invocation, run, order, step_index, logger, cache.stage),
-        logger,
-    )
+    return run_stored(invocation, cache, execute, logger)
+
+
+def inherit(result: StepResult, previous: StepResult | None) -> StepResult:
+    """``result`` with the data warnings of the file's earlier steps (see StepResult)."""
+    if previous is not None:
+        own = [f"{previous.step}: {w}" for w in previous.warnings]
+        result.upstream_warnings = [*previous.upstream_warnings, *own]
+    return result
 
 
 def run_stored(
@@ -228,6 +244,8 @@ def run_stored(
                 hit = None
         if hit is not None:
             logger.info("%s: taken from the cache store (no tool run)", hit.describe())
+            for warning in [*hit.upstream_warnings, *hit.warnings]:
+                logger.warning("%s[%s] data warning: %s", hit.step, hit.file_id, warning)
             drop(cache)
             return hit
         store.forget(cache.key)  # a damaged entry is replaced, never trusted
@@ -240,7 +258,13 @@ def run_stored(
             cache.key,
             files,
             link=True,
-            meta={"status": result.status, "error": result.error, "step": invocation.step},
+            meta={
+                "status": result.status,
+                "error": result.error,
+                "step": invocation.step,
+                "warnings": result.warnings,  # a cache hit reports them again
+                "upstream_warnings": result.upstream_warnings,
+            },
         )
         result.outputs = {n: str(stored[stored_name(invocation, n)]) for n in result.outputs}
     drop(cache)
@@ -290,7 +314,8 @@ def _execute(
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
     if result.status == "failed":
-        result.failure_kind = runner.classify_failure(result)
+        # A data warning under on_data_warning: fail is already deterministic (runner).
+        result.failure_kind = result.failure_kind or runner.classify_failure(result)
         if result.failure_kind == "transient":
             logger.warning("%s — transient failure: retried with backoff", result.describe())
         else:

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for message in outcome.messages:
         print(message)
+    for warning in outcome.warnings:  # data-quality findings: the product is still written
+        print(f"warning: {one_line(warning)}", file=sys.stderr)
     return 0
 
 

@@ -44,6 +44,7 @@ from fermipipe.fits.gti import Gti
 from fermipipe.fits.table import write_fits
 from fermipipe.native import gtbin_products as tpl
 from fermipipe.native.binning import Binner, file_binner, lin_binner, log_binner
+from fermipipe.native.data_checks import NonFiniteTally, coverage_warning, empty_events_warning
 from fermipipe.native.gtbin_header import CardList, Harvest, Hdu, table_bytes
 from fermipipe.native.gtbin_inputs import (
     TOOL,
@@ -284,7 +285,8 @@ def _sky_lonlat(ev: EventFile, start: int, stop: int, p: Mapping[str, Any]) -> t
         return ra, dec
     from fermipipe.fits.skycoords import cel_to_gal
 
-    return cel_to_gal(ra, dec, pre2016=p["galrot"] == "pre2016")
+    with np.errstate(invalid="ignore"):  # NaN coordinates are reported by the caller
+        return cel_to_gal(ra, dec, pre2016=p["galrot"] == "pre2016")
 
 
 def bin_sky(
@@ -302,6 +304,14 @@ def bin_sky(
             # Every event is projected, whatever its energy: gtbin aborts on any event that
             # cannot be projected.
             flat, nbad = grid.pixel_index(lon, lat)
+            n_nonfinite = int(np.count_nonzero(~(np.isfinite(lon) & np.isfinite(lat))))
+            if n_nonfinite:  # not a projection problem: say what is wrong with the data
+                raise ToolError(
+                    TOOL,
+                    f"{n_nonfinite} event(s) have NaN or infinite {p['rafield']}/"
+                    f"{p['decfield']}: they cannot be binned (select them out first)",
+                    ev.name,
+                )
             if nbad:
                 raise ToolError(
                     TOOL,
@@ -779,6 +789,19 @@ def write_output(path: str, hdus: Sequence[Hdu]) -> None:
     )
 
 
+def _nonfinite(ev: EventFile, p: Mapping[str, Any]) -> NonFiniteTally:
+    """NaN/inf values in the columns gtbin reads (data_checks), one pass over the file."""
+    names = [p["efield"], p["rafield"], p["decfield"], p["tfield"]]
+    if p["algorithm"] == "HEALPIX" and p["coordsys"] == "GAL":
+        names += ["L", "B"]
+    names = [n for n in dict.fromkeys(names) if ev.events.has_column(n)]
+    tally = NonFiniteTally(ev.name)
+    for start, stop in ev.chunks():
+        columns = {n.upper(): ev.column(n, start, stop) for n in names}
+        tally.add_columns(stop - start, columns, None)  # binning drops or misplaces them
+    return tally
+
+
 def run(params: Mapping[str, Any]) -> ToolOutcome:
     """gtbin with Fermitools-style parameters (see PARAMS); returns the output file."""
     p = resolve(PARAMS, params, tool=TOOL)
@@ -789,9 +812,23 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     events = open_events(evfiles, p["evtable"])
     gti = input_gti(events)
     sc = read_spacecraft(scfiles, p["sctable"]) if scfiles else None
+    nonfinite = [_nonfinite(ev, p) for ev in events]
     hdus, messages, total = _MAKERS[p["algorithm"]](p, events, gti, sc)
     if sc is not None:
         messages = sc.messages + messages
     write_output(outfile, hdus)
     messages.append(f"gtbin {p['algorithm']}: {total} events binned into {outfile}")
-    return ToolOutcome(outputs=[outfile], n_rows=total, messages=messages)
+    # Data-quality findings (the product is what the Fermitools write).
+    warnings = [] if sc is None else [coverage_warning(scfiles, p["sctable"], gti)]
+    warnings += [w for tally in nonfinite for w in tally.warnings()]
+    warnings += [
+        empty_events_warning(ev.name, p["evtable"], gti, "the product has its time, no counts")
+        for ev in events
+        if ev.nrows == 0
+    ]
+    return ToolOutcome(
+        outputs=[outfile],
+        n_rows=total,
+        messages=messages,
+        warnings=[w for w in warnings if w is not None],
+    )

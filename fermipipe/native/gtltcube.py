@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from fermipipe.fits.keywords import (
 )
 from fermipipe.fits.table import FitsFile, RawTable
 from fermipipe.native import ENGINE_VERSION
+from fermipipe.native.data_checks import bisect_column, coverage_warning, empty_events_warning
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, is_none, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
@@ -159,6 +160,7 @@ class EventInputs:
     files: list[str]
     cuts: list[Cut]
     gti: Gti
+    file_gtis: list[Gti] = field(default_factory=list)  # each file's own, in list order
 
 
 def read_event_inputs(evfiles: list[str], evtable: str = "EVENTS") -> EventInputs:
@@ -170,10 +172,13 @@ def read_event_inputs(evfiles: list[str], evtable: str = "EVENTS") -> EventInput
     """
     first: list[Cut] | None = None
     gtis: list[Gti] = []
+    file_gtis: list[Gti] = []
     for path in evfiles:
         cuts = read_dss_file(path, evtable, check_columns=False, skip_time_ranges=False, tool=TOOL)
         others = [c for c in cuts if not isinstance(c, GtiCut)]
-        gtis.extend(c.gti for c in cuts if isinstance(c, GtiCut) and c.gti is not None)
+        own = [c.gti for c in cuts if isinstance(c, GtiCut) and c.gti is not None]
+        gtis.extend(own)
+        file_gtis.append(union(own))
         for cut in others:
             if isinstance(cut, RangeCut) and cut.column.upper() == "ENERGY":
                 if cut.lo is None or cut.hi is None:
@@ -193,7 +198,7 @@ def read_event_inputs(evfiles: list[str], evtable: str = "EVENTS") -> EventInput
     if len(gti) == 0:
         raise EmptyProductError(TOOL, "No GTIs found in input event file(s).", ", ".join(evfiles))
     assert first is not None
-    return EventInputs(list(evfiles), first, gti)
+    return EventInputs(list(evfiles), first, gti, file_gtis)
 
 
 # ---------------------------------------------------------------------- FT2 rows
@@ -208,19 +213,6 @@ class Ft2Chunk:
     scx: np.ndarray | None
     value: np.ndarray
     wvalue: np.ndarray
-
-
-def _bisect(col: np.ndarray, x: float, right: bool) -> int:
-    """Binary search on a (strided, big-endian) memmap column without converting it all."""
-    lo, hi = 0, col.shape[0]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        v = float(col[mid])
-        if v < x or (right and v == x):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _open_ft2(path: str, sctable: str, phibins: int) -> RawTable:
@@ -249,8 +241,8 @@ def _row_window(table: RawTable, t_lo: float, t_hi: float) -> tuple[int, int]:
     stop = table.column("STOP")
     if table.nrows == 0:
         return 0, 0
-    i0 = _bisect(start, t_lo, right=False)
-    i1 = _bisect(stop, t_hi, right=True)
+    i0 = bisect_column(start, t_lo, right=False)
+    i1 = bisect_column(stop, t_hi, right=True)
     return i0, max(i0, i1)
 
 
@@ -698,9 +690,22 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         file_version=p["file_version"],
         clobber=p["clobber"],
     )
+    # Data-quality findings (the cube itself is what the Fermitools write).
+    warnings = [
+        w
+        for w in (
+            coverage_warning(scfiles, p["sctable"], events.gti),
+            *(
+                empty_events_warning(f, p["evtable"], g, "its full livetime goes into the cube")
+                for f, g in zip(evfiles, events.file_gtis, strict=True)
+            ),
+        )
+        if w is not None
+    ]
     return ToolOutcome(
         outputs=[str(out)],
         n_rows=grid.npix,
+        warnings=warnings,
         messages=[
             f"gtltcube: nside {grid.nside}, {grid.ncells} bins, {cube.n_rows} FT2 rows, "
             f"precision {p['precision']} -> {out}"

@@ -52,6 +52,11 @@ from fermipipe.fits.table import (
     dtype_from_header,
     write_fits,
 )
+from fermipipe.native.data_checks import (
+    NonFiniteTally,
+    coverage_warning,
+    empty_events_warning,
+)
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
 from fermipipe.native.tool_files import fits_problem
@@ -238,6 +243,7 @@ def write_filtered_events(
     evtable: str = "EVENTS",
     history: Sequence[str] = (),
     fitsfile: FitsFile | None = None,
+    tally: NonFiniteTally | None = None,
 ) -> FilterResult:
     """Copy ``evfile`` to ``outfile`` keeping the events inside ``gti`` (closed intervals).
 
@@ -246,7 +252,8 @@ def write_filtered_events(
     (rows replaced, ONTIME set in place; appended from the event header when absent, like
     dataSubselector ``Gti::writeExtension``). Rows are copied as raw bytes in chunks
     (fermipipe.fits.table), never through astropy tables. Checksums on every HDU, primary
-    FILENAME, atomic rename. ``fitsfile``: ``evfile`` already open.
+    FILENAME, atomic rename. ``fitsfile``: ``evfile`` already open. ``tally`` counts the
+    rows with NaN/inf values as they stream past (data_checks).
     """
     try:
         ff = fitsfile if fitsfile is not None else FitsFile(evfile)
@@ -268,7 +275,7 @@ def write_filtered_events(
     hdus: list[Any] = []
     for info in ff.hdus:
         if events.info is not None and info.index == events.info.index:
-            hdus.append((ev_header, _selected_chunks(events, gti, counter, evfile)))
+            hdus.append((ev_header, _selected_chunks(events, gti, counter, evfile, tally)))
         elif info.index == gti_index:
             hdus.append(_replaced_gti(info.header, gti, evfile))
         else:
@@ -281,7 +288,11 @@ def write_filtered_events(
 
 
 def _selected_chunks(
-    events: RawTable, gti: Gti, counter: list[int], evfile: str
+    events: RawTable,
+    gti: Gti,
+    counter: list[int],
+    evfile: str,
+    tally: NonFiniteTally | None = None,
 ) -> Iterator[np.ndarray]:
     """The rows whose TIME lies in ``gti`` (closed intervals), input order, chunk by chunk
     (``RawTable.read_chunks``: ordinary reads, so the resident memory stays ~ one chunk).
@@ -293,6 +304,8 @@ def _selected_chunks(
         for chunk in events.read_chunks():
             block = chunk.rows
             keep = gti.contains(block[name].astype(np.float64))
+            if tally is not None:
+                tally.add(block, keep)
             n = int(np.count_nonzero(keep))
             counter[0] += n
             if n == block.shape[0]:
@@ -357,6 +370,22 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     filter_text, messages = build_filter(p["filter"], cuts, p["roicut"])
 
     gti = ft2_gti(scfiles, p["sctable"], filter_text, tmin, tmax)
+    # The good time the events claim (their GTI cut, else TSTART-TSTOP): how much of it the
+    # FT2 rows cover, whatever the filter then keeps (data_checks).
+    claimed = [c.gti for c in cuts if isinstance(c, GtiCut) and c.gti is not None]
+    own_gti = claimed[0] if claimed else Gti.from_intervals([tmin], [tmax])
+    for more in claimed[1:]:
+        own_gti = own_gti & more
+    warnings = [
+        w
+        for w in (
+            coverage_warning(scfiles, p["sctable"], own_gti, f"the GTI of {evfile}"),
+            empty_events_warning(
+                evfile, evtable, own_gti, "the output keeps the good time with no events"
+            ),
+        )
+        if w is not None
+    ]
     if p["overwrite"]:
         if p["header_obstimes"]:
             t1, t2 = tmin, tmax
@@ -391,6 +420,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         # The C++ writes the GTI to <outfile>_tempgti and filters through it; we filter in
         # memory (no temp file, so no collisions) and keep the name only for the HISTORY.
         gtifile = f"{outfile}_tempgti"
+    tally = NonFiniteTally(evfile)
     result = write_filtered_events(
         evfile,
         outfile,
@@ -398,9 +428,13 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         evtable=evtable,
         history=history_cards(evfile, evtable, gtifile),
         fitsfile=evff,
+        tally=tally,
     )
+    warnings += tally.warnings()
     messages.append(
         f"gtmktime: {result.n_gti} GTIs, ONTIME {result.ontime!r} s, "
         f"{result.n_events} events written to {outfile}"
     )
-    return ToolOutcome(outputs=[outfile], n_rows=result.n_events, messages=messages)
+    return ToolOutcome(
+        outputs=[outfile], n_rows=result.n_events, messages=messages, warnings=warnings
+    )

@@ -34,6 +34,7 @@ import numpy as np
 from fermipipe.errors import EmptyProductError, ToolError
 from fermipipe.fits.sphere import angsep_below
 from fermipipe.fits.sphere import angsep_scalar as _angsep_scalar  # noqa: F401 - old name
+from fermipipe.native.data_checks import NonFiniteTally, empty_events_warning
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
 
@@ -527,8 +528,14 @@ def select_events(infiles: Sequence[str], outfile: str, p: Mapping[str, Any]) ->
 
     terms = plan.terms
 
+    # Rows with NaN/inf values are counted as they stream past (data_checks): the selection
+    # itself treats them as cfitsio does (a comparison with NaN is false).
+    tallies = {id(inp): NonFiniteTally(inp.path) for inp in inputs}
+
     def accept(chunk: RawTable, inp: _Input) -> np.ndarray:
-        return selection_mask(chunk, terms, inp.gti, inp.path)
+        mask = selection_mask(chunk, terms, inp.gti, inp.path)
+        tallies[id(inp)].add(chunk.rows, mask)
+        return mask
 
     n_selected = write_event_product(
         inputs,
@@ -546,6 +553,11 @@ def select_events(infiles: Sequence[str], outfile: str, p: Mapping[str, Any]) ->
         tool=TOOL,
     )
     messages = [f"gtselect: {n_selected} events selected, {len(out_gti)} GTIs -> {outfile}"]
+    warnings = [w for inp in inputs for w in tallies[id(inp)].warnings()]
+    for inp in inputs:
+        empty = empty_events_warning(inp.path, evtable, inp.gti, "its good time is kept")
+        if empty is not None:
+            warnings.append(empty)
     if len(out_gti) == 0:
         # Choice (spec 1.3/3.4: the Fermitools' behaviour is undefined here): a valid file is
         # written (GTI table with 0 rows, ONTIME 0) and the run reports "empty", the same
@@ -554,7 +566,7 @@ def select_events(infiles: Sequence[str], outfile: str, p: Mapping[str, Any]) ->
         raise EmptyProductError(
             TOOL, "No GTIs left after the time selection (empty output written)", outfile
         )
-    return ToolOutcome(outputs=[outfile], n_rows=n_selected, messages=messages)
+    return ToolOutcome(outputs=[outfile], n_rows=n_selected, messages=messages, warnings=warnings)
 
 
 def merged_time_span(

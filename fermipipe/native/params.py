@@ -40,6 +40,9 @@ class ToolOutcome:
     outputs: list[str] = field(default_factory=list)
     n_rows: int | None = None
     messages: list[str] = field(default_factory=list)
+    #: Data-quality findings (fermipipe.native.data_checks): one line each, naming the file
+    #: and the size of the problem. The product is written as the Fermitools would write it.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _names_a_file(spec: ParamSpec, raw: str) -> bool:
