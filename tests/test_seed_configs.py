@@ -131,9 +131,16 @@ def test_seed_dry_run_is_fully_resolved(
         assert "emin=100 emax=316228 enumbins=28" in text
         assert "hpx_ordering_scheme=RING hpx_order=7 coordsys=GAL" in text
         assert f"-> {tmp_path / COUNTS}" in text and f"-> {tmp_path / LIVETIME}" in text
-        # ${vars.scripts_dir} is ${root:scripts}: absolute, in the run root.
-        assert f"python3 {tmp_path}/scripts/parallel_expcube.py" in text
-        assert "script not found" in text  # a warning in a dry run, an error in a run
+        # ${vars.scripts_dir} is ${root:scripts}: absolute, in the run root. The runner's
+        # scripts are not there: they run as the native tools that do the same.
+        assert (
+            f"{tmp_path}/scripts/parallel_expcube.py is not here: runs as the native gtexpcube2"
+            in text
+        )
+        assert (
+            f"{tmp_path}/scripts/hpx_divide.py is not here: runs as the native hpx_divide" in text
+        )
+        assert "[native] gtexpcube2 " in text and "[native] hpx_divide " in text
 
 
 def test_seed_config_errors_are_reported_at_once(seed: Path, tmp_path: Path) -> None:
@@ -150,11 +157,15 @@ def test_seed_config_errors_are_reported_at_once(seed: Path, tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_skip_post_does_not_require_post_tools(seed: Path, lat_data: Path) -> None:
-    """The later config's post-processing runs scripts that are not here: an error when
-    post-processing would run, not checked when it will not (--skip-post or run.skip_post)."""
+def test_skip_post_does_not_require_post_tools(
+    seed: Path, lat_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later config's exposure needs IRFs: with no CALDB here that is an error when
+    post-processing would run, and not checked when it will not (--skip-post, run.skip_post).
+    """
+    monkeypatch.delenv("CALDB", raising=False)
     settings = data_settings(LATER, lat_data)
-    with pytest.raises(ConfigError, match=r"post_processing\[0\].command: script not found"):
+    with pytest.raises(ConfigError, match=r"post_processing\[0\].command: no LAT CALDB found"):
         load_and_plan(str(seed / LATER), settings=settings)
     _cfg, choices, plan = load_and_plan(str(seed / LATER), settings=settings, skip_post=True)
     assert choices.skip_post and plan.post == ()
@@ -167,6 +178,7 @@ def test_skip_post_does_not_require_post_tools(seed: Path, lat_data: Path) -> No
     )
     assert [inv.step for inv in plan.files[0].chain] == ["gtselect", "gtmktime"]
     # The first config's gtexpcube2 and farith have native versions: planned natively.
+    monkeypatch.setenv("CALDB", str(CALDB))
     _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=data_settings(FIRST, lat_data))
     assert [(inv.tool, inv.engine) for inv in plan.post] == [
         ("gtexpcube2", "native"),
