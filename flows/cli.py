@@ -95,6 +95,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dry-run", action="store_true", help="print every command; run and write nothing"
     )
+    p.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="use a temporary Prefect server for this run only (records are not kept); "
+        "default: the local server kept running across runs (see flows/server.py)",
+    )
     add_flow_flags(p)
     args = p.parse_args(argv)
     check_flow_flags(p, args)

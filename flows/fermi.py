@@ -31,17 +31,18 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # config errors and --dry-run: answered before Prefect loads
-    import os
-
+    from flows import server as _server
     from flows.cli import exit_on_sigterm, parse_args, preflight
 
     exit_on_sigterm()
     _ARGS = parse_args()
     if (_code := preflight(_ARGS)) is not None:
         sys.exit(_code)
-    # Without a server, Prefect starts a temporary one; its first start migrates a new
-    # database, ~15 s on 2 busy cores, against a default timeout of 20 s: give it room.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    try:  # a local server reused across runs, not a temporary one per run (flows/server.py)
+        if _line := _server.use_for_cli(_ARGS.ephemeral):
+            print(_line, file=sys.stderr, flush=True)
+    except _server.ServerError as _exc:
+        sys.exit(f"fermipipe: {_exc} (or run with --ephemeral)")
 
 import contextlib
 import shutil
@@ -61,6 +62,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -125,7 +127,13 @@ class ProductsOutcome:
 # ----------------------------------------------------------------------------- the flow
 
 
-@flow(name="fermipipe", on_cancellation=[lambda *_: runner.kill_all()])
+def kill_tools(flow: Any, flow_run: Any, state: State) -> None:
+    """on_cancellation hook (Prefect calls hooks as ``hook(flow, flow_run, state)``, by
+    keyword): stop every tool group of this process at once."""
+    runner.kill_all()
+
+
+@flow(name="fermipipe", on_cancellation=[kill_tools])
 def fermi_pipeline(
     config: str,
     steps: list[str] | None = None,
@@ -187,21 +195,31 @@ def run_work(request: WorkRequest, summary: RunSummary) -> None:
     handle = uuid.uuid4().hex
     _WORK_INPUTS[handle] = (request, summary)
     try:
-        work_subflow(handle)
+        # No heartbeat thread of its own: the parent's covers this process, and joining
+        # one at the end costs up to a second (it sleeps in 1 s steps), a fifth of a rerun.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = work_subflow(handle, return_state=True)
     finally:
         _WORK_INPUTS.pop(handle, None)
+    if not state.is_completed() and not (state.is_failed() and summary.failures()):
+        state.result()  # raises what ended it (a bug, a cancellation)
 
 
 @flow(
     name="fermipipe-work",
     validate_parameters=False,
     task_runner=ThreadPoolTaskRunner(max_workers=32),  # merges: parts, tree-level pairs
-    on_cancellation=[lambda *_: runner.kill_all()],
+    on_cancellation=[kill_tools],
 )
-def work_subflow(handle: str) -> None:
+def work_subflow(handle: str) -> State | None:
     """The staging area's owner: the per-file chains, merges and post-processing run in it,
-    and it is removed on the way out (:func:`staged_work`)."""
-    staged_work(*_WORK_INPUTS[handle])
+    and it is removed on the way out (:func:`staged_work`). Ends Failed, like its parent,
+    when a file, merge or post-processing step failed."""
+    request, summary = _WORK_INPUTS[handle]
+    staged_work(request, summary)
+    if failures := summary.failures():
+        return Failed(message=f"{len(failures)} failure(s): see the parent run's summary")
+    return None
 
 
 def staged_work(request: WorkRequest, summary: RunSummary) -> None:
