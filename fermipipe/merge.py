@@ -30,6 +30,7 @@ from astropy.io import fits
 from fermipipe.cache import sha256_file
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
+from fermipipe.fits.keywords import set_card
 from fermipipe.fits.writing import atomic_output
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation
@@ -552,8 +553,9 @@ def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
             for key, value, comment in header_cards(manifest):
                 if key == "HISTORY":
                     header.add_history(str(value)[:72])
-                else:
-                    header[key] = (value, comment)
+                else:  # a long value (a product's long name) leaves less room for the
+                    # comment: cut it as cfitsio does, not with astropy's VerifyWarning
+                    set_card(header, key, value, comment, replace_comment=True)
     manifest.product_sha256 = sha256_file(product)
     write_manifest(product, manifest)
     return product

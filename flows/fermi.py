@@ -45,6 +45,7 @@ if __name__ == "__main__":  # config errors and --dry-run: answered before Prefe
         sys.exit(f"fermipipe: {_exc} (or run with --ephemeral)")
 
 import contextlib
+import re
 import shutil
 import time
 import uuid
@@ -55,7 +56,7 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.artifacts import (
-    create_link_artifact,
+    create_image_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
@@ -75,7 +76,7 @@ from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.staging import NodeStaging
-from fermipipe.summary import FileSummary, MergeSummary, RunSummary
+from fermipipe.summary import FileSummary, MergeSummary, RunSummary, inline_png
 from flows.cachectl import (
     CacheSetup,
     ProductCache,
@@ -166,7 +167,10 @@ def fermi_pipeline(
         started=time.time(),
         science_models=dict(cfg.science_models),
     )
-    run_work(WorkRequest(cfg, plan, choices, n_workers), summary)
+    # Created here, so that it belongs to this (the main) flow run, where a person looks;
+    # the work subflow counts every file into it, cache hits included.
+    progress = Progress(len(plan.files), logger=get_run_logger())
+    run_work(WorkRequest(cfg, plan, choices, n_workers, progress), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
 
@@ -179,6 +183,7 @@ class WorkRequest:
     plan: Plan  # rendered without a work folder: sizes the staging area
     choices: RunChoices  # command-line flags over the config's run: section
     workers: int
+    progress: Progress | None = None  # the main run's progress artifact and console bar
 
 
 #: Inputs of work subflows running in this process, by handle (see run_work).
@@ -262,8 +267,13 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
     try:
         # 1. Every file through its chain of steps.
         node = node_staging(cfg, plan, keep, logger)
-        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache, node)
-        for f in summary.files:
+        progress = request.progress or Progress(len(plan.files), logger=logger)
+        summary.files = process_files(
+            plan, runner.run_spec(run), n_workers, cfg, cache, node, progress
+        )
+        progress.close()
+        for f, fp in zip(summary.files, plan.files, strict=True):
+            show_user_paths(f, fp)
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
         remove_file_intermediates(plan, summary.files, keep, cache is not None)
@@ -329,6 +339,7 @@ def process_files(
     cfg: PipelineConfig,
     cache: CacheSetup | None = None,
     node: NodeStaging | None = None,
+    progress: Progress | None = None,
 ) -> list[FileSummary]:
     """Map each step over the files, chaining each file's steps through their futures
     (with ``node``: one node-local chain task per file instead, :func:`process_chains`).
@@ -343,9 +354,12 @@ def process_files(
     resources = {s.name: s.worker_resources for s in cfg.steps if s.worker_resources}
     # Files whose whole chain is a verified cache hit: one bulk task run, not 4 per file.
     hits = cached_summaries(plan, cache)
+    progress = progress or Progress(len(plan.files), artifact=False)
+    for hit in hits.values():
+        progress.file_done(hit.status, cached=True)
     files = tuple(fp for fp in plan.files if fp.file_id not in hits)
     if node is not None:  # Dask workers on other nodes: one task per chain, on one node
-        done = process_chains(plan, files, run, cfg, cache, node)
+        done = process_chains(plan, files, run, cfg, cache, node, progress)
         return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
     # The native tools' modules are imported here, once, not by the task threads at the
     # moment they first run a tool. Measured: a SIGTERM that lands while this thread holds
@@ -372,7 +386,7 @@ def process_files(
                     mapped = map_level(pool, run_step, files, k, previous, run, cache)
                 futures.append(list(mapped))
                 previous = list(mapped)
-            summaries = follow_progress(files, futures)
+            summaries = follow_progress(files, futures, progress)
             wait([fut for level in futures for fut in level])
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
@@ -391,6 +405,7 @@ def process_chains(
     cfg: PipelineConfig,
     cache: CacheSetup | None,
     node: NodeStaging,
+    progress: Progress,
 ) -> dict[str, FileSummary]:
     """One :func:`tasks.chain.run_chain` task per file: each file's steps run together on
     one Dask worker, with the intermediates on that node's RAM disk."""
@@ -439,14 +454,12 @@ def process_chains(
                         },
                     )
                 )
-            progress = Progress(len(files), logger=get_run_logger())
             index = {id(fut): i for i, fut in enumerate(futures)}
             done: dict[str, FileSummary] = {}
             for fut in as_completed(futures):
                 fp = files[index[id(fut)]]
                 done[fp.file_id] = summarize_chain(fp, fut)
                 progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
-            progress.close()
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, futures)
             raise
@@ -498,11 +511,10 @@ def summarize_chain(fp: FilePlan, fut: PrefectFuture[list[StepResult]]) -> FileS
 
 
 def follow_progress(
-    files: Sequence[FilePlan], futures: list[list[PrefectFuture[StepResult]]]
+    files: Sequence[FilePlan], futures: list[list[PrefectFuture[StepResult]]], progress: Progress
 ) -> dict[int, FileSummary]:
     """Summarize each file as its chain finishes (its last step's future is final, so are
     the earlier ones), updating the progress artifact and the console bar."""
-    progress = Progress(len(files), logger=get_run_logger())
     summaries: dict[int, FileSummary] = {}
     last = futures[-1] if futures else []
     index = {id(fut): i for i, fut in enumerate(last)}
@@ -510,7 +522,6 @@ def follow_progress(
         i = index[id(fut)]
         summaries[i] = summarize_file(files[i], [level[i] for level in futures])
         progress.file_done(summaries[i].status, cached=summaries[i].cached)
-    progress.close()
     return summaries
 
 
@@ -544,6 +555,22 @@ def summarize_file(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -
         summary.status, summary.failed_step = "failed", inv.step
         summary.error = result.error or state.message or "failed"
     return summary
+
+
+def show_user_paths(summary: FileSummary, fp: FilePlan) -> None:
+    """Name the user's input file, not its staged copy (``<work>/<file>/input/<name>`` on
+    the RAM disk, gone after the run), in what the summary and the UI show of a failure."""
+    staged = re.compile(
+        r"[^\s()'\"]*/" + re.escape(fp.file_id) + "/input/" + re.escape(Path(fp.input).name)
+    )
+
+    def fix(text: str | None) -> str | None:
+        return staged.sub(lambda _m: str(fp.input), text) if text else text
+
+    summary.error = fix(summary.error)
+    for result in summary.steps:
+        result.error = fix(result.error)
+        result.stderr_tail = [fix(line) or "" for line in result.stderr_tail]
 
 
 def remove_file_intermediates(
@@ -717,21 +744,22 @@ def merge_how(merge: MergePlan) -> str:
 
 
 def publish_quicklook(name: str, product: Path) -> str | None:
-    """``<product stem>.png`` beside the merged counts map, linked as a Prefect artifact.
+    """``<product stem>.png`` beside the merged counts map, shown in the UI.
 
-    Prefect's image artifacts take a URL only and the PNG is a local file, so it is published
-    as a link artifact (a file:// URL) and linked from the summary. A drawing failure is
-    logged, never fatal: the product itself is fine.
+    A browser refuses ``file://`` images in an http page and the Prefect server serves no
+    files, so the image goes into the run summary's markdown as a ``data:`` URL
+    (:func:`fermipipe.summary.inline_png`) and, when small enough, into an image artifact of
+    its own the same way. A drawing failure is logged, never fatal: the product is fine.
     """
     png = Path(product).with_suffix(".png")
     try:
         make_quicklook(Path(product), png, title=f"{name}: {Path(product).name}")
-        create_link_artifact(
-            link=png.resolve().as_uri(),
-            link_text=png.name,
-            key=f"fermipipe-quicklook-{artifact_key(name)}",
-            description=f"Quick-look of the merged {name} counts map",
-        )
+        if image := inline_png(png):
+            create_image_artifact(
+                image_url=image,
+                key=f"fermipipe-quicklook-{artifact_key(name)}",
+                description=f"Quick-look of the merged {name} counts map ({png})",
+            )
     except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
         get_run_logger().warning("quick-look of %s not made: %s", product, exc)
         return None
