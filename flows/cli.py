@@ -8,6 +8,7 @@ instant this way).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -171,3 +172,19 @@ def exit_on_sigterm() -> None:
     port and the caller's stdout pipe (measured: a caller waiting for EOF hung).
     """
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def _stopped_before_run(signum: int, _frame: Any) -> None:
+    sys.stderr.write("fermipipe: stopped by Ctrl-C before the run started\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def quiet_interrupt_until_run() -> None:
+    """Ctrl-C while Prefect loads or the server starts: one line, no traceback (nothing to
+    clean yet). The run restores Python's handler (:func:`restore_interrupt`)."""
+    signal.signal(signal.SIGINT, _stopped_before_run)
+
+
+def restore_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

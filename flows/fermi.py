@@ -32,9 +32,10 @@ import sys
 
 if __name__ == "__main__":  # config errors and --dry-run: answered before Prefect loads
     from flows import server as _server
-    from flows.cli import exit_on_sigterm, parse_args, preflight
+    from flows.cli import exit_on_sigterm, parse_args, preflight, quiet_interrupt_until_run
 
     exit_on_sigterm()
+    quiet_interrupt_until_run()
     _ARGS = parse_args()
     if (_code := preflight(_ARGS)) is not None:
         sys.exit(_code)
@@ -89,7 +90,7 @@ from flows.cachectl import (
     product_cache,
     slice_store,
 )
-from flows.cli import flow_parameters, load_and_plan, parse_args, preflight
+from flows.cli import flow_parameters, load_and_plan, parse_args, preflight, restore_interrupt
 from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import STEP_FACTOR, close_staging, node_staging, open_staging
@@ -940,7 +941,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: Any) -> int:
-    state = fermi_pipeline(**flow_parameters(args, args.config), return_state=True)
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows import shutdown
+
+    shutdown.cli_stops()
+    restore_interrupt()
+    try:
+        state = fermi_pipeline(**flow_parameters(args, args.config), return_state=True)
+    except KeyboardInterrupt:
+        shutdown.finish_stop(signal.SIGINT)
+    except TerminationSignal as exc:
+        shutdown.finish_stop(exc.signal)
+    except SystemExit:  # Prefect re-sends SIGTERM to exit_on_sigterm's handler
+        if not shutdown.stopping():
+            raise
+        shutdown.finish_stop(signal.SIGTERM)
     if not state.is_completed():
         print(f"fermipipe: run {state.name}: {state.message}", file=sys.stderr)
         return 1
