@@ -155,10 +155,18 @@ def forget(home: Path) -> None:
             (home / name).unlink()
 
 
-def wait_healthy(api_url: str, pid: int, home: Path, timeout: float = START_TIMEOUT) -> None:
+def wait_healthy(
+    api_url: str,
+    pid: int,
+    home: Path,
+    timeout: float = START_TIMEOUT,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Wait for ``/api/health``; ``proc``: the server this process just started (checked
+    with ``poll``: right after the fork its command line is still ours, not the server's)."""
     deadline = time.monotonic() + timeout
     while not health(api_url):
-        if not alive(pid):
+        if (proc.poll() is not None) if proc is not None else not alive(pid):
             forget(home)
             raise ServerError(
                 f"the local Prefect server exited while starting; see {home / LOG_FILE}"
@@ -204,7 +212,7 @@ def start(home: Path) -> LocalServer:
         )
     (home / PID_FILE).write_text(str(proc.pid))  # `prefect server stop` reads it
     (home / STATE_FILE).write_text(json.dumps({"api_url": api_url, "pid": proc.pid}))
-    wait_healthy(api_url, proc.pid, home)
+    wait_healthy(api_url, proc.pid, home, proc=proc)
     return LocalServer(api_url, proc.pid, started=True)
 
 
