@@ -194,6 +194,14 @@ def example_mode() -> None:
         floor_argv = [sys.executable, "-c", "import prefect"]
         first, out = timed(argv, env, root / "project")
         said = [ln for ln in out.splitlines() if ln.startswith("fermipipe: Prefect UI")]
+        import prefect
+
+        compiled = any(Path(prefect.__file__).parent.glob("__pycache__/*.pyc"))
+        print(
+            f"Prefect byte-compiled: {compiled} (without .pyc files, e.g. under "
+            "PYTHONDONTWRITEBYTECODE=1 with no `uv sync --compile-bytecode`, every run "
+            "recompiles it: ~2 s more, floor included)"
+        )
         print(f"first run (starts the local server): {first:5.1f} s  {said}")
         reruns, floors = [], []
         for _ in range(3):
