@@ -62,10 +62,11 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Failed, State
+from prefect.states import Cancelling, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import merge as merging
@@ -205,10 +206,28 @@ def run_work(request: WorkRequest, summary: RunSummary) -> None:
         # one at the end costs up to a second (it sleeps in 1 s steps), a fifth of a rerun.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             state = work_subflow(handle, return_state=True)
+    except TerminationSignal:
+        show_cancelling()
+        raise
     finally:
         _WORK_INPUTS.pop(handle, None)
     if not state.is_completed() and not (state.is_failed() and summary.failures()):
         state.result()  # raises what ended it (a bug, a cancellation)
+
+
+def show_cancelling() -> None:
+    """A cancellation from the UI of a served/worker run: the runner owns the parent run's
+    state (it sets Cancelled once this process is gone), so Prefect's engine here leaves
+    its own copy at Running and logs "Finished in state Running()". Make that copy say what
+    the server says, Cancelling. ``_termination_intent`` is a Prefect 3.9 internal (the
+    engine's own test for a cancellation): re-check on upgrades."""
+    with contextlib.suppress(Exception):
+        from prefect.context import FlowRunContext
+        from prefect.flow_engine import _termination_intent
+
+        ctx = FlowRunContext.get()
+        if ctx is not None and ctx.flow_run is not None and _termination_intent() == "cancel":
+            ctx.flow_run.state = Cancelling(message="Flow run was cancelled.")
 
 
 @flow(
@@ -942,8 +961,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_from_args(args: Any) -> int:
     import signal
-
-    from prefect.exceptions import TerminationSignal
 
     from flows import shutdown
 
