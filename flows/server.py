@@ -244,11 +244,16 @@ def stop(home: Path | None = None) -> str:
         if found is None:
             return "no local Prefect server started by fermipipe is running"
         pid, url = found
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)  # its session: uvicorn and its children
-        deadline = time.monotonic() + 20
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)  # its session: uvicorn and its children
+            deadline = time.monotonic() + grace
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not alive(pid):
+                break
+        if alive(pid):
+            raise ServerError(f"the local Prefect server (pid {pid}) did not stop")
         forget(home)
         return f"stopped the local Prefect server at {url.removesuffix('/api')}"
 
@@ -269,6 +274,7 @@ def use_for_cli(ephemeral: bool) -> str | None:
         # Its first start migrates a new database, ~15 s on 2 busy cores, against a
         # default timeout of 20 s: give it room.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        start_temporary_server()
         return None
     if configured_api_url():
         return None
@@ -278,6 +284,29 @@ def use_for_cli(ephemeral: bool) -> str | None:
     how = "started; it keeps running for later runs" if server.started else "running"
     stop_how = f"stop it: {stop_hint(home)}" if server.pid is not None else "your own server"
     return f"fermipipe: Prefect UI at {server.ui_url} (local server {how}; {stop_how})"
+
+
+def start_temporary_server() -> None:
+    """Start Prefect's temporary server now, with SIGINT blocked in the child.
+
+    A terminal's Ctrl-C goes to the whole foreground process group, which includes that
+    uvicorn subprocess: it died at once, and the run's last API calls (its Crashed state,
+    its logs) then failed with pages of "Connection refused" until the watchdog ended the
+    process. A blocked signal mask is inherited across fork and exec, so the server ignores
+    the terminal's Ctrl-C; Prefect still stops it at exit (SIGTERM). Prefect makes one
+    ``SubprocessASGIServer`` per port (``None``: the temporary one) and reuses this one.
+    """
+    import signal as _signal
+
+    if not hasattr(_signal, "pthread_sigmask"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+    try:
+        SubprocessASGIServer().start()
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
 
 
 def main(argv: list[str] | None = None) -> int:

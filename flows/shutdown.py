@@ -119,8 +119,8 @@ def finish_stop(signum: int) -> None:
     its threads at exit)."""
     run_cleanups()
     _drain_prefect(2.0)
-    _say_stopped(signum)
     _stop_temporary_servers()
+    _say_stopped(signum)  # the last line
     os._exit(128 + signum)
 
 

@@ -91,16 +91,14 @@ def test_start_reuse_restart_after_death_and_stop(
 
 
 def test_cli_line_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A configured server or --ephemeral: nothing started, nothing said; telemetry off."""
+    """A configured server: nothing started, nothing said; telemetry off."""
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
     assert local.use_for_cli(ephemeral=False) is None
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-    monkeypatch.delenv("PREFECT_API_URL")
-    assert local.use_for_cli(ephemeral=True) is None
-    assert "PREFECT_API_URL" not in os.environ
     assert not (tmp_path / "home" / "server.pid").exists()
+    monkeypatch.delenv("PREFECT_API_URL")
     # A profile's PREFECT_API_URL counts as configured.
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "profiles.toml").write_text(
