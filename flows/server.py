@@ -270,13 +270,13 @@ def use_for_cli(ephemeral: bool) -> str | None:
     print (None: nothing to say). ``ephemeral``: Prefect's temporary server."""
     # Telemetry off for any server this process starts (the temporary one inherits it).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if configured_api_url():
+        return None
     if ephemeral or os.environ.get(MODE_VARIABLE, "local") == "ephemeral":
         # Its first start migrates a new database, ~15 s on 2 busy cores, against a
         # default timeout of 20 s: give it room.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         start_temporary_server()
-        return None
-    if configured_api_url():
         return None
     home = prefect_home()
     server = ensure(home)
