@@ -153,7 +153,8 @@ def _stop_temporary_servers() -> None:
     module = sys.modules.get("prefect.server.api.server")
     if module is None:  # never started one
         return
-    for server in list(getattr(module.SubprocessASGIServer, "_instances", {}).values()):
+    cls = getattr(module, "SubprocessASGIServer", None)  # None: still being imported
+    for server in list(getattr(cls, "_instances", {}).values()):
         try:
             server.stop()
         except Exception as exc:  # noqa: BLE001 - best effort on the way out
