@@ -21,6 +21,7 @@ No Prefect here: the Prefect task layer uses these keys as its cache keys.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,7 +34,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fermipipe.errors import FermipipeError
+from fermipipe.fits.writing import remove_dead_temporaries, temporary_name
+
 _CHUNK = 8 * 1024 * 1024
+
+
+class StoreObjectDamagedError(FermipipeError):
+    """A stored object's content no longer matches the hash recorded when it was stored."""
+
+
+class StoreWriteError(FermipipeError, OSError):
+    """Writing into the store (or a product out of it) failed: names the path; the partial
+    temporary is already removed, so a full disk gets its space back."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def _store_write(tmp: Path, final: Path) -> Iterator[Path]:
+    """Yield ``tmp``; rename it to ``final`` on success, remove it on any failure.
+
+    An OSError (disk full, quota, permissions) becomes :class:`StoreWriteError` naming
+    ``final`` and the file system that refused it — not "internal error … (bad data?)".
+    """
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        what = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            what += f" (disk full: the file system holding {final.parent})"
+        raise StoreWriteError(exc.errno or 0, f"cannot write {final}: {what}", str(final)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -83,28 +122,57 @@ class HashIndex:
                 "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
                 " mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
             )
+            # The status-change time: an in-place edit that restores size and mtime (utime)
+            # still moves it, and no call sets it back (indexes without it are upgraded).
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(hashes)")}
+            for column in ("ctime_ns", "nlink"):
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE hashes ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def hash(self, path: Path) -> str:
-        """Content hash of ``path``, reading the file only if its signature changed."""
+    def hash(self, path: Path, *, verify: bool = False) -> str:
+        """Content hash of ``path``, reading the file only if its signature changed — or
+        always with ``verify``.
+
+        The signature is size, mtime, inode and ctime. ctime catches an in-place edit that
+        puts size and mtime back (no call sets ctime). Adding or removing a hard link also
+        moves ctime (the store links products in and out); that alone — link count changed,
+        size, mtime and inode the same — only updates the record, so a no-op rerun does not
+        re-read every product. Merges and products re-check content anyway
+        (:func:`verify_stored`).
+        """
         real = os.path.realpath(path)
         st = os.stat(real)
-        with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, inode, sha256 FROM hashes WHERE path = ?", (real,)
-            ).fetchone()
-        if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return str(row[3])
+        if not verify:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT size, mtime_ns, inode, ctime_ns, nlink, sha256 FROM hashes"
+                    " WHERE path = ?",
+                    (real,),
+                ).fetchone()
+            if row is not None and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
+                same_ctime = row[3] == st.st_ctime_ns
+                relinked = row[3] is None or (row[4] is not None and row[4] != st.st_nlink)
+                if same_ctime or relinked:
+                    if not same_ctime:
+                        self._record(real, st, str(row[5]))
+                    return str(row[5])
         digest = sha256_file(Path(real))
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)",
-                (real, st.st_size, st.st_mtime_ns, st.st_ino, digest),
-            )
+        self._record(real, st, digest)
         return digest
+
+    def _record(self, real: str, st: os.stat_result, digest: str) -> None:
+        # The index only saves reading: when it cannot be written (a full disk) the hash
+        # is still right, it is just computed again next time.
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):
+            self._db.execute(
+                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, nlink,"
+                " sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_nlink, digest),
+            )
 
 
 def _normalise(value: Any) -> Any:
@@ -155,6 +223,45 @@ def step_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def verify_stored(path: Path) -> Path:
+    """Re-read ``path`` if it is a product-store object, and check its content against the
+    sha256 recorded when it was stored; return ``path``.
+
+    The one place objects are read out of the store: merges call it for each input
+    (:mod:`fermipipe.merge`), :meth:`ProductStore.materialise` for each product it places.
+    The stat-keyed index keeps lookups fast; this is the content check behind them, done
+    when the bytes are about to be used anyway. An object is recognised by the entry record
+    beside it (``<store>/objects/<k[:2]>/<key>/entry.json`` listing its name); other files
+    are returned unchecked. A mismatch removes the entry (the next run recomputes it) and
+    raises :class:`StoreObjectDamagedError` naming the file.
+    """
+    path = Path(path)
+    record = path.parent / "entry.json"
+    if path.parent.parent.parent.name != "objects" or not record.is_file():
+        return path
+    try:
+        files = {f["name"]: f for f in json.loads(record.read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    recorded = files.get(path.name)
+    if recorded is None:
+        return path  # not one of the entry's files (the record itself, a temporary)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise StoreObjectDamagedError(
+            f"{path}: stored object unreadable: {exc.strerror or exc}"
+        ) from None
+    if actual != recorded.get("sha256"):
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise StoreObjectDamagedError(
+            f"{path}: stored object changed since it was stored (sha256 {actual[:12]}… is not "
+            f"the recorded {str(recorded.get('sha256'))[:12]}…); entry removed, rerun to "
+            "recompute it"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class StoredFile:
     name: str
@@ -165,10 +272,15 @@ class StoredFile:
 class ProductStore:
     """Products kept by cache key on persistent disk."""
 
-    def __init__(self, root: Path, hashes: HashIndex | None = None) -> None:
+    def __init__(
+        self, root: Path, hashes: HashIndex | None = None, *, verify: bool = False
+    ) -> None:
+        """``verify=True`` (``--verify-cache``): every lookup re-reads and re-hashes the
+        entry's files instead of trusting the stat-keyed index."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hashes = hashes or HashIndex(self.root / "hashes.sqlite")
+        self.verify = verify
 
     def entry_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -184,23 +296,53 @@ class ProductStore:
             return {}
         return dict(meta) if isinstance(meta, dict) else {}
 
-    def lookup(self, key: str) -> dict[str, Path] | None:
-        """The entry's files (name → path) if every one is present and intact, else None."""
-        record = self._record_path(key)
+    def _files(self, key: str) -> list[StoredFile] | None:
         try:
-            files = [StoredFile(**f) for f in json.loads(record.read_text())["files"]]
+            record = json.loads(self._record_path(key).read_text())
+            return [StoredFile(**f) for f in record["files"]]
         except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def lookup(self, key: str, *, verify: bool | None = None) -> dict[str, Path] | None:
+        """The entry's files (name → path) if every one is present and intact, else None.
+
+        Intact = the recorded size and sha256; the hash comes from the stat-keyed index
+        (size, mtime, ctime, inode: an in-place edit changes ctime even when size and mtime
+        are put back), or is recomputed from the content with ``verify`` (default: the
+        store's ``verify``).
+        """
+        verify = self.verify if verify is None else verify
+        files = self._files(key)
+        if files is None:
             return None
         out: dict[str, Path] = {}
         for item in files:
             path = self.entry_dir(key) / item.name
             try:
-                if path.stat().st_size != item.size or self.hashes.hash(path) != item.sha256:
+                if path.stat().st_size != item.size:
+                    return None
+                if self.hashes.hash(path, verify=verify) != item.sha256:
                     return None
             except OSError:
                 return None
             out[item.name] = path
         return out
+
+    def read_object(self, path: Path) -> Path:
+        """``path`` (a file of this store) re-verified against its recorded sha256: see
+        :func:`verify_stored`, which every read of a stored object for a merge or a product
+        goes through."""
+        return verify_stored(path)
+
+    def verify_all(self) -> list[str]:
+        """Re-hash every stored file; remove and return the keys of damaged entries."""
+        damaged: list[str] = []
+        for record in sorted((self.root / "objects").glob("*/*/entry.json")):
+            key = record.parent.name
+            if self.lookup(key, verify=True) is None:
+                self.forget(key)
+                damaged.append(key)
+        return damaged
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -232,32 +374,56 @@ class ProductStore:
         (recomputed, never trusted); the tools replace files rather than edit them.
         """
         entry = self.entry_dir(key)
+        try:
+            return self._put(entry, key, files, move=move, link=link, meta=meta)
+        except OSError as exc:
+            # Nothing half-stored stays behind (a full disk gets its space back): an entry
+            # without its record is unusable anyway.
+            if not self._record_path(key).exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            if isinstance(exc, StoreWriteError):
+                raise
+            where = os.fsdecode(exc.filename) if exc.filename is not None else str(entry)
+            what = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                what += f" (disk full: the file system holding {entry})"
+            raise StoreWriteError(exc.errno or 0, f"cannot write {where}: {what}", where) from None
+
+    def _put(
+        self,
+        entry: Path,
+        key: str,
+        files: Mapping[str, Path],
+        *,
+        move: bool,
+        link: bool,
+        meta: Mapping[str, Any] | None,
+    ) -> dict[str, Path]:
         entry.mkdir(parents=True, exist_ok=True)
         stored: list[StoredFile] = []
         out: dict[str, Path] = {}
         for name, src in files.items():
             dest = entry / name
-            tmp = entry / f".{name}.tmp-{os.getpid()}-{threading.get_ident()}"
-            if move:
-                try:
-                    os.replace(src, tmp)
-                except OSError:  # different file system (RAM disk → disk)
+            with _store_write(temporary_name(dest), dest) as tmp:
+                if move:
+                    try:
+                        os.replace(src, tmp)
+                    except OSError:  # different file system (RAM disk → disk)
+                        shutil.copyfile(src, tmp)
+                        os.unlink(src)
+                elif link:
+                    try:
+                        os.link(src, tmp)
+                    except OSError:
+                        shutil.copyfile(src, tmp)
+                else:
                     shutil.copyfile(src, tmp)
-                    os.unlink(src)
-            elif link:
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
-            else:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
             stored.append(StoredFile(name, dest.stat().st_size, self.hashes.hash(dest)))
             out[name] = dest
         record = {"key": key, "files": [vars(s) for s in stored], "meta": dict(meta or {})}
-        tmp_record = entry / f".entry.json.tmp-{os.getpid()}-{threading.get_ident()}"
-        tmp_record.write_text(json.dumps(record, indent=1))
-        os.replace(tmp_record, self._record_path(key))
+        record_path = self._record_path(key)
+        with _store_write(temporary_name(record_path), record_path) as tmp_record:
+            tmp_record.write_text(json.dumps(record, indent=1))
         return out
 
     def materialise(self, stored: Path, dest: Path) -> Path:
@@ -266,14 +432,19 @@ class ProductStore:
         Written under a temporary name and renamed, so a reader never sees half a file.
         """
         dest = Path(dest)
+        self.read_object(Path(stored))  # a product is never made from a changed object
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        try:
-            os.link(stored, tmp)
-        except OSError:  # another file system (the RAM disk) or no hard links
-            shutil.copyfile(stored, tmp)
-        os.replace(tmp, dest)
+        with _store_write(temporary_name(dest), dest) as tmp:
+            try:
+                os.link(stored, tmp)
+            except OSError:  # another file system (the RAM disk) or no hard links
+                shutil.copyfile(stored, tmp)
         return dest
+
+    def remove_dead_temporaries(self) -> list[Path]:
+        """Remove the temporaries that writers killed mid-write left in the store (their
+        PID is in the name: see :func:`fermipipe.fits.writing.remove_dead_temporaries`)."""
+        return remove_dead_temporaries(self.root, recursive=True)
 
     def forget(self, key: str) -> None:
         """Remove an entry (used when it was found damaged)."""

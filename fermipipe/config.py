@@ -16,7 +16,8 @@ Public API (the contract for flows/ and tasks/)
 ``placeholders(template) -> list[str]``
     The ``{name}`` placeholders of a template, in order (``{{``/``}}`` are literal braces).
 ``glob_files(directory, pattern) -> list[Path]``
-    The sorted files of a relative glob (ValueError for an empty/absolute/malformed one).
+    The sorted matches of a relative glob, whatever they are (ValueError for an
+    empty/absolute/malformed pattern); the planner reports those it cannot use.
 ``structured_output_params(step) -> dict[str, str]``
     Output placeholder → the tool parameter receiving it, for a structured step.
 
@@ -42,6 +43,7 @@ Public API (the contract for flows/ and tasks/)
                          ``cluster`` (validated only; extended by the runner helper).
     ``cache``            :class:`CacheConfig`: ``enabled``, ``directory`` (validated only).
     ``fermi_base``       the existing runner's Fermitools prefix (= ``fermitools.prefix``).
+    ``caldb``            the LAT CALDB for native gtexpcube2/gtpsf (else $CALDB, Fermitools').
     ``run``              :class:`RunOptions`: ``steps``, ``skip_merge``, ``skip_post``.
     ``vars``             values for ``${vars.x}`` (resolved at load).
     ``science_models``   references carried into the run summary and manifests.
@@ -95,7 +97,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fermipipe.errors import ConfigError
+from fermipipe.errors import ConfigError, FermipipeError
+from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 
 __all__ = [
     "CacheConfig",
@@ -122,6 +125,8 @@ __all__ = [
 EngineChoice = Literal["auto", "fermitools", "native"]
 ParamValue = str | int | float | bool | None
 
+#: The cache's folder name inside ``output.directory`` (when ``cache.directory`` is not set).
+CACHE_DIRNAME = ".fermipipe-cache"
 #: Placeholders every per-file template may use besides common files and step outputs.
 PER_FILE_PLACEHOLDERS: tuple[str, ...] = ("input", "stem", "week")
 #: Directories every template (per-file and post-processing) may use.
@@ -285,7 +290,7 @@ class InputConfig(_Strict):
 
 
 def glob_files(directory: Path, pattern: str) -> list[Path]:
-    """Files matching ``pattern`` (relative glob, ``**`` allowed) in ``directory``, sorted.
+    """Everything matching ``pattern`` (relative glob, ``**`` allowed) in ``directory``, sorted.
 
     Raises ValueError for a pattern that is empty, absolute or malformed.
     """
@@ -294,7 +299,10 @@ def glob_files(directory: Path, pattern: str) -> list[Path]:
     if Path(pattern).is_absolute():
         raise ValueError("the pattern must be relative to input.directory")
     try:
-        return sorted(p for p in directory.glob(pattern) if p.is_file())
+        # Every match, not only regular files: the planner reports the ones it cannot use.
+        return sorted(
+            p for p in directory.glob(pattern) if p.is_symlink() or p.is_file() or p.exists()
+        )
     except NotImplementedError as exc:  # pathlib's wording for absolute patterns
         raise ValueError(str(exc)) from None
 
@@ -606,6 +614,8 @@ class RunChoices:
     skip_merge: bool = False
     skip_post: bool = False
     keep_intermediate: bool = False
+    #: Re-hash every cache-store object before use (``--verify-cache``).
+    verify_cache: bool = False
 
 
 class PipelineConfig(_Strict):
@@ -629,6 +639,9 @@ class PipelineConfig(_Strict):
     #: used by ``${vars.x}`` (resolved at load); ``science_models`` is carried into the run
     #: summary and the manifests (it drives nothing yet).
     fermi_base: Path | None = None
+    #: The LAT calibration database (IRFs) for the native gtexpcube2/gtpsf; else $CALDB or
+    #: the Fermitools installation's. Relative to the config file's directory.
+    caldb: Path | None = None
     run: RunOptions = Field(default_factory=RunOptions)
     vars: dict[str, Any] = Field(default_factory=dict)
     science_models: dict[str, Any] = Field(default_factory=dict)
@@ -664,6 +677,12 @@ class PipelineConfig(_Strict):
         run is started from, or ``--root``."""
         return self._root
 
+    @property
+    def cache_root(self) -> Path:
+        """Where the content cache lives: ``cache.directory``, else
+        ``<output.directory>/.fermipipe-cache``."""
+        return Path(self.cache.directory or Path(self.output.directory or "") / CACHE_DIRNAME)
+
     def merge_output(self, output_file: str) -> Path:
         """Where a merge writes ``output_file``: a bare file name goes to
         ``output.directory``; a relative path with a folder (``./data/x.fits``) is relative to
@@ -681,6 +700,7 @@ class PipelineConfig(_Strict):
         skip_merge: bool = False,
         skip_post: bool = False,
         keep_intermediate: bool = False,
+        verify_cache: bool = False,
     ) -> RunChoices:
         """The run's choices: command-line values (``steps``, flags) over ``run:``."""
         return RunChoices(
@@ -688,6 +708,7 @@ class PipelineConfig(_Strict):
             skip_merge or self.run.skip_merge,
             skip_post or self.run.skip_post,
             keep_intermediate or self.resources.ram_disk.keep_intermediate,
+            verify_cache,
         )
 
     def step(self, name: str) -> StepConfig:
@@ -1014,6 +1035,8 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
             cfg.cache.directory = cfg.resources.ltcube_cache.path
     if cfg.cache.directory is not None:
         cfg.cache.directory = _resolve(base, cfg.cache.directory)
+    if cfg.caldb is not None:
+        cfg.caldb = _resolve(base, cfg.caldb)
     for step in (*cfg.steps, *cfg.post_processing):
         step.inputs = {
             k: (v if _is_template(v) else str(_resolve(base, v))) for k, v in step.inputs.items()
@@ -1030,14 +1053,36 @@ def _check_files(cfg: PipelineConfig, problems: _Problems) -> None:
         except ConfigError as exc:
             text = str(exc).removeprefix("fermitools.prefix: ")
             problems.add(key, text)
+    if cfg.caldb is not None:
+        from fermipipe.irf.caldb import find_caldb
+
+        try:
+            find_caldb(cfg.caldb)
+        except FermipipeError as exc:
+            problems.add("caldb", str(exc))
     for name, path in cfg.common_files.items():
-        if not path.is_file():
+        if not path.exists():
             problems.add(f"common_files.{name}", f"file not found: {path}")
+        elif looks_like_fits_name(path) and (why := not_a_fits_file(path)) is not None:
+            # A common file may be a helper (a script, a list); one named as FITS must be
+            # FITS: a text file named .fits would otherwise be read as a file list.
+            problems.add(f"common_files.{name}", f"{path}: {why}")
     for steps, key in ((cfg.steps, "steps"), (cfg.post_processing, "post_processing")):
         for i, step in enumerate(steps):
             for param, value in step.inputs.items():
                 if not _is_template(value) and not Path(value).exists():
                     problems.add(f"{key}[{i}].inputs.{param}", f"file not found: {value}")
+    for key, folder in (
+        ("output.directory", cfg.output.directory),
+        ("output.workdir", cfg.output.workdir),
+    ):
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problems.add(key, f"{folder}: {existing} is a file, not a folder")
+        elif not os.access(existing, os.W_OK):
+            problems.add(key, f"{folder}: {existing} is not writable")
     directory = cfg.input.directory
     if not directory.is_dir():
         problems.add("input.directory", f"directory not found: {directory}")

@@ -6,6 +6,24 @@ as one line, without a traceback from deep inside astropy.
 
 from __future__ import annotations
 
+import errno
+import os
+
+_FULL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded"}
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an OSError: the file, what went wrong, and "disk full" when it is."""
+    what = exc.strerror or str(exc)
+    full = _FULL.get(exc.errno or 0)
+    if full is None and "not enough space" in what.lower():  # astropy's own check
+        full = "disk full"
+    if full is not None:
+        what = f"{what} ({full})"
+    if exc.filename is None:
+        return what
+    return f"{os.fsdecode(exc.filename)}: {what}"
+
 
 class FermipipeError(Exception):
     """Base class of all errors raised on purpose by fermipipe."""

@@ -7,6 +7,8 @@ config hash and one HISTORY line per input), so the provenance travels with the 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from fermipipe import __version__
+from fermipipe.fits.keywords import ascii_text
+from fermipipe.fits.writing import temporary_name
 
 
 @dataclass(frozen=True)
@@ -62,20 +66,38 @@ def sidecar_path(product: Path) -> Path:
     return product.with_name(product.name + ".manifest.json")
 
 
-def read_manifest(product: Path) -> Manifest | None:
-    """The manifest beside ``product``, or None when absent or unreadable."""
+def read_manifest(product: Path, *, check_product: bool = False) -> Manifest | None:
+    """The manifest beside ``product``, or None when absent or unreadable.
+
+    With ``check_product`` also None unless ``product`` exists with the sha256 the manifest
+    records: a sidecar left by a writer killed before its product's rename is stale.
+    """
     try:
-        return Manifest.from_json(sidecar_path(product).read_text())
+        manifest = Manifest.from_json(sidecar_path(product).read_text())
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    if check_product:
+        try:
+            with open(product, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            return None
+        if digest != manifest.product_sha256:
+            return None
+    return manifest
 
 
 def write_manifest(product: Path, manifest: Manifest) -> Path:
-    """Write the JSON sidecar atomically."""
+    """Write the JSON sidecar atomically (temporary name with the writer's PID, renamed)."""
     path = sidecar_path(product)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 
@@ -91,10 +113,11 @@ def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
     ]
     for item in manifest.inputs:
         # One 72-character HISTORY card per input: the source name and a hash prefix.
-        text = f"fermipipe input {item.sha256[:12]} {item.source}"
+        text = f"fermipipe input {item.sha256[:12]} {ascii_text(item.source)}"
         cards.append(("HISTORY", text[:72], ""))
     for file_id, why in manifest.left_out.items():
-        cards.append(("HISTORY", f"fermipipe left out {file_id}: {why}"[:400], ""))
+        left = ascii_text(f"fermipipe left out {file_id}: {why}")
+        cards.append(("HISTORY", left[:400], ""))
     return cards
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,11 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from fermipipe.cache import sha256_file
-from fermipipe.errors import ToolError
+from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
+from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
-from fermipipe.fits.keywords import set_card
-from fermipipe.fits.writing import atomic_output
+from fermipipe.fits.keywords import ascii_text, set_card
+from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation
 
@@ -62,10 +61,14 @@ class MergeInfo:
 
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """``atomic_output`` into a directory made if needed (the output folder may be new)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        yield Path(tmp)
+    """``atomic_output`` into a directory made if needed (the output folder may be new);
+    a failed write (a full disk) is one line naming the product, the temporary removed."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            yield Path(tmp)
+    except OSError as exc:
+        raise ToolError("merge", f"cannot write the product: {os_error_text(exc)}") from None
 
 
 def annotate(hdul: fits.HDUList, left_out: Mapping[str, str], n_inputs: int, how: str) -> None:
@@ -79,7 +82,7 @@ def annotate(hdul: fits.HDUList, left_out: Mapping[str, str], n_inputs: int, how
     header["NLEFTOUT"] = (len(left_out), "input files left out of this merge")
     header.add_history(f"fermipipe {how} of {n_inputs} files")
     for file_id, reason in sorted(left_out.items()):
-        header.add_history(f"fermipipe left out {file_id}: {reason}")
+        header.add_history(ascii_text(f"fermipipe left out {file_id}: {reason}"))
 
 
 def _annotate_file(
@@ -89,7 +92,7 @@ def _annotate_file(
     with fits.open(path, mode="update") as hdul:
         annotate(hdul, left_out, n_inputs, how)
         if "FILENAME" in hdul[0].header:  # the tool wrote its scratch name there
-            hdul[0].header["FILENAME"] = name
+            hdul[0].header["FILENAME"] = ascii_text(name)
 
 
 # ----------------------------------------------------------------------- image_sum
@@ -229,6 +232,15 @@ def _add(acc: Pixels, pixels: Pixels) -> None:
         acc += pixels
 
 
+def _verified(path: Path) -> Path:
+    """``path``, re-verified if it is a product-store object (merge inputs come from there):
+    a stored product edited after it was stored never goes into a merge."""
+    try:
+        return verify_stored(path)
+    except StoreObjectDamagedError as exc:
+        raise ToolError("merge", str(exc)) from None
+
+
 def _open(path: Path) -> fits.HDUList:
     try:
         return fits.open(path, memmap=True)
@@ -253,6 +265,7 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
         ref = _reference(template, Path(first))
     acc: Pixels | None = None
     for path in map(Path, inputs):
+        _verified(path)
         with _open(path) as hdul:
             _check(ref, hdul, path)
             pixels = _pixels(ref, hdul)
@@ -291,6 +304,8 @@ def image_sum(
     *,
     left_out: Mapping[str, str] | None = None,
     partials: Sequence[Path] | None = None,
+    manifest: Manifest | None = None,
+    how: str = "image_sum",
 ) -> MergeInfo:
     """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
 
@@ -304,11 +319,16 @@ def image_sum(
     the pixels are the sum of the parts; headers, GTIs and the summed keywords are still read
     from every input, in order, so the product is the same either way (summed keywords in
     the same order of additions: an incremental merge stays equal to a full one).
+    With ``manifest`` the product appears with its manifest cards and sidecar, together
+    (:func:`_commit_manifest`).
     """
     left_out = dict(left_out or {})
     if not inputs:
         raise ToolError("image_sum", "no input files to merge", str(output))
     paths = [Path(p) for p in inputs]
+    if not partials:  # with partials, each part verified its inputs
+        for path in paths:
+            _verified(path)
     first = paths[0]
     with _open(first) as hdul:
         template = fits.HDUList([hdu.copy() for hdu in hdul])
@@ -382,9 +402,10 @@ def image_sum(
                 h["TELAPSE"] = float(h["TSTOP"]) - float(h["TSTART"])
     annotate(template, left_out, len(paths), "image_sum")
     if "FILENAME" in template[0].header:
-        template[0].header["FILENAME"] = Path(output).name
+        template[0].header["FILENAME"] = ascii_text(Path(output).name)
     with _atomic(Path(output)) as tmp:
         template.writeto(tmp, checksum=True, overwrite=True)
+        _commit_manifest(tmp, Path(output), manifest, how)
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
     return MergeInfo(Path(output), len(paths), left_out, ontime, exposure)
@@ -422,6 +443,8 @@ def next_level(
     """
     jobs: list[PairJob] = []
     upper: list[Path] = []
+    for path in level:  # the first level's inputs are store objects
+        _verified(Path(path))
     for i in range(0, len(level) - 1, 2):
         suffix = "".join(Path(level[i]).suffixes[-1:]) or ".fits"
         out = scratch / f"{name}-L{depth}-{i // 2}{suffix}"
@@ -458,13 +481,22 @@ def pair_invocation(
 
 
 def finish(
-    final: Path, output: Path, left_out: Mapping[str, str], n_inputs: int, how: str
+    final: Path,
+    output: Path,
+    left_out: Mapping[str, str],
+    n_inputs: int,
+    how: str,
+    *,
+    manifest: Manifest | None = None,
 ) -> MergeInfo:
-    """Move (or copy, for a single original input) ``final`` to ``output``, annotated."""
+    """Move (or copy, for a single original input) ``final`` to ``output``, annotated; with
+    ``manifest``, together with its manifest (:func:`_commit_manifest`)."""
     output = Path(output)
+    _verified(Path(final))  # a single input is copied straight from the store
     with _atomic(output) as tmp:
         shutil.copyfile(final, tmp)
         _annotate_file(tmp, left_out, n_inputs, how, output.name)
+        _commit_manifest(tmp, output, manifest, how)
     return MergeInfo(output, n_inputs, dict(left_out))
 
 
@@ -487,7 +519,11 @@ def use_ftmerge(engine: Engine) -> bool:
 
 
 def native_event_merge(
-    inputs: Sequence[Path], output: Path, *, left_out: Mapping[str, str] | None = None
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    left_out: Mapping[str, str] | None = None,
+    manifest: Manifest | None = None,
 ) -> MergeInfo:
     """Concatenate event files with a GTI union through ``fermipipe.native.evmerge``."""
     from fermipipe.native.evmerge import merge_event_files
@@ -496,10 +532,12 @@ def native_event_merge(
     output = Path(output)
     if not inputs:
         raise ToolError("ftmerge", "no input files to merge", str(output))
-    scratch = output.with_name(f".{output.stem}.evmerge-{uuid.uuid4().hex[:8]}{output.suffix}")
+    scratch = temporary_name(output)  # a dead writer's scratch is found by its PID
+    for path in inputs:
+        _verified(Path(path))
     try:
         merge_event_files([Path(p) for p in inputs], scratch)
-        return finish(scratch, output, left_out, len(inputs), "event merge")
+        return finish(scratch, output, left_out, len(inputs), "event merge", manifest=manifest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
@@ -521,6 +559,49 @@ _OWN_KEYS = (
 )
 
 
+def _stamp_cards(path: Path, manifest: Manifest, how: str) -> None:
+    """The manifest's cards into the primary header of the (temporary) file ``path``."""
+    with fits.open(path, mode="update") as hdul:
+        header = hdul[0].header
+        for key in _OWN_KEYS:
+            header.remove(key, ignore_missing=True, remove_all=True)
+        own = [
+            i
+            for i, card in enumerate(header.cards)
+            if card.keyword == "HISTORY" and str(card.value).startswith("fermipipe ")
+        ]
+        for i in reversed(own):
+            del header[i]
+        # Every fermipipe HISTORY line fits one card (72 characters), so that removing
+        # the lines starting with "fermipipe " removes them whole (a longer value would
+        # continue on cards that do not); the sidecar has the full text.
+        header["NMERGED"] = (len(manifest.inputs), "number of files merged by fermipipe")
+        header["NLEFTOUT"] = (len(manifest.left_out), "input files left out of this merge")
+        header.add_history(f"fermipipe {how} of {len(manifest.inputs)} files"[:72])
+        for key, value, comment in header_cards(manifest):
+            if key == "HISTORY":
+                header.add_history(str(value)[:72])
+            else:  # a long value (a product's long name) leaves less room for the
+                # comment: cut it as cfitsio does, not with astropy's VerifyWarning
+                set_card(header, key, value, comment, replace_comment=True)
+
+
+def _commit_manifest(tmp: Path, product: Path, manifest: Manifest | None, how: str) -> None:
+    """Before the finished temporary ``tmp`` is renamed to ``product``: stamp the manifest
+    into it and put its sidecar in place (written under a temporary name and renamed).
+
+    The product's rename comes last and is the commit point: a reader never sees the new
+    product without its cards and sidecar. A crash just before it leaves at most a sidecar
+    whose ``product_sha256`` is not the product's — stale, and read as absent
+    (``read_manifest(..., check_product=True)``; the incremental merge checks it too).
+    """
+    if manifest is None:
+        return
+    _stamp_cards(tmp, manifest, how)
+    manifest.product_sha256 = sha256_file(tmp)
+    write_manifest(product, manifest)
+
+
 def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
     """Write ``manifest`` into ``product``'s primary header and as its JSON sidecar.
 
@@ -529,33 +610,13 @@ def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
     incremental merge started from) are removed first, so an incremental product's header
     is the one a full merge of the same inputs writes. The sidecar records the final
     product's sha256, so a later run can prove the product is the one its manifest describes.
+    Both are written under temporary names; the product is renamed last
+    (:func:`_commit_manifest`). A new product should rather be written with its manifest in
+    one go (``manifest=`` of :func:`image_sum`, :func:`finish`, :func:`native_event_merge`):
+    then it never exists, even briefly, without it.
     """
     product = Path(product)
     with _atomic(product) as tmp:
         shutil.copyfile(product, tmp)
-        with fits.open(tmp, mode="update") as hdul:
-            header = hdul[0].header
-            for key in _OWN_KEYS:
-                header.remove(key, ignore_missing=True, remove_all=True)
-            own = [
-                i
-                for i, card in enumerate(header.cards)
-                if card.keyword == "HISTORY" and str(card.value).startswith("fermipipe ")
-            ]
-            for i in reversed(own):
-                del header[i]
-            # Every fermipipe HISTORY line fits one card (72 characters), so that removing
-            # the lines starting with "fermipipe " removes them whole (a longer value would
-            # continue on cards that do not); the sidecar has the full text.
-            header["NMERGED"] = (len(manifest.inputs), "number of files merged by fermipipe")
-            header["NLEFTOUT"] = (len(manifest.left_out), "input files left out of this merge")
-            header.add_history(f"fermipipe {how} of {len(manifest.inputs)} files"[:72])
-            for key, value, comment in header_cards(manifest):
-                if key == "HISTORY":
-                    header.add_history(str(value)[:72])
-                else:  # a long value (a product's long name) leaves less room for the
-                    # comment: cut it as cfitsio does, not with astropy's VerifyWarning
-                    set_card(header, key, value, comment, replace_comment=True)
-    manifest.product_sha256 = sha256_file(product)
-    write_manifest(product, manifest)
+        _commit_manifest(tmp, product, manifest, how)
     return product

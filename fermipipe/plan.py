@@ -28,7 +28,7 @@ keep_intermediate=False, workdir=None, root=None, overrides=()) -> (cfg, install
     all validation in one call, before any work (ConfigError → its lines, exit code 2).
 ``tool_invocation(step, file_id, engine, tool, params, *, inputs, outputs, timeout)``
     An Invocation built like the planner's (e.g. a pairwise gtltsum for a merge).
-``discover_inputs(cfg) -> list[Path]``, ``stem_of(path)``, ``week_of(name)``,
+``discover_inputs(cfg) -> (files, rejected)``, ``stem_of(path)``, ``week_of(name)``,
 ``format_param(value)``, ``resolve_engine(...)``, ``expand_command(template, values)``.
 
 Engines of per-file and post-processing invocations:
@@ -60,6 +60,7 @@ Fields added to the original contract (none renamed or removed): ``Invocation.pa
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -82,7 +83,9 @@ from fermipipe.config import (
     structured_output_params,
 )
 from fermipipe.errors import ConfigError, ToolError
+from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS
+from fermipipe.native.param_checks import check_params
 
 if TYPE_CHECKING:
     from fermipipe.fermitools import FermitoolsInstall
@@ -221,6 +224,11 @@ class Plan:
     warnings: tuple[str, ...] = ()
     #: Step name → its engine, for reports.
     engines: dict[str, Engine] = field(default_factory=dict)
+    #: Matches of the input pattern that cannot be used (file name → why): reported and
+    #: listed as left out of every merge, never dropped silently.
+    rejected: dict[str, str] = field(default_factory=dict)
+    #: Things the run does differently from what the config says, and why (one line each).
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,19 +373,37 @@ def expand_command(template: str, values: Mapping[str, str]) -> tuple[str, list[
     return "".join(shell), (words if simple and words else None)
 
 
-def discover_inputs(cfg: PipelineConfig) -> list[Path]:
-    """The input files: sorted glob of ``input.pattern`` in ``input.directory``."""
+def discover_inputs(cfg: PipelineConfig) -> tuple[list[Path], dict[str, str]]:
+    """The input files (sorted glob of ``input.pattern`` in ``input.directory``) and the
+    matches that cannot be used (name → why: a folder, a dangling link, not a FITS file…)."""
     directory = cfg.input.directory
     where = f"{cfg.source}: input"
     if not directory.is_dir():
         raise ConfigError(f"{where}.directory: directory not found: {directory}")
     try:
-        files = glob_files(directory, cfg.input.pattern)
+        matches = glob_files(directory, cfg.input.pattern)
     except ValueError as exc:
         raise ConfigError(f"{where}.pattern: {exc}") from None
+    files: list[Path] = []
+    rejected: dict[str, str] = {}
+    for path in matches:
+        why = not_a_fits_file(path)
+        if why is None:
+            files.append(path)
+        else:
+            rejected[str(path.relative_to(directory))] = why
     if not files:
-        raise ConfigError(f"{where}.pattern: no file matches {cfg.input.pattern!r} in {directory}")
-    return files
+        found = (
+            f" ({len(rejected)} match(es), none usable: "
+            + "; ".join(f"{name}: {why}" for name, why in list(rejected.items())[:3])
+            + ")"
+            if rejected
+            else ""
+        )
+        raise ConfigError(
+            f"{where}.pattern: no file matches {cfg.input.pattern!r} in {directory}{found}"
+        )
+    return files, rejected
 
 
 def _file_ids(files: Iterable[Path]) -> list[str]:
@@ -404,6 +430,12 @@ class _Ctx:
     warnings: list[str]
 
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, where: str, message: str) -> None:
+        text = f"{where}: {message}"
+        if text not in self.notes:
+            self.notes.append(text)
 
     def fail(self, where: str, message: str) -> None:
         """Record a problem: an error (all raised together by build_plan), or a warning
@@ -568,7 +600,14 @@ def _render_step(
         engine, problem = resolve_engine(requested, tool, ctx.install)
         if problem:
             ctx.fail(label, problem)
+        templated = {
+            k for k, v in step_cfg.params.items() if isinstance(v, str) and placeholders(v)
+        }
+        for line in check_params(tool, params, templated | set(step_cfg.inputs)):
+            key, _, message = line.partition(": ")
+            ctx.fail(f"{where}.params.{key}", message)
         if engine == "native":
+            _check_irfs(ctx, where, tool, params)
             return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, where, tool, params, per_key=True)
         argv = _fermitools_argv(tool, params)
@@ -587,6 +626,25 @@ def _render_step(
     except ValueError as exc:
         ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc}")
         return make("shell", {}, shell=step_cfg.command)
+    equivalent = _script_equivalent(ctx, words, root)
+    if equivalent is not None:
+        why, tool = equivalent
+        ctx.note(label, f"{why}: runs as the native {tool} (same parameters and product)")
+        try:
+            params = _parse_words(tool, (words or [])[2:])
+        except ToolError as exc:
+            ctx.errors.append(f"{ctx.cfg.source}: {where}.command: {exc.detail}")
+            params = {}
+        for line in check_params(tool, params, set()):
+            ctx.fail(f"{where}.command", line)
+        params = _rooted_files(tool, params, root)
+        _check_irfs(ctx, f"{where}.command", tool, params)
+        inputs = {
+            used: file_roles[used]
+            for used in placeholders(step_cfg.command)
+            if used in file_roles and used not in outputs
+        }
+        return make("native", inputs, tool=tool, params=params)
     _check_scripts(ctx, f"{where}.command", words, root)
     inputs = {
         used: file_roles[used]
@@ -617,8 +675,12 @@ def _render_step(
                 return make("native", inputs, tool=tool, params={})
             # Positional arguments (ftools style): run it as written, through the shell.
             return make_cmd("shell", inputs, tool=tool, shell=shell)
+        for line in check_params(tool, params, set()):
+            ctx.fail(f"{where}.command", line)
         if engine == "native":
-            return make("native", inputs, tool=tool, params=_rooted_files(tool, params, root))
+            params = _rooted_files(tool, params, root)
+            _check_irfs(ctx, f"{where}.command", tool, params)
+            return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
         argv = _fermitools_argv(words[0], params)
         return make_cmd("fermitools", inputs, tool=tool, params=params, argv=argv)
@@ -628,6 +690,54 @@ def _render_step(
 
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
+
+#: The existing runner's own post-processing scripts (its ``scripts/``) and the native tool
+#: that does the same: ``parallel_expcube.py`` runs gtexpcube2 per energy plane and stacks
+#: the planes (identical to one gtexpcube2 run, its author verified); ``hpx_divide.py``
+#: divides a HEALPix counts map by a HEALPix exposure (positional: counts exposure flux).
+SCRIPT_EQUIVALENTS: dict[str, str] = {
+    "parallel_expcube.py": "gtexpcube2",
+    "hpx_divide.py": "hpx_divide",
+}
+
+
+def _script_equivalent(ctx: _Ctx, words: list[str] | None, root: Path) -> tuple[str, str] | None:
+    """(why, native tool) when a command runs one of :data:`SCRIPT_EQUIVALENTS` that is
+    absent, or that needs Fermitools this machine does not have; None: run it as written."""
+    if not words or len(words) < 2 or not _PYTHON.match(PurePath(words[0]).name):
+        return None
+    script = PurePath(words[1]).name
+    tool = SCRIPT_EQUIVALENTS.get(script)
+    if tool is None:
+        return None
+    path = Path(words[1]) if Path(words[1]).is_absolute() else root / words[1]
+    if not path.is_file():
+        return f"{path} is not here", tool
+    if tool == "gtexpcube2" and not _install_has(ctx.install, "gtexpcube2"):
+        return f"{script} needs the Fermitools' gtexpcube2, not installed here", tool
+    return None
+
+
+def _check_irfs(ctx: _Ctx, where: str, tool: str, params: Mapping[str, str]) -> None:
+    """A native exposure or PSF tool's IRF must be in the CALDB: checked now (one line
+    naming the IRF and where it looked), not when the merges are done."""
+    if tool not in ("gtexpcube2", "gtpsf"):
+        return
+    irfs = params.get("irfs", "").strip()
+    if not irfs or irfs.upper() == "CALDB":
+        return
+    from fermipipe.errors import FermipipeError
+    from fermipipe.irf.caldb import resolve_irf
+
+    try:
+        evtype_text = params.get("evtype", "").strip()
+        evtype = int(float(evtype_text)) if evtype_text not in ("", "INDEF") else None
+    except ValueError:
+        return  # check_params has said what is wrong with it
+    try:
+        resolve_irf(irfs, evtype, params.get("caldb") or ctx.cfg.caldb)
+    except FermipipeError as exc:
+        ctx.fail(where, str(exc))
 
 
 def _check_scripts(ctx: _Ctx, where: str, words: list[str] | None, root: Path) -> None:
@@ -652,14 +762,13 @@ def _rooted_files(tool: str, params: dict[str, str], root: Path) -> dict[str, st
     out = dict(params)
     for key, value in params.items():
         text = value.strip()
-        if (
-            key in files
-            and text
-            and text.upper() not in ("INDEF", "NONE")
-            and not text.startswith("@")
-            and not Path(text).is_absolute()
-        ):
-            out[key] = os.path.normpath(root / text)
+        bang = "!" if text.startswith("!") else ""  # ftools' "overwrite" prefix
+        path = text.removeprefix("!")
+        if not path or path.startswith("@") or Path(path).is_absolute():
+            continue
+        relative = path.startswith(("./", "../"))
+        if relative or (key in files and ("/" in path or looks_like_fits_name(Path(path)))):
+            out[key] = bang + os.path.normpath(root / path)
     return out
 
 
@@ -710,7 +819,7 @@ def build_plan(
     ctx = _Ctx(cfg, fermitools, allow_missing_tools, [])
     work = Path(workdir) if workdir is not None else cfg.output.workdir
     outdir = cfg.output.directory
-    files = discover_inputs(cfg)
+    files, rejected = discover_inputs(cfg)
     ids = _file_ids(files)
     keep_steps, keep_merges, keep_posts = _select(cfg, only_steps)
 
@@ -856,6 +965,7 @@ def build_plan(
         if post.name in keep_posts:
             posts.append(inv)
 
+    _check_products(ctx, files, merges, cfg.post_processing, posts, file_plans)
     if ctx.errors:
         raise ConfigError(*ctx.errors)
     return Plan(
@@ -867,7 +977,74 @@ def build_plan(
         tuple(after_merge_cleanup),
         tuple(ctx.warnings),
         engines,
+        rejected,
+        tuple(ctx.notes),
     )
+
+
+def _real(path: Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved, even where it does not exist yet."""
+    return Path(os.path.realpath(path))
+
+
+def _check_products(
+    ctx: _Ctx,
+    inputs: list[Path],
+    merges: list[MergePlan],
+    post_cfgs: Iterable[PostStepConfig],
+    posts: list[Invocation],
+    file_plans: list[FilePlan],
+) -> None:
+    """No product, kept copy or log may be written onto an input, a common file, a file the
+    input pattern would pick up, or into the cache store; a merge's ``output_file`` stays in
+    the run root or the output folder. Real paths are compared, so symlinks and ``..`` do not
+    get around it. (Files an existing-form post command writes are not declared: they
+    cannot be checked.)"""
+    cfg = ctx.cfg
+    protected = {_real(p): "an input file" for p in inputs}
+    protected.update({_real(p): f"common file {k!r}" for k, p in cfg.common_files.items()})
+    for step in (*cfg.steps, *cfg.post_processing):
+        for key, value in step.inputs.items():
+            if not placeholders(value):
+                protected[_real(Path(value))] = f"the input {key!r} of step {step.name!r}"
+    for fp in file_plans:  # what each step reads that no step makes (e.g. a weekly FT2)
+        made = {Path(p) for inv in fp.chain for p in inv.outputs.values()}
+        for inv in fp.chain:
+            for key, value in inv.inputs.items():
+                if Path(value) not in made:
+                    protected.setdefault(_real(Path(value)), f"the input {key!r} of {inv.step}")
+    input_dir, store = _real(cfg.input.directory), _real(cfg.cache_root)
+    root, outdir = _real(cfg.root), _real(cfg.output.directory)
+
+    def check(where: str, path: Path) -> None:
+        real = _real(path)
+        if real in protected:
+            ctx.fail(where, f"{path} would overwrite {protected[real]}")
+        elif real.is_relative_to(store):
+            ctx.fail(where, f"{path} is inside the cache store {cfg.cache_root}")
+        elif real.is_relative_to(input_dir) and fnmatch.fnmatch(
+            str(real.relative_to(input_dir)), cfg.input.pattern
+        ):
+            ctx.fail(where, f"{path} matches input.pattern: the next run would read it")
+        elif real.is_dir():
+            ctx.fail(where, f"{path} is a folder")
+
+    for i, merge in enumerate(cfg.merging):
+        where = f"merging[{i}].output_file"
+        target = cfg.merge_output(merge.output_file)
+        if not Path(merge.output_file).is_absolute() and not (
+            _real(target).is_relative_to(root) or _real(target).is_relative_to(outdir)
+        ):
+            ctx.fail(where, f"{merge.output_file!r} leads out of the run root and output folder")
+        check(where, target)
+    for i, post in enumerate(post_cfgs):
+        for out, template in post.outputs.items():
+            check(f"post_processing[{i}].outputs.{out}", cfg.output.directory / template)
+    for fp in file_plans:
+        for _src, dest in fp.keep:
+            check(f"{fp.file_id}: kept output", dest)
+    check("output.directory (logs)", cfg.output.directory / "logs" / "x.log")
+    del merges, posts  # the config's own entries are checked (their planned paths agree)
 
 
 def render_dry_run(plan: Plan) -> str:
@@ -882,6 +1059,10 @@ def render_dry_run(plan: Plan) -> str:
     lines.append(f"# products: {plan.outdir}")
     for warning in plan.warnings:
         lines.append(f"# WARNING: {warning}")
+    for note in plan.notes:
+        lines.append(f"# NOTE: {note}")
+    for name, why in plan.rejected.items():
+        lines.append(f"# LEFT OUT: {name}: {why}")
     for fp in plan.files:
         lines.append("")
         week = f" week {fp.week}" if fp.week else ""
@@ -957,6 +1138,7 @@ def prepare(
     skip_merge: bool = False,
     skip_post: bool = False,
     keep_intermediate: bool = False,
+    verify_cache: bool = False,
     workdir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     root: Path | None = None,
@@ -981,7 +1163,7 @@ def prepare(
     except ConfigError as exc:
         if not problems:  # a bad prefix is already among the config's problems
             problems.append(f"{cfg.source}: {exc}")
-    choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate)
+    choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate, verify_cache)
     try:
         plan = build_plan(
             cfg,

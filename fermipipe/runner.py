@@ -45,6 +45,12 @@ from typing import IO, Any, Literal
 from fermipipe.errors import EmptyProductError, FermipipeError, ToolError
 from fermipipe.fermitools import private_env
 from fermipipe.plan import Invocation
+from fermipipe.tool_groups import (
+    group_members,
+    parent_death_preexec,
+    reaper,
+    write_group_record,
+)
 
 Status = Literal["ok", "empty", "failed", "skipped"]
 
@@ -348,21 +354,9 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return True
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...: comm may contain spaces, so split after ")".
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return pgid in group_members()
 
 
 def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:
@@ -446,6 +440,9 @@ TRANSIENT_MARKERS: tuple[str, ...] = (
     "Connection reset",
     "Device or resource busy",
     "Too many open files",
+    # A full disk is the machine's state, not the data's: retried (space may be freed).
+    "No space left on device",
+    "Disk quota exceeded",
 )
 
 
@@ -601,8 +598,19 @@ def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) ->
             capture.line("stdout", message)
         result.status = "ok"
         result.outputs = {name: str(path) for name, path in inv.outputs.items()}
+        _mark_empty(inv, result)  # the same rule as for the Fermitools, below
     result.stderr_tail = list(capture.tail)
     return result
+
+
+def _mark_empty(inv: Invocation, result: StepResult) -> None:
+    """An event list with no rows makes the file ``empty`` (left out of merges), whichever
+    engine wrote it."""
+    for name, path in inv.outputs.items():
+        if _empty_event_table(Path(path)):
+            result.status = "empty"
+            result.error = f"no events selected ({name} has 0 rows)"
+            return
 
 
 def _run_subprocess(
@@ -656,11 +664,7 @@ def _run_subprocess(
         )
         return result
     result.outputs = {name: str(path) for name, path in inv.outputs.items()}
-    for name, path in inv.outputs.items():
-        if _empty_event_table(Path(path)):
-            result.status = "empty"
-            result.error = f"no events selected ({name} has 0 rows)"
-            break
+    _mark_empty(inv, result)
     return result
 
 
@@ -696,6 +700,9 @@ def _execute(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: killable as a whole
+                # SIGKILL when this thread dies: it supervises the tool until it is reaped,
+                # so it outlives it unless the pipeline itself dies (tool_groups, layer 1).
+                preexec_fn=parent_death_preexec(),
             )
         except OSError as exc:
             result.error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
@@ -730,6 +737,10 @@ def _supervise(
     with _PROCS_LOCK:
         _PROCS[pgid] = proc
         _PROC_DIRS[pgid] = Path(cwd).resolve()
+    # If this process dies now, the reaper kills the group, and the next run finds the
+    # record in the dead run's folder (tool_groups, layers 2 and 3).
+    reaper().add(pgid)
+    write_group_record(cwd, pgid)
     timed_out = False
     try:
         if _SHUTDOWN.is_set():  # kill_all ran between our check and the registration
@@ -746,6 +757,7 @@ def _supervise(
         # reused, so killing what it left behind in its group cannot hit another process.
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         _signal_group(pgid, signal.SIGKILL)
+        reaper().discard(pgid)  # before the reaping frees the id for reuse
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         # wait4's rusage covers the child and every descendant it reaped (a shell's tool).
@@ -756,6 +768,7 @@ def _supervise(
             _PROC_DIRS.pop(pgid, None)
         if proc.returncode is None:  # an exception on the way: leave nothing running
             _signal_group(pgid, signal.SIGKILL)
+            reaper().discard(pgid)
             proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:

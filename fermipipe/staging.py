@@ -3,7 +3,8 @@
 Lifecycle, owned by the flow's work subflow (and, for node-local chains on a Dask cluster,
 by each chain on its worker's node):
 1. :func:`cleanup_orphans` removes folders left by runs that were killed (their owner process
-   is gone), so a crash never leaks RAM-disk memory for long.
+   is gone), so a crash never leaks RAM-disk memory for long; tool process groups still
+   running there are killed first (:func:`fermipipe.tool_groups.kill_leftover_groups`).
 2. :func:`choose_workdir` checks ``MemAvailable`` and the free space of the RAM-disk path
    against the estimated need and falls back to a disk folder, with a reason, when either is
    short.
@@ -21,6 +22,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from fermipipe.fits.writing import atomic_output, pid_alive
+from fermipipe.tool_groups import kill_leftover_groups
 
 MARKER = ".fermipipe-owner.json"
 PREFIX = "fermipipe-"
@@ -83,16 +87,6 @@ def choose_workdir(
         )
     return WorkdirChoice(Path(ram_disk_path), True, f"RAM disk {ram_disk_path}")
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -116,8 +110,11 @@ def cleanup_orphans(root: Path) -> list[Path]:
             except OSError:
                 continue
             owner = {"host": host, "pid": -1}
-        if owner.get("kept") or owner.get("host") != host or _pid_alive(int(owner.get("pid", -1))):
+        if owner.get("kept") or owner.get("host") != host or pid_alive(int(owner.get("pid", -1))):
             continue  # kept on request (--keep-intermediate), another host's, or in use
+        # Its tools may outlive it (the reaper was killed too): they would keep writing
+        # into the folder being removed, so their process groups go first.
+        kill_leftover_groups(folder)
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
@@ -155,9 +152,8 @@ class StagingArea:
         dest_dir = self.path / subdir if subdir else self.path
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / Path(src).name
-        tmp = dest_dir / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(src, tmp)
         return dest
 
 

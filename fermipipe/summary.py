@@ -86,6 +86,8 @@ class RunSummary:
     message: str = ""
     #: The config's ``science_models`` (references for a later likelihood stage).
     science_models: dict[str, Any] = field(default_factory=dict)
+    #: Matches of the input pattern that could not be used (name → why): left out.
+    rejected: dict[str, str] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- derived views
 
@@ -212,6 +214,7 @@ class RunSummary:
             "merge_note": self.merge_note,
             "merges": [asdict(m) for m in self.merges],
             "science_models": dict(self.science_models),
+            "rejected_inputs": dict(self.rejected),
             "per_file": [
                 {
                     "file": f.file_id,
@@ -295,6 +298,9 @@ class RunSummary:
             for row in self.failure_table():
                 lines.append(f"| `{row['file']}` | {row['step']} | {_cell(row['reason'])} |")
             lines += ["", "(their last stderr lines: the `fermipipe-failures` table artifact)"]
+        if self.rejected:
+            lines += ["", "## Inputs that could not be used (left out)", ""]
+            lines += [f"- `{name}`: {why}" for name, why in self.rejected.items()]
         empties = [f for f in self.files if f.status == "empty"]
         if empties:
             lines += ["", "## Empty files (left out of merges)", ""]

@@ -47,13 +47,6 @@ from fermipipe.slices import (
 from fermipipe.summary import FileSummary
 from tasks.steps import BULK_INPUTS, StepCache, cached_chains, get_store, result_from_store
 
-CACHE_DIRNAME = ".fermipipe-cache"
-
-
-def cache_root(cfg: PipelineConfig) -> Path:
-    """``cache.directory``, else ``<output.directory>/.fermipipe-cache``."""
-    return Path(cfg.cache.directory or cfg.output.directory / CACHE_DIRNAME)
-
 
 @dataclass
 class CacheSetup:
@@ -100,12 +93,21 @@ def open_cache(
     install: FermitoolsInstall | None,
     keep: bool = False,
     stage_inputs: bool = False,
+    verify: bool = False,
 ) -> CacheSetup | None:
-    """Keys and decisions for every file (None when ``cache.enabled`` is false)."""
+    """Keys and decisions for every file (None when ``cache.enabled`` is false).
+
+    Temporaries that killed writers left in the store are removed first. ``verify``
+    (``--verify-cache``): every stored file is re-hashed now, damaged entries are removed
+    (and so recomputed), and every lookup of this run re-hashes what it returns."""
     if not cfg.cache.enabled:
         return None
-    root = cache_root(cfg)
+    root = cfg.cache_root
     store = get_store(str(root / "store"))
+    store.remove_dead_temporaries()
+    if verify:
+        store.verify = True
+        store.verify_all()
     setup = CacheSetup(root, store, store.hashes, install.version if install else None)
     setup.stage_inputs = stage_inputs
     if not cfg.resources.ltcube_cache.enabled:
@@ -469,6 +471,10 @@ def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSumm
         summary = FileSummary(fp.file_id, str(fp.input), "ok")
         for result in steps:
             if result.status == "skipped":
+                # A stored step is remembered as skipped only after an empty earlier step
+                # (failures are never stored): the file is empty, as when it first ran.
+                if summary.status == "ok":
+                    summary.status, summary.error = "empty", result.error
                 continue
             summary.steps.append(result)
             summary.cached_steps.append(result.step)
@@ -552,4 +558,4 @@ def make_slice(ft2: Path, events: TimeRange, store: ProductStore | None, folder:
 
 def slice_store(cfg: PipelineConfig) -> ProductStore | None:
     """The store slices are kept in (None when the cache is disabled)."""
-    return get_store(str(cache_root(cfg) / "store")) if cfg.cache.enabled else None
+    return get_store(str(cfg.cache_root / "store")) if cfg.cache.enabled else None

@@ -37,6 +37,11 @@ def add_flow_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--summary-json", help="write a machine-readable run summary here")
     parser.add_argument(
+        "--verify-cache",
+        action="store_true",
+        help="re-hash every cache-store object before it is used (slow; finds edited files)",
+    )
+    parser.add_argument(
         "--root",
         help="run root: ${root:...} and relative paths in commands and merge outputs "
         "(default: the current directory)",
@@ -74,7 +79,7 @@ def flow_parameters(args: argparse.Namespace, config: str | None) -> dict[str, A
         params["config"] = str(Path(config).resolve())
     if args.steps:
         params["steps"] = [s for s in args.steps.split(",") if s]
-    for flag in ("skip_merge", "skip_post", "keep_intermediate"):
+    for flag in ("skip_merge", "skip_post", "keep_intermediate", "verify_cache"):
         if getattr(args, flag):
             params[flag] = True
     if args.workers is not None:
@@ -115,6 +120,7 @@ def load_and_plan(
     skip_merge: bool = False,
     skip_post: bool = False,
     keep_intermediate: bool = False,
+    verify_cache: bool = False,
     root: str | None = None,
     settings: Sequence[str] = (),
     dry_run: bool = False,
@@ -127,6 +133,7 @@ def load_and_plan(
         skip_merge=skip_merge,
         skip_post=skip_post,
         keep_intermediate=keep_intermediate,
+        verify_cache=verify_cache,
         root=Path(root) if root else None,
         overrides=settings,
     )

@@ -46,6 +46,7 @@ if __name__ == "__main__":  # config errors and --dry-run: answered before Prefe
         sys.exit(f"fermipipe: {_exc} (or run with --ephemeral)")
 
 import contextlib
+import os
 import re
 import shutil
 import time
@@ -74,6 +75,8 @@ from fermipipe import native, runner
 from fermipipe.cache import sha256_file
 from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.fermitools import FermitoolsInstall, locate
+from fermipipe.fits.writing import remove_dead_temporaries
+from fermipipe.manifest import Manifest
 from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
@@ -118,6 +121,7 @@ class ProductOptions:
     skip_post: bool = False
     keep_intermediate: bool = False
     cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
+    on_failure: str = "stop"  # a merge with no input fails the run unless "skip"
 
 
 @dataclass
@@ -147,6 +151,7 @@ def fermi_pipeline(
     summary_json: str | None = None,
     root: str | None = None,
     settings: list[str] | None = None,
+    verify_cache: bool = False,
 ) -> RunSummary | State:
     """Run the pipeline described by the YAML file ``config`` (a path: parameters stay small).
 
@@ -158,6 +163,7 @@ def fermi_pipeline(
         skip_merge=skip_merge,
         skip_post=skip_post,
         keep_intermediate=keep_intermediate,
+        verify_cache=verify_cache,
         root=root,
         settings=settings or (),
     )
@@ -168,10 +174,18 @@ def fermi_pipeline(
         workers=n_workers,
         started=time.time(),
         science_models=dict(cfg.science_models),
+        rejected=dict(plan.rejected),
     )
+    logger = get_run_logger()
+    for name, why in plan.rejected.items():
+        logger.warning("input %s left out: %s", name, why)
+    for note in plan.notes:
+        logger.info("%s", note)
+    if cfg.caldb is not None:  # native gtexpcube2/gtpsf here, and the Fermitools' tools
+        os.environ["CALDB"] = str(cfg.caldb)
     # Created here, so that it belongs to this (the main) flow run, where a person looks;
     # the work subflow counts every file into it, cache hits included.
-    progress = Progress(len(plan.files), logger=get_run_logger())
+    progress = Progress(len(plan.files), logger=logger)
     run_work(WorkRequest(cfg, plan, choices, n_workers, progress), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
@@ -267,7 +281,12 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
         )
         if cfg.resources.slice_scfile:  # mission FT2 → per-week slices
             plan = apply_slices(plan, slice_store(cfg), logger)
-        cache = open_cache(cfg, plan, install, keep, staging.choice.on_ram_disk)
+        cache = open_cache(
+            cfg, plan, install, keep, staging.choice.on_ram_disk, choices.verify_cache
+        )
+        # Temporaries of writers killed mid-write (a merge, a kept copy) are removed.
+        for folder in {plan.outdir, *(m.output.parent for m in plan.merges)}:
+            remove_dead_temporaries(folder)
         run = open_run(plan, n_workers, install)
     except BaseException:
         close_staging(staging)
@@ -319,10 +338,13 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
                 choices.skip_post,
                 keep,
                 product_cache(cfg, plan, cache),
+                cfg.on_failure,
             )
             products = products_flow(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
+        if not summary.merges and not summary.post:  # products_flow did not run
+            clean_workdir(plan, summary.files, keep, ProductsOutcome(), logger)
         if summary.merge_note:
             logger.warning(summary.merge_note)
         relocate_outputs(plan, summary.files)
@@ -693,7 +715,7 @@ def merge_sources(
     """
     by_id = {f.file_id: f for f in files}
     inputs: list[tuple[str, Path]] = []
-    left_out: dict[str, str] = {}
+    left_out: dict[str, str] = {name: f"not used: {why}" for name, why in plan.rejected.items()}
     for fp, path in zip(plan.files, merge.inputs, strict=True):
         f = by_id[fp.file_id]
         if f.status == "ok":
@@ -715,8 +737,15 @@ def run_merge(
     inputs = [path for _id, path in sources]
     out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
     if not inputs:
-        out.status, out.error = "skipped", "no file produced an input for this merge"
-        get_run_logger().warning("merge %s: %s", merge.name, out.error)
+        # Nothing to merge (every file failed or was empty) is a failed run, not a quiet
+        # success without its product; on_failure: skip asks for a loud warning instead.
+        out.error = f"merge {merge.name!r} got no input: no file produced {{{merge.output_name}}}"
+        if opts.on_failure == "skip":
+            out.status = "skipped"
+            get_run_logger().warning("%s (on_failure: skip)", out.error)
+        else:
+            out.status = "failed"
+            get_run_logger().error(out.error)
         return out
     t0 = time.perf_counter()
     decision = (
@@ -732,16 +761,19 @@ def run_merge(
             if decision.mode == "incremental":  # previous product + the new inputs only
                 paths = dict(sources)
                 todo = [Path(merge.output), *(paths[i] for i in decision.add)]
+        # The product and its manifest are written together (the product renamed last), so
+        # a kill never leaves one without the other.
+        manifest = decision.manifest if decision is not None else None
         if out.mode == "up_to_date":
             pass  # the product and its manifest already cover exactly these inputs
         elif merge.strategy == "hierarchical":
-            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run)
+            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run, manifest)
         elif merge.strategy == "image_sum":
-            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run)
+            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run, manifest)
         else:
-            _info, _wall, out.cpu_seconds = merge_all(merge, todo, left_out, run=opts.run)
-        if decision is not None and out.mode != "up_to_date":
-            merging.stamp_manifest(merge.output, decision.manifest, merge_how(merge))
+            _info, _wall, out.cpu_seconds = merge_all(
+                merge, todo, left_out, run=opts.run, manifest=manifest
+            )
     except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
         out.status, out.error = "failed", str(exc).splitlines()[0]
         get_run_logger().error("merge %s failed: %s", merge.name, exc)
@@ -796,7 +828,11 @@ MIN_PER_PART = 4
 
 
 def parallel_image_sum(
-    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
 ) -> float:
     """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
     one task that adds the parts and writes the product. Few inputs, one worker or
@@ -804,7 +840,7 @@ def parallel_image_sum(
     workers = runner.get_run(run).pool.total if merge.parallel else 1
     parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
     if len(parts) < 2:
-        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run)
+        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run, manifest=manifest)
         return cpu
     scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -819,7 +855,12 @@ def parallel_image_sum(
         )
         done = futures.result()  # raises on a failed part (e.g. a map on another grid)
         _info, _wall, cpu = merge_all(
-            merge, inputs, left_out, run=run, partials=[path for path, _cpu in done]
+            merge,
+            inputs,
+            left_out,
+            run=run,
+            partials=[path for path, _cpu in done],
+            manifest=manifest,
         )
         return cpu + sum(part_cpu for _path, part_cpu in done)
     finally:
@@ -827,7 +868,11 @@ def parallel_image_sum(
 
 
 def hierarchical_merge(
-    merge: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
 ) -> float:
     """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
     assert merge.tool is not None
@@ -846,7 +891,9 @@ def hierarchical_merge(
         )
         cpu += sum(result.cpu_seconds for result in futures.result())  # raises on failure
         depth += 1
-    merging.finish(level[0], merge.output, left_out, len(inputs), f"{merge.tool} tree merge")
+    merging.finish(
+        level[0], merge.output, left_out, len(inputs), merge_how(merge), manifest=manifest
+    )
     shutil.rmtree(scratch, ignore_errors=True)
     return cpu
 

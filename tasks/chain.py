@@ -12,11 +12,9 @@ workers on the node are removed by the next chain there.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from fermipipe import runner
+from fermipipe.fits.writing import atomic_output
 from fermipipe.plan import Invocation, rebase, rebase_path, relocate
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.staging import NodeStaging
@@ -49,15 +48,11 @@ def rebase_cache(cache: StepCache | None, old: Path, new: Path) -> StepCache | N
 
 
 def export(path: Path, destination: Path) -> None:
-    """Copy a chain's product from the node folder to the shared folder, atomically."""
+    """Copy a chain's product from the node folder to the shared folder, atomically (a
+    temporary named by its writer, so a killed worker's is removed by the next run)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_output(destination) as tmp:
         shutil.copyfile(path, tmp)
-        tmp.replace(destination)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 @task(name="run-chain", task_run_name="chain[{file_id}]", cache_policy=NO_CACHE)

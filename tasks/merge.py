@@ -12,6 +12,7 @@ from prefect.logging import get_run_logger
 
 from fermipipe import merge as merging
 from fermipipe import runner
+from fermipipe.manifest import Manifest
 from fermipipe.merge import MergeInfo, PairJob
 from fermipipe.plan import Invocation, MergePlan
 from fermipipe.runner import StepFailedError, StepResult
@@ -25,12 +26,14 @@ def merge_all(
     *,
     run: runner.RunSpec | str,
     partials: list[Path] | None = None,
+    manifest: Manifest | None = None,
 ) -> tuple[MergeInfo, float, float]:
     """image_sum or event concatenation of ``inputs`` into ``plan.output``.
 
     Returns the merge info with wall and CPU seconds. Holds one concurrency slot: the merge
     competes with the tools for the machine like any of them. ``partials``: the image sum's
-    pixels, already summed in parts by :func:`merge_part` tasks.
+    pixels, already summed in parts by :func:`merge_part` tasks. ``manifest``: written with
+    the product (both appear together or not at all).
     """
     logger = get_run_logger()
     ctx = runner.get_run(run)
@@ -38,11 +41,15 @@ def merge_all(
     with ctx.pool.slot(step, priority=(float("inf"), 0)):
         t0, c0 = time.perf_counter(), time.thread_time()
         if plan.strategy == "image_sum":
-            info = merging.image_sum(inputs, plan.output, left_out=left_out, partials=partials)
+            info = merging.image_sum(
+                inputs, plan.output, left_out=left_out, partials=partials, manifest=manifest
+            )
         elif merging.use_ftmerge(plan.engine):
-            info = _ftmerge(plan, inputs, left_out, run)
+            info = _ftmerge(plan, inputs, left_out, run, manifest)
         else:
-            info = merging.native_event_merge(inputs, plan.output, left_out=left_out)
+            info = merging.native_event_merge(
+                inputs, plan.output, left_out=left_out, manifest=manifest
+            )
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
     for file_id, reason in sorted(left_out.items()):
         logger.warning("merge %s: left out %s (%s)", plan.name, file_id, reason)
@@ -72,7 +79,11 @@ def merge_part(
 
 
 def _ftmerge(
-    plan: MergePlan, inputs: list[Path], left_out: dict[str, str], run: runner.RunSpec | str
+    plan: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec | str,
+    manifest: Manifest | None = None,
 ) -> MergeInfo:
     """HEASoft ftmerge into a scratch file, then annotate and move it into place."""
     ctx = runner.get_run(run)
@@ -98,7 +109,7 @@ def _ftmerge(
     try:
         if result.status != "ok":
             raise StepFailedError(result)
-        return merging.finish(out, plan.output, left_out, len(inputs), "ftmerge")
+        return merging.finish(out, plan.output, left_out, len(inputs), "ftmerge", manifest=manifest)
     finally:
         for path in (out, listfile):
             with contextlib.suppress(FileNotFoundError):

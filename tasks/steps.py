@@ -34,7 +34,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 
 from fermipipe import runner
-from fermipipe.cache import ProductStore
+from fermipipe.cache import ProductStore, StoreObjectDamagedError
 from fermipipe.plan import Invocation, relocate
 from fermipipe.runner import StepFailedError, StepResult
 
@@ -184,7 +184,8 @@ def run_step(
             invocation.file_id,
             "skipped",
             invocation.render(),
-            error=f"previous step {previous.step} was {previous.status}",
+            error=f"previous step {previous.step} was {previous.status}"
+            + (f" ({previous.error})" if previous.error else ""),
         )
         if cache is not None and cache.stored:  # remembered, so a rerun finds it settled
             meta = {"status": "skipped", "error": skipped.error, "step": invocation.step}
@@ -220,8 +221,13 @@ def run_stored(
     with store.lock(cache.key):  # one run computes an entry; the others wait, then reuse it
         hit = result_from_store(invocation, store, cache.key)
         if hit is not None:
+            try:
+                place_products(invocation, hit, store, cache.workdir)
+            except StoreObjectDamagedError as exc:  # edited in place: recomputed, not trusted
+                logger.warning("%s: %s; recomputing", invocation.step, exc)
+                hit = None
+        if hit is not None:
             logger.info("%s: taken from the cache store (no tool run)", hit.describe())
-            place_products(invocation, hit, store, cache.workdir)
             drop(cache)
             return hit
         store.forget(cache.key)  # a damaged entry is replaced, never trusted

@@ -17,3 +17,18 @@ FT1TINY_MERGED_DSS: list[tuple[str, str, str, str | None]] = [
     ("TIME", "s", "TABLE", ":GTI"),
     ("ENERGY", "MeV", "30:200000", None),
 ]
+
+
+def _fits_stub() -> bytes:
+    import io
+
+    from astropy.io import fits
+
+    buffer = io.BytesIO()
+    fits.PrimaryHDU().writeto(buffer)
+    return buffer.getvalue()
+
+
+#: The smallest valid FITS file (an empty primary HDU): a stand-in input where only the
+#: name and the kind of file matter (the planner checks that inputs are FITS).
+FITS_STUB: bytes = _fits_stub()

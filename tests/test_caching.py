@@ -101,8 +101,10 @@ def test_damaged_store_entries_are_recomputed(project: dict[str, Any]) -> None:
     root, config = project["root"], project["config"]
     reference = products(root)
     store = ProductStore(root / "products" / ".fermipipe-cache" / "store")
-    ccube = next((root / "products" / ".fermipipe-cache" / "store").rglob("*w700*_ccube.fits"))
-    ltcube = next((root / "products" / ".fermipipe-cache" / "store").rglob("*w701*_ltcube.fits"))
+    stored = root / "products" / ".fermipipe-cache" / "store"
+    # The entries the last run used (an earlier test changed week 701: its old entry stays).
+    ccube = max(stored.rglob("*w700*_ccube.fits"), key=lambda p: p.stat().st_mtime_ns)
+    ltcube = max(stored.rglob("*w701*_ltcube.fits"), key=lambda p: p.stat().st_mtime_ns)
     ccube.unlink()  # missing
     with open(ltcube, "r+b") as fh:  # truncated
         fh.truncate(2880)
@@ -227,6 +229,30 @@ def mission_ft2(root: Path, weeks: tuple[str, ...]) -> Path:
         for p in parts:
             p.close()
     return out
+
+
+def test_slice_scfile_false_gives_tools_the_whole_spacecraft_file(
+    tmp_path: Path,
+    prefect_server: Any,
+) -> None:
+    """The existing runner's ``resources.slice_scfile: false``: no per-week slices."""
+    config = make_project(tmp_path)
+    mission_ft2(tmp_path, ("700", "701"))
+    cfg = yaml.safe_load(
+        config.read_text().replace(
+            "{config_dir}/in/lat_spacecraft_weekly_w{week}_p310_v001.fits",
+            "{config_dir}/in/mission_ft2.fits",
+        )
+    )
+    cfg["resources"]["slice_scfile"] = False
+    write_config(tmp_path, cfg)
+    state, summary = run_flow(config, tmp_path / "a.json")
+    assert state.is_completed(), state
+    for f in summary["per_file"]:
+        mktime = next(s for s in f["steps"] if s["step"] == "mktime")
+        assert "mission_ft2.fits " in mktime["command"]
+        assert "mission_ft2_slice_" not in mktime["command"]
+    assert not list((tmp_path / "products" / ".fermipipe-cache").rglob("mission_ft2_slice_*"))
 
 
 def test_mission_spacecraft_file_is_sliced_per_week(

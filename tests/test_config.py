@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from shared_inputs import FITS_STUB
 
 from fermipipe.config import PipelineConfig, load_config, parse_config, placeholders
 from fermipipe.errors import ConfigError
@@ -53,8 +54,8 @@ def project(tmp_path: Path) -> Path:
     """A directory with stand-in input files and an FT2 (contents irrelevant to config)."""
     (tmp_path / "weekly").mkdir()
     for week in ("010", "011"):
-        (tmp_path / "weekly" / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(b"x")
-    (tmp_path / "ft2.fits").write_bytes(b"x")
+        (tmp_path / "weekly" / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(FITS_STUB)
+    (tmp_path / "ft2.fits").write_bytes(FITS_STUB)
     return tmp_path
 
 
@@ -563,13 +564,13 @@ def test_bad_glob_pattern(project: Path, pattern: str, why: str) -> None:
 
 def test_recursive_glob(project: Path) -> None:
     (project / "weekly" / "sub").mkdir()
-    (project / "weekly" / "sub" / "deep_w099_.fits").write_bytes(b"x")
+    (project / "weekly" / "sub" / "deep_w099_.fits").write_bytes(FITS_STUB)
     data = base_config()
     data["input"]["pattern"] = "**/*.fits"
     cfg = load_config(write(project, data))
     from fermipipe.plan import discover_inputs
 
-    assert [p.name for p in discover_inputs(cfg)] == [
+    assert [p.name for p in discover_inputs(cfg)[0]] == [
         "lat_photon_weekly_w010_p305_v001.fits",
         "lat_photon_weekly_w011_p305_v001.fits",
         "deep_w099_.fits",

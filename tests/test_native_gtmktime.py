@@ -398,7 +398,7 @@ def test_zero_rows_is_checked_per_ft2_file(p8v2, tmp_path):
     listfile = tmp_path / "ft2.lst"
     listfile.write_text(f"{ft2}\n{bad}\n")
     with pytest.raises(EmptyProductError) as info:
-        run(_base(p8v2, tmp_path, scfile=str(listfile)))
+        run(_base(p8v2, tmp_path, scfile=f"@{listfile}"))
     assert info.value.file == str(bad)
 
 
@@ -519,7 +519,7 @@ def test_bad_inputs_are_tool_errors(p8v2, tmp_path):
     ft1, ft2 = p8v2
     junk = tmp_path / "junk.fits"
     junk.write_text("not a FITS file\n" * 200)
-    with pytest.raises(ToolError, match="cannot read event file"):
+    with pytest.raises(ToolError, match="junk.fits: not a FITS file"):
         run(_base(p8v2, tmp_path, evfile=str(junk)))
     with pytest.raises(ToolError, match="no EVENTZ extension"):
         run(_base(p8v2, tmp_path, evtable="EVENTZ"))
@@ -527,7 +527,7 @@ def test_bad_inputs_are_tool_errors(p8v2, tmp_path):
         run(_base(p8v2, tmp_path, sctable="SC_DATAX"))
     with pytest.raises(ToolError, match="file not found"):
         run(_base(p8v2, tmp_path, scfile=str(tmp_path / "missing_ft2.fits")))
-    with pytest.raises(ToolError, match="cannot open spacecraft file"):
+    with pytest.raises(ToolError, match="junk.fits: not a FITS file"):
         run(_base(p8v2, tmp_path, scfile=f"@{_list(tmp_path, junk)}"))
     assert not (tmp_path / "out.fits").exists()
 

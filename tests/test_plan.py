@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from shared_inputs import FITS_STUB
 
 from fermipipe.config import parse_config
 from fermipipe.errors import ConfigError
@@ -53,8 +54,8 @@ def data(tmp_path: Path) -> Path:
     weekly = tmp_path / "weekly"
     weekly.mkdir()
     for week in WEEKS:
-        (weekly / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(b"x")
-    (tmp_path / "ft2.fits").write_bytes(b"x")
+        (weekly / f"lat_photon_weekly_w{week}_p305_v001.fits").write_bytes(FITS_STUB)
+    (tmp_path / "ft2.fits").write_bytes(FITS_STUB)
     return tmp_path
 
 
@@ -214,7 +215,7 @@ def test_hostile_file_names_shell_and_argv(tmp_path: Path) -> None:
     weekly = tmp_path / "in dir;x"
     weekly.mkdir()
     hostile = weekly / HOSTILE
-    hostile.write_bytes(b"x")
+    hostile.write_bytes(FITS_STUB)
     steps = [
         {
             "name": "echo",
@@ -248,7 +249,7 @@ def test_hostile_name_in_fermitools_argv(tmp_path: Path) -> None:
     weekly = tmp_path / "weekly"
     weekly.mkdir()
     hostile = weekly / HOSTILE
-    hostile.write_bytes(b"x")
+    hostile.write_bytes(FITS_STUB)
     raw = {
         "input": {"directory": str(weekly)},
         "steps": [SELECT_CMD],
@@ -275,19 +276,19 @@ def test_no_native_version_without_fermitools_is_config_error(data: Path) -> Non
         SELECT_CMD,
         {
             "name": "expmap",
-            "command": "gtexpcube2 infile={chunk_sel} outfile={x} irfs=P8R3_SOURCE_V3",
+            "command": "gtsrcmaps scfile={chunk_sel} outfile={x} irfs=P8R3_SOURCE_V3",
             "outputs": ["x"],
         },
     ]
     with pytest.raises(ConfigError) as info:
         plan_of(data, small(data, steps))
     message = str(info.value)
-    assert "steps[1] (step 'expmap'): gtexpcube2 has no native version and no Fermitools" in (
+    assert "steps[1] (step 'expmap'): gtsrcmaps has no native version and no Fermitools" in (
         message
     )
     # A dry run may still show the plan, with the problem as a warning.
     plan = plan_of(data, small(data, steps), allow_missing_tools=True)
-    assert plan.warnings and "gtexpcube2 has no native version" in plan.warnings[0]
+    assert plan.warnings and "gtsrcmaps has no native version" in plan.warnings[0]
     assert plan.files[0].chain[1].engine == "fermitools"
 
 
@@ -310,8 +311,8 @@ def test_engine_choice_with_install(data: Path, tmp_path: Path) -> None:
 
 def test_tool_missing_from_install(data: Path, tmp_path: Path) -> None:
     install = fermitools_layout(tmp_path / "env", ("gtselect",))
-    step = {"name": "exp", "command": "gtexpcube2 infile={input} outfile={e}", "outputs": ["e"]}
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version and is not in"):
+    step = {"name": "exp", "command": "gtsrcmaps scfile={input} outfile={e}", "outputs": ["e"]}
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version and is not in"):
         plan_of(data, small(data, [step]), fermitools=install)
 
 
@@ -410,7 +411,7 @@ def test_workdir_outdir_cleanup_and_keep(data: Path, tmp_path: Path) -> None:
 
 def test_week_placeholder_needs_week_in_name(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "ft1.fits").write_bytes(b"x")
+    (tmp_path / "in" / "ft1.fits").write_bytes(FITS_STUB)
     step = {
         "name": "s",
         "command": "gtselect infile={input} outfile={o}",
@@ -544,11 +545,14 @@ def test_mission_dry_run_every_week_fermitools(data: Path, tmp_path: Path, name:
 
 
 @pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
-def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
+def test_mission_dry_run_without_fermitools(data: Path, name: str, shared_data: Path) -> None:
     cfg = parse_config(mission(data, name), data, root=data)
-    with pytest.raises(ConfigError, match=r"post_processing\[0\] \(step 'bexpmap'\): gtexpcube2"):
+    # gtexpcube2 and farith are native now: the whole mission chain plans without Fermitools,
+    # given a CALDB for the exposure's IRFs (checked now, not after the merges).
+    with pytest.raises(ConfigError, match=r"post_processing\[0\].*no LAT CALDB found"):
         build_plan(cfg)
-    plan = build_plan(cfg, allow_missing_tools=True)
+    cfg.caldb = shared_data.parent / "caldb"
+    plan = build_plan(cfg)
     text = render_dry_run(plan)
     for week in WEEKS:
         for tool in ("gtselect", "gtmktime", "gtbin", "gtltcube"):
@@ -560,7 +564,9 @@ def test_mission_dry_run_without_fermitools(data: Path, name: str) -> None:
                 )
                 == 1
             ), (tool, week)
-    assert "# WARNING:" in text and "image_sum" in text and "hierarchical with gtltsum" in text
+    assert "# WARNING:" not in text and "image_sum" in text and "hierarchical with gtltsum" in text
+    for tool in ("gtexpcube2", "farith"):
+        assert any(line.startswith(f"[native] {tool} ") for line in text.splitlines()), tool
 
 
 def test_both_mission_configs_plan_the_same_commands(data: Path, tmp_path: Path) -> None:
@@ -597,14 +603,13 @@ def test_tool_invocation_for_merges(tmp_path: Path) -> None:
     assert native.argv is None and native.params == {"infile1": str(a), "chatter": "2"}
 
 
-def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
+def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path, shared_data: Path) -> None:
     raw = mission(data, "mission.yaml")
+    raw["caldb"] = str(shared_data.parent / "caldb")  # the native exposure's IRFs
     path = data / "mission.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"mission.yaml: post_processing\[0\]"):
-        prepare(path, environ={})
-    cfg, install, plan, _choices = prepare(path, dry_run=True, environ={})
-    assert install is None and len(plan.files) == len(WEEKS) and plan.warnings
+    cfg, install, plan, _choices = prepare(path, environ={})  # all native: no Fermitools needed
+    assert install is None and len(plan.files) == len(WEEKS) and not plan.warnings
     env_prefix = tmp_path / "env"
     fermitools_layout(env_prefix, ALL_TOOLS)
     cfg, install, plan, _choices = prepare(path, environ={"CONDA_PREFIX": str(env_prefix)})
@@ -619,13 +624,13 @@ def test_prepare_loads_locates_and_plans(data: Path, tmp_path: Path) -> None:
 def test_only_steps_skips_checks_and_cleanup_of_steps_not_run(data: Path) -> None:
     steps = [
         dict(SELECT_CMD, cleanup=True),
-        {"name": "exp", "command": "gtexpcube2 infile={chunk_sel} outfile={e}", "outputs": ["e"]},
+        {"name": "exp", "command": "gtsrcmaps scfile={chunk_sel} outfile={e}", "outputs": ["e"]},
     ]
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version"):
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version"):
         plan_of(data, small(data, steps))
     plan = plan_of(data, small(data, steps), only_steps=["select"])
     assert not plan.warnings and all(fp.cleanup for fp in plan.files)
-    with pytest.raises(ConfigError, match="gtexpcube2 has no native version"):
+    with pytest.raises(ConfigError, match="gtsrcmaps has no native version"):
         plan_of(data, small(data, steps), only_steps=["exp"])
     plan = plan_of(data, small(data, steps), only_steps=["exp"], allow_missing_tools=True)
     assert all(not fp.cleanup for fp in plan.files)  # select's file is not ours to delete

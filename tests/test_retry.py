@@ -132,6 +132,7 @@ def test_transient_failures_are_retried_deterministic_ones_are_not(
                 "name": "copy",
                 "command": f"{sys.executable} {{flaky}} {{input}} {{copied}}",
                 "outputs": ["copied"],
+                "keep": True,
             }
         ],
     }

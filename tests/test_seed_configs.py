@@ -35,6 +35,11 @@ COUNTS = "data/counts_100MeV-316GeV-8pd_zmax90_hpx128_w009-w947.fits"
 LIVETIME = "data/livetime_zmax90_w009-w947.fits"
 FIRST_CCUBE = "data/lat_source_zmax90_gt1_10gev_ccube_merged.fits"
 FIRST_LTCUBE = "data/lat_source_zmax90_gt1_10gev_ltcube_merged.fits"
+FIRST_EXPOSURE = "data/lat_source_zmax90_gt1_10gev_expcube1_merged.fits"
+FIRST_CORRMAP = "data/lat_source_zmax90_gt1_10gev_corrmap_merged.fits"
+EXPOSURE = "data/exposure_100MeV-316GeV-8pd_zmax90_hpx128_w009-w947.fits"
+FLUX = "data/flux_100MeV-316GeV-8pd_zmax90_hpx128_w009-w947.fits"
+CALDB = REPO.parent / "shared" / "data" / "caldb"
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +122,10 @@ def test_seed_dry_run_is_fully_resolved(
         # Merge outputs "./data/..." are in the run root, where the post commands look.
         assert f"-> {tmp_path / FIRST_CCUBE}" in text
         assert f"-> {tmp_path / FIRST_LTCUBE}" in text
-        assert f"infile=./{FIRST_LTCUBE}" in text
+        # gtexpcube2 and farith run natively here, in this process: their "./data/..."
+        # paths are made absolute against the run root, where the merges wrote.
+        assert f"infile={tmp_path / FIRST_LTCUBE}" in text
+        assert "[native] farith" in text and "ops=DIV" in text
     else:
         assert "gtselect evclass=1024 evtype=3" in text
         assert "emin=100 emax=316228 enumbins=28" in text
@@ -143,21 +151,36 @@ def test_seed_config_errors_are_reported_at_once(seed: Path, tmp_path: Path) -> 
 
 
 def test_skip_post_does_not_require_post_tools(seed: Path, lat_data: Path) -> None:
-    """gtexpcube2 and farith have no native version here: post-processing that will not run
-    is not checked for them (--skip-post or the config's own run.skip_post)."""
-    settings = data_settings(FIRST, lat_data)
-    with pytest.raises(ConfigError, match=r"post_processing\[0\].*gtexpcube2"):
-        load_and_plan(str(seed / FIRST), settings=settings)
-    _cfg, choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    """The later config's post-processing runs scripts that are not here: an error when
+    post-processing would run, not checked when it will not (--skip-post or run.skip_post)."""
+    settings = data_settings(LATER, lat_data)
+    with pytest.raises(ConfigError, match=r"post_processing\[0\].command: script not found"):
+        load_and_plan(str(seed / LATER), settings=settings)
+    _cfg, choices, plan = load_and_plan(str(seed / LATER), settings=settings, skip_post=True)
     assert choices.skip_post and plan.post == ()
     _cfg, choices, plan = load_and_plan(
-        str(seed / FIRST), settings=[*settings, "run.skip_post=true"]
+        str(seed / LATER), settings=[*settings, "run.skip_post=true"]
     )
     assert choices.skip_post and plan.post == ()
     _cfg, choices, plan = load_and_plan(
-        str(seed / FIRST), settings=[*settings, "run.steps=[gtselect,gtmktime]"], skip_post=True
+        str(seed / LATER), settings=[*settings, "run.steps=[gtselect,gtmktime]"], skip_post=True
     )
     assert [inv.step for inv in plan.files[0].chain] == ["gtselect", "gtmktime"]
+    # The first config's gtexpcube2 and farith have native versions: planned natively.
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=data_settings(FIRST, lat_data))
+    assert [(inv.tool, inv.engine) for inv in plan.post] == [
+        ("gtexpcube2", "native"),
+        ("farith", "native"),
+    ]
+
+
+def test_parallel_accum_false_sums_in_one_pass(seed: Path, lat_data: Path) -> None:
+    settings = data_settings(FIRST, lat_data)
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    assert all(m.parallel for m in plan.merges)
+    settings.append("resources.parallel_accum=false")
+    _cfg, _choices, plan = load_and_plan(str(seed / FIRST), settings=settings, skip_post=True)
+    assert not any(m.parallel for m in plan.merges)
 
 
 def test_seed_keys_are_honoured(seed: Path, lat_data: Path, tmp_path: Path) -> None:
@@ -230,6 +253,36 @@ def structured(name: str, data: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def check_post_products(name: str, root: Path) -> None:
+    """The post-processing products: exposure on the counts grid, and flux = counts /
+    exposure (0 where the exposure is 0), checked against numpy."""
+    import numpy as np
+
+    if name == FIRST:
+        counts = fits.getdata(root / FIRST_CCUBE).astype(np.float64)
+        exposure = fits.getdata(root / FIRST_EXPOSURE).astype(np.float64)
+        assert exposure.shape == (2, 1800, 3600)  # EDGE planes of the one energy bin
+        # farith wraps the one-plane counts map around the two exposure planes (HEASARC
+        # farith), as with the real tool; where the exposure is 0 it writes blank (-999).
+        corr = fits.getdata(root / FIRST_CORRMAP)
+        expected = np.where(exposure > 0, counts / np.where(exposure > 0, exposure, 1), -999)
+        np.testing.assert_array_equal(corr, expected.astype(np.float32))
+        assert (exposure[0] > 0).mean() > 0.5  # most of the AIT ellipse (π/4 of the rectangle)
+        return
+    with (
+        fits.open(root / COUNTS) as c,
+        fits.open(root / EXPOSURE) as e,
+        fits.open(root / FLUX) as f,
+    ):
+        assert e["HPXEXPOSURES"].header["NSIDE"] == 128 and len(e["ENERGIES"].data) == 28
+        for k in (1, 14, 28):
+            cnt = np.asarray(c["SKYMAP"].data[f"CHANNEL{k}"], dtype=np.float64)
+            exp = np.asarray(e["HPXEXPOSURES"].data[f"ENERGY{k}"], dtype=np.float64)
+            flux = np.asarray(f["SKYMAP"].data[f"CHANNEL{k}"], dtype=np.float64)
+            assert (exp > 0).all()  # all-sky exposure of two days
+            np.testing.assert_array_equal(flux, cnt / exp)
+
+
 def ran(summary: dict[str, Any]) -> dict[str, set[str]]:
     """step → the files a tool really ran for."""
     out: dict[str, set[str]] = {}
@@ -253,20 +306,24 @@ def test_seed_runs_natively_to_merged_products(
     root.mkdir()
     summary = tmp_path / "summary.json"
     settings = data_settings(name, lat_data)
+    # The whole chain, post-processing included: gtexpcube2 and farith (first config), the
+    # runner's scripts/parallel_expcube.py and scripts/hpx_divide.py (later config, not
+    # here) all run natively, with the IRFs of the real CALDB subset.
     out = cli(
         seed / name,
         root,
-        "--skip-post",
         "--summary-json",
         str(summary),
         *sets(settings),
-        env=prefect_server,
+        env={**prefect_server, "CALDB": str(CALDB)},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     products = (FIRST_CCUBE, FIRST_LTCUBE) if name == FIRST else (COUNTS, LIVETIME)
+    post = (FIRST_EXPOSURE, FIRST_CORRMAP) if name == FIRST else (EXPOSURE, FLUX)
     for product in products:
         assert (root / product).is_file(), product
         assert (root / (product + ".manifest.json")).is_file()
+    check_post_products(name, root)
     # Like the existing runner: per-file intermediates went with the work area; only the
     # merged products (with their manifests and quick-look) are left as files to use.
     left = sorted(
@@ -278,6 +335,7 @@ def test_seed_runs_natively_to_merged_products(
     user_files = [p for p in left if not p.startswith(cache)]
     expected = {p for product in products for p in (product, product + ".manifest.json")}
     expected.add(str(Path(products[0]).with_suffix(".png")))
+    expected.update(post)
     assert set(user_files) == expected, user_files
     assert not any("temp_" in p or "chunk_" in p for p in user_files)
     assert not (root / "work").exists()

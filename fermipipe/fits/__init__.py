@@ -13,6 +13,7 @@ stays cheap):
 * ``skycoords`` — equatorial → galactic rotation (current and pre-2016 angles)
 * ``sphere``    — cfitsio's ``angsep``, the package's single implementation
 * ``filterexpr``— the cfitsio row-filter subset (gtmktime's FT2 filter)
+* ``sniff``     — what a file is from its first bytes (FITS, gzipped FITS, other)
 
 gtselect and gtmktime must not import astropy (its import costs more than their work): the
 modules above import it only inside the functions that take or build astropy objects.

@@ -315,8 +315,12 @@ class Header:
         return text
 
     def tobytes(self) -> bytes:
-        """The header blocks as written to a file."""
-        return self.tostring().encode("ascii")
+        """The header blocks as written to a file.
+
+        Values built from names are escaped to ASCII first (``keywords.ascii_text``); any
+        other non-ASCII character becomes ``?`` (same length) so a file is always valid FITS.
+        """
+        return self.tostring().encode("ascii", errors="replace")
 
     def __str__(self) -> str:
         return self.tostring()

@@ -25,12 +25,35 @@ __all__ = [
     "TEMPLATE_BINTABLE_COMMENTS",
     "append_card",
     "bintable_keywords",
+    "ascii_text",
     "cfitsio_double",
     "make_card",
     "set_card",
 ]
 
 _value_text = format_value  # backwards-compatible private name
+
+
+def ascii_text(text: str) -> str:
+    """``text`` (e.g. a file name) as printable ASCII for a header card.
+
+    FITS header values may hold only ASCII 32-126 (FITS 4.0 §4.2.1), while a file name may
+    hold any bytes: other characters are written as Python-style escapes (``é`` → ``\\xe9``,
+    a non-UTF-8 byte 0xff → ``\\udcff``, a newline → ``\\x0a``), so the card stays valid and
+    the name stays recognisable.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if " " <= ch <= "~":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch.encode("ascii", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
 
 _BINTABLE_KEYS = ("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS")
 

@@ -619,6 +619,7 @@ def write_fits(
     checksum: bool = True,
     overwrite: bool = True,
     checksum_stamp: str | None = None,
+    add_filename: bool = True,
 ) -> Path:
     """Write a FITS file from astropy HDUs and/or ``(header, data)`` pairs, atomically.
 
@@ -629,7 +630,8 @@ def write_fits(
     CHECKSUM/DATASUM (existing cards keep their place, new ones are appended). Headers passed
     in are copied, never modified. ``checksum_stamp`` replaces the current time in the
     CHECKSUM/DATASUM comments, for files whose bytes must be a function of their content
-    (cached intermediates such as spacecraft slices).
+    (cached intermediates such as spacecraft slices). ``add_filename=False`` leaves the
+    primary without FILENAME (tools whose real outputs have none, e.g. gtexpcube2).
     """
     final = Path(path)
     if not overwrite and final.exists():
@@ -646,7 +648,8 @@ def write_fits(
             if i == 0:
                 if "SIMPLE" not in header:
                     raise ValueError("the first HDU header must start with SIMPLE")
-                set_filename(header, filename or final.name)
+                if add_filename:
+                    set_filename(header, filename or final.name)
             elif "XTENSION" not in header:
                 raise ValueError(f"HDU {i} header has no XTENSION")
             is_rows = str(header.get("XTENSION", "")).strip().upper() == "BINTABLE"

@@ -9,8 +9,11 @@ every HDU and the primary ``FILENAME`` = basename of the output (FitsUtil::write
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fermipipe.fits.header import Header
-from fermipipe.fits.keywords import set_card
+from fermipipe.fits.keywords import ascii_text, set_card
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -29,33 +32,109 @@ __all__ = [
     "checksum_words",
     "encode_checksum",
     "set_filename",
+    "remove_dead_temporaries",
+    "temporary_name",
     "write_hdul_atomic",
 ]
 
 FILENAME_COMMENT = "name of this file"
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+#: ``.<name>.tmp-<pid>-<host tag>-<random>``: the writer's PID and host are in the name, so
+#: the temporaries of a writer that died (SIGKILL, power loss) can be found and removed.
+_TMP_RE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-(?:(?P<host>[0-9a-f]{8})-)?[0-9a-f]+$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temporary_name(path: str | os.PathLike[str]) -> Path:
+    """The hidden temporary name every writer uses next to ``path`` (same file system, so
+    ``os.replace`` onto ``path`` is atomic): ``.<name>.tmp-<pid>-<host>-<random>``."""
+    final = Path(path)
+    name = final.name[:120]  # room for the suffix within NAME_MAX (255 bytes)
+    return final.with_name(f".{name}.tmp-{os.getpid()}-{_host_tag()}-{secrets.token_hex(4)}")
+
+
+_tmp_name = temporary_name  # the former private name
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host (a PID of 0 or less never does)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(
+    folder: str | os.PathLike[str], *, recursive: bool = False
+) -> list[Path]:
+    """Remove the temporaries (``.*.tmp-<pid>-…``) in ``folder`` whose writer is dead.
+
+    A temporary is removed only when it was written on this host (host tag; names without
+    one are from this version's predecessors, written locally) and its writer's PID is no
+    longer running; a live writer's temporary is never touched. Call it at run start on the
+    output folder and the cache store. Returns what was removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    here = _host_tag()
+    found = root.rglob(".*.tmp-*") if recursive else root.glob(".*.tmp-*")
+    removed: list[Path] = []
+    for path in found:
+        m = _TMP_RE.match(path.name)
+        if m is None or (m["host"] is not None and m["host"] != here):
+            continue
+        if pid_alive(int(m["pid"])) or path.is_dir():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _naming(exc: OSError, path: Path, tmp: Path) -> OSError:
+    """``exc`` naming the output ``path`` when the OS named nothing (a write failing with
+    ENOSPC) or only the hidden temporary: the caller's one-line message names the output."""
+    if exc.filename not in (None, os.fspath(tmp)):
+        return exc
+    # astropy reports a short disk as a bare OSError("Not enough space on disk: …").
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(path))
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
-    The temporary name is ``.<name>.tmp-<pid>-<random>`` in the same directory (same file
-    system, so ``os.replace`` is atomic). On any exception the temporary file is removed and
-    the exception propagates; ``path`` is then untouched. The body must create the file.
+    The temporary name is :func:`temporary_name` in the same directory. On any exception
+    the temporary file is removed (a full disk is given its space back at once) and the
+    exception propagates, an OSError naming ``path``; ``path`` is then untouched. The body
+    must create the file.
     """
     final = Path(path)
-    tmp = _tmp_name(final)
+    tmp = temporary_name(final)
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic_output: nothing was written to {tmp} for {final}")
         os.replace(tmp, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        named = _naming(exc, final, tmp)
+        if named is exc:
+            raise
+        raise named from exc
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
 
@@ -106,8 +185,9 @@ def encode_checksum(value: int, complement: bool = True) -> str:
 
 
 def set_filename(header: Header | fits.Header, name: str) -> None:
-    """Set primary ``FILENAME`` (in place if present, else appended)."""
-    set_card(header, "FILENAME", os.path.basename(name), FILENAME_COMMENT)
+    """Set primary ``FILENAME`` (in place if present, else appended); a name that is not
+    printable ASCII is escaped (:func:`~fermipipe.fits.keywords.ascii_text`)."""
+    set_card(header, "FILENAME", ascii_text(os.path.basename(name)), FILENAME_COMMENT)
 
 
 def add_checksums(

@@ -19,6 +19,8 @@ NATIVE_TOOLS: tuple[str, ...] = (
     "gtbin",
     "gtltcube",
     "gtltsum",
+    "gtexpcube2",
+    "gtpsf",
     "farith",
     "hpx_divide",
 )
@@ -58,5 +60,12 @@ def positional_order(name: str) -> tuple[str, ...]:
 
 
 def run_tool(name: str, params: Mapping[str, Any]) -> ToolOutcome:
-    """Run native tool ``name`` in-process with Fermitools-style parameters."""
-    return get_tool(name)(params)
+    """Run native tool ``name`` in-process with Fermitools-style parameters.
+
+    Every tool's files are checked first, in one place (:mod:`fermipipe.native.tool_files`:
+    an output never replaces an input; unreadable or non-FITS inputs, a missing output
+    folder are one-line errors); running out of memory or disk is a one-line ToolError too.
+    """
+    from fermipipe.native.tool_guard import guarded_run
+
+    return guarded_run(name, get_tool(name), params)

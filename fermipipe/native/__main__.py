@@ -10,10 +10,17 @@ import sys
 from fermipipe.errors import FermipipeError
 from fermipipe.native import NATIVE_TOOLS, run_tool
 from fermipipe.native.params import parse_argv
+from fermipipe.native.tool_files import one_line
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # File names are any bytes: a name that is not UTF-8 is printed back as the same bytes
+    # (its surrogate escapes) instead of failing with UnicodeEncodeError.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("tools:", ", ".join(NATIVE_TOOLS))
@@ -25,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run_tool(tool, parse_argv(rest, tool))
     except FermipipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)  # one line, whatever a name holds
         return 1
     for message in outcome.messages:
         print(message)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.io import fits
 
-from fermipipe.fits.keywords import cfitsio_double
+from fermipipe.fits.keywords import ascii_text, cfitsio_double
 
 HARVESTED_KEYS: tuple[str, ...] = (
     "TELESCOP", "INSTRUME", "CHANTYPE", "DATE", "DATE-OBS", "DATE-END", "OBJECT", "TIMESYS",
@@ -161,6 +161,7 @@ class Harvest:
 
     def harvest_history(self, header: fits.Header | None, file_name: str, ext: str) -> None:
         """Collect the HISTORY of ``file_name[ext]`` between gtbin's banner lines."""
+        file_name = ascii_text(file_name)  # a header holds ASCII only; names hold any bytes
         if header is None:
             lines = [_RULE, f'Unable to find or open input extension "{ext}" in file {file_name}']
             lines.append(_RULE)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -18,6 +16,7 @@ from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti, read_gti
 from fermipipe.fits.table import FitsFile, RawTable
 from fermipipe.native.gtbin_header import Harvest
+from fermipipe.native.tool_files import input_file_list
 
 TOOL = "gtbin"
 CHUNK = 1 << 18  # events per chunk: bounds the float64 temporaries and resident pages
@@ -28,24 +27,11 @@ def expand_file_list(value: str, param: str) -> list[str]:
     """evtbin's list convention (st_facilities FileSys::expandFileList, spec 1.1).
 
     A list only when the value starts with ``@``: then every non-empty line of the text file
-    is a file name (environment variables expanded, no comment handling). Otherwise the
-    value is one file name. Unlike dataSubselector's convention, ``#`` lines are file names.
+    is a file name (no comment handling: unlike dataSubselector's convention, ``#`` lines are
+    file names). Otherwise the value is one file name. Names are data: unlike evtbin, no
+    environment variable is expanded. Every file is checked to be FITS.
     """
-    name = os.path.expandvars(value.strip())
-    if name.startswith("@"):
-        path = Path(name[1:])
-        if not path.is_file():
-            raise ToolError(TOOL, f"{param}: file list not found", file=str(path))
-        files = [os.path.expandvars(line.strip()) for line in path.read_text().splitlines()]
-        files = [f for f in files if f]
-        if not files:
-            raise ToolError(TOOL, f"{param}: file list is empty", file=str(path))
-    else:
-        files = [name]
-    for entry in files:
-        if not Path(entry).is_file():
-            raise ToolError(TOOL, f"{param}: file not found", file=entry)
-    return files
+    return input_file_list(value, TOOL, param, comments=False, fits_list_file=False)
 
 
 @dataclass

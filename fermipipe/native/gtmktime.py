@@ -54,6 +54,7 @@ from fermipipe.fits.table import (
 )
 from fermipipe.native.params import ParamSpec, ToolOutcome, expand_file_list, resolve
 from fermipipe.native.standard_params import STANDARD_PARAMS
+from fermipipe.native.tool_files import fits_problem
 
 TOOL = "gtmktime"
 
@@ -337,8 +338,9 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         raise ToolError(TOOL, "Please specify an output file name.")
     if not p["clobber"] and Path(outfile).exists():
         raise ToolError(TOOL, "Output file exists and clobber is set to 'no'.", outfile)
-    if not Path(evfile).exists():
-        raise ToolError(TOOL, "evfile: file not found", evfile)
+    problem = fits_problem(evfile)
+    if problem is not None:
+        raise ToolError(TOOL, f"evfile {evfile}: {problem}")
     scfiles = expand_file_list(p["scfile"], TOOL, "scfile")
     try:
         evff = FitsFile(evfile)  # opened once: header, DSS, GTI and the copy below

@@ -582,5 +582,5 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     p = resolve(PARAMS, params, tool=TOOL)
     _check_ranges(p)
     infiles = expand_file_list(str(p["infile"]), TOOL, "infile")
-    outfile = os.path.expandvars(str(p["outfile"]))
+    outfile = str(p["outfile"])  # names are data: nothing is expanded
     return select_events(infiles, outfile, p)

@@ -25,9 +25,15 @@ def refuse_existing_output(tool: str, path: str | os.PathLike[str], clobber: boo
         raise ToolError(tool, "output file exists and clobber=no", os.fspath(path))
 
 
-def write_tool_output(tool: str, path: str | os.PathLike[str], hdus: Sequence[HduSpec]) -> Path:
+def write_tool_output(
+    tool: str,
+    path: str | os.PathLike[str],
+    hdus: Sequence[HduSpec],
+    *,
+    add_filename: bool = True,
+) -> Path:
     """:func:`write_fits` with an OSError reported as ToolError (``cannot write output``)."""
     try:
-        return write_fits(path, hdus)
+        return write_fits(path, hdus, add_filename=add_filename)
     except OSError as exc:
         raise ToolError(tool, f"cannot write output: {exc}", os.fspath(path)) from None

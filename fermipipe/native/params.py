@@ -12,7 +12,6 @@ import difflib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from fermipipe.errors import ToolError
@@ -43,13 +42,23 @@ class ToolOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def _convert(tool: str, spec: ParamSpec, raw: Any) -> Any:
+def _names_a_file(spec: ParamSpec, raw: str) -> bool:
+    """An output name, or the name of an existing input (after an ``@``)."""
+    return spec.name.lower().startswith("outfile") or os.path.lexists(raw.removeprefix("@"))
+
+
+def convert_value(tool: str, spec: ParamSpec, raw: Any) -> Any:
+    """``raw`` as the kind ``spec`` declares (None for INDEF); ToolError when it is not one."""
     if raw is None:
         return None
     if isinstance(raw, str):
         text = raw.strip()
         if text.upper() == "INDEF" or (text == "" and spec.kind in ("real", "int")):
             return None
+        # Names are data: blanks around an output name, or around an existing input's name,
+        # are part of it (other values are trimmed, as APE does).
+        if spec.kind == "file" and text and text != raw and _names_a_file(spec, raw):
+            return raw
     else:
         text = str(raw)
     try:
@@ -101,7 +110,7 @@ def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any], tool: str) -> 
             close = difflib.get_close_matches(key.lower(), by_name, n=1)
             hint = f" (did you mean {by_name[close[0]].name}?)" if close else ""
             raise ToolError(tool, f"unknown parameter {key!r}{hint}")
-        out[spec.name] = _convert(tool, spec, raw)
+        out[spec.name] = convert_value(tool, spec, raw)
     for spec in specs:
         if spec.required and out[spec.name] in (None, ""):
             raise ToolError(tool, f"parameter {spec.name} is required")
@@ -151,40 +160,15 @@ def is_none(value: str | None) -> bool:
     return value is None or value.strip().upper() in ("", "NONE", "INDEF")
 
 
-def _looks_like_fits(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            return fh.read(6) == b"SIMPLE"
-    except OSError:
-        return False
-
-
 def expand_file_list(value: str, tool: str, param: str) -> list[str]:
-    """Resolve a file parameter that may name a list of files.
+    """Resolve a file parameter of a dataSubselector tool (spec 1.1): the FITS files it names.
 
-    Follows the dataSubselector convention (spec §1.1): a leading ``@`` is stripped; if the
-    name is a FITS file it is one file, otherwise it is a text list, one name per line, blank
-    lines and ``#`` comments skipped. Relative names in a list are taken relative to the
-    current directory, as the Fermitools do. Environment variables are expanded. Gzipped FITS
-    (``.gz``) count as FITS.
+    ``@name`` is a text list (one name per line, blank lines and ``#`` comments skipped;
+    relative names are taken relative to the current directory, as the Fermitools do), or
+    the one file ``name`` when it is FITS; a bare name must be a FITS file (``.gz`` allowed).
+    Names are data: nothing is expanded. Every file is checked to be FITS
+    (:func:`fermipipe.native.tool_files.input_file_list`).
     """
-    name = os.path.expandvars(value.strip())
-    if name.startswith("@"):
-        name = name[1:]
-    path = Path(name)
-    if not path.exists():
-        raise ToolError(tool, f"{param}: file not found", file=name)
-    if name.endswith(".gz") or _looks_like_fits(path):
-        return [name]
-    files: list[str] = []
-    for line in path.read_text().splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        files.append(os.path.expandvars(entry))
-    if not files:
-        raise ToolError(tool, f"{param}: file list is empty", file=name)
-    for entry in files:
-        if not Path(entry).exists():
-            raise ToolError(tool, f"{param}: file in list {name} not found", file=entry)
-    return files
+    from fermipipe.native.tool_files import input_file_list
+
+    return input_file_list(value, tool, param, comments=True, fits_list_file=True)
