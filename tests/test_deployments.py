@@ -540,7 +540,7 @@ def test_cancel_from_the_ui_kills_tools_and_removes_the_staging_folder(
     project, ram = tmp_path / "project", tmp_path / "shm"
     (project / "in").mkdir(parents=True)
     ram.mkdir()
-    (project / "in" / "week.fits").write_bytes(b"\0" * 2880)
+    fits.PrimaryHDU().writeto(project / "in" / "week.fits")  # inputs must be FITS files
     pidfile = tmp_path / "tool.pid"
     config = {
         "resources": {"cores": 1, "ram_disk": {"enabled": True, "path": str(ram)}},
