@@ -1,7 +1,16 @@
 """First run vs no-op rerun: what the content-addressed cache saves.
 
+    uv run python benchmarks/rerun.py --example       # configs/example.yaml: start-up, Ctrl-C
     uv run python benchmarks/rerun.py                 # 1000 tiny synthetic weeks
     uv run python benchmarks/rerun.py --weeks 100     # a quicker look
+
+``--example``: what a user of the quick start waits for, as they run it (``python
+flows/fermi.py configs/example.yaml`` with no PREFECT_API_URL, a fresh PREFECT_HOME in a
+temporary folder): the first run (it starts the local Prefect server, flows/server.py), then
+fully cached reruns side by side with the floor ``python -c "import prefect"`` (medians of
+three, interleaved), then Ctrl-C (SIGINT to the process group, as a terminal sends it) in the
+middle of the gtltcube steps of an uncached run: seconds to exit, staging folder left, the
+line printed. The local server is stopped at the end.
 
 Generates N tiny weekly FT1/FT2 pairs (``python -m fermipipe.synth``, few events, a short
 span), runs the example chain (gtselect → gtmktime → gtbin CCUBE and gtltcube, image_sum and
@@ -120,6 +129,101 @@ def wait_until_recorded(api: str, settle: float = 6.0, timeout: float = 900.0) -
     return time.monotonic() - t0
 
 
+def shadow_example(folder: Path) -> Path:
+    """configs/example.yaml as is, in a folder laid out like the repository (its relative
+    paths reach the committed sample data through a symlink; products land in ``folder``)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "data").mkdir()
+    (folder / "data" / "sample").symlink_to(REPO / "data" / "sample")
+    config = folder / "configs" / "example.yaml"
+    shutil.copy(REPO / "configs" / "example.yaml", config)
+    return config
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(
+            f"{argv} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return wall, proc.stdout + proc.stderr
+
+
+def interrupt_figure(folder: Path, env: dict[str, str]) -> str:
+    """Ctrl-C in the middle of an uncached run's gtltcube steps."""
+    import signal
+
+    config = shadow_example(folder)
+    text = config.read_text().replace("output:\n", "cache:\n  enabled: false\noutput:\n", 1)
+    config.write_text(text)
+    log = folder / "out.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "flows" / "fermi.py"), str(config)],
+            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while log.read_text().count("Task run 'ccube") < 3:  # the ltcube steps are running
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"the run to interrupt did not get going:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    before = set(Path("/dev/shm").glob("fermipipe-run-*"))
+    t0 = time.perf_counter()
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait()
+    wall = time.perf_counter() - t0
+    left = before & set(Path("/dev/shm").glob("fermipipe-run-*"))
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("fermipipe: stopped")]
+    tracebacks = log.read_text().count("Traceback")
+    return (
+        f"Ctrl-C during gtltcube: exit {code} after {wall:.1f} s; staging folders left: "
+        f"{len(left)}; tracebacks: {tracebacks}; said: {lines}"
+    )
+
+
+def example_mode() -> None:
+    root = Path(tempfile.mkdtemp(prefix="fermipipe-rerun-example-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_PROFILE")}
+    env.update(PREFECT_HOME=str(root / "prefect-home"), FERMIPIPE_PREFECT_SERVER="local")
+    try:
+        config = shadow_example(root / "project")
+        argv = [sys.executable, str(REPO / "flows" / "fermi.py"), str(config)]
+        floor_argv = [sys.executable, "-c", "import prefect"]
+        first, out = timed(argv, env, root / "project")
+        said = [ln for ln in out.splitlines() if ln.startswith("fermipipe: Prefect UI")]
+        import prefect
+
+        compiled = any(Path(prefect.__file__).parent.glob("__pycache__/*.pyc"))
+        print(
+            f"Prefect byte-compiled: {compiled} (without .pyc files, e.g. under "
+            "PYTHONDONTWRITEBYTECODE=1 with no `uv sync --compile-bytecode`, every run "
+            "recompiles it: ~2 s more, floor included)"
+        )
+        print(f"first run (starts the local server): {first:5.1f} s  {said}")
+        reruns, floors = [], []
+        for _ in range(3):
+            wall, out = timed(argv, env, root / "project")
+            if "cached 3" not in out:
+                sys.exit(f"the rerun was not fully cached:\n{out[-3000:]}")
+            reruns.append(wall)
+            floors.append(timed(floor_argv, env, root)[0])
+        rerun, floor = sorted(reruns)[1], sorted(floors)[1]
+        noise = sum(1 for ln in out.splitlines() if "| WARNING |" in ln or "| ERROR |" in ln)
+        print(f"fully cached rerun:  {rerun:5.1f} s  (median of {[round(w, 1) for w in reruns]})")
+        print(f"floor, python -c 'import prefect': {floor:5.1f} s  (median of "
+              f"{[round(w, 1) for w in floors]}); rerun - floor = {rerun - floor:.1f} s")  # fmt: skip
+        print(f"WARNING/ERROR lines in the last rerun's output: {noise}")
+        print(interrupt_figure(root / "interrupt", env))
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "flows.server", "stop"], cwd=REPO, env=env, check=False
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weeks", type=int, default=1000, help="number of weekly files")
@@ -133,7 +237,16 @@ def main() -> None:
         help="start a real Prefect server on loopback for both runs (else PREFECT_API_URL, "
         "or each run's temporary server)",
     )
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="configs/example.yaml as a user runs it: first run, cached reruns vs the "
+        "`import prefect` floor, Ctrl-C (the other options are ignored)",
+    )
     args = p.parse_args()
+    if args.example:
+        example_mode()
+        return
 
     root = Path(tempfile.mkdtemp(prefix="fermipipe-rerun-"))
     server = None

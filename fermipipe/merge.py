@@ -29,7 +29,7 @@ from astropy.io import fits
 from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
 from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
-from fermipipe.fits.keywords import ascii_text
+from fermipipe.fits.keywords import ascii_text, set_card
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation
@@ -581,8 +581,9 @@ def _stamp_cards(path: Path, manifest: Manifest, how: str) -> None:
         for key, value, comment in header_cards(manifest):
             if key == "HISTORY":
                 header.add_history(str(value)[:72])
-            else:
-                header[key] = (value, comment)
+            else:  # a long value (a product's long name) leaves less room for the
+                # comment: cut it as cfitsio does, not with astropy's VerifyWarning
+                set_card(header, key, value, comment, replace_comment=True)
 
 
 def _commit_manifest(tmp: Path, product: Path, manifest: Manifest | None, how: str) -> None:

@@ -622,6 +622,8 @@ def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) ->
             result.error = f"internal error: {type(exc).__name__}: {exc}"
         result.wall_seconds = time.perf_counter() - t0
         result.cpu_seconds = time.thread_time() - c0
+    if _SHUTDOWN.is_set():  # stopped meanwhile: its folder may be gone, its result is moot
+        raise RunnerShutdown("the runner is shutting down")
     if outcome is None:
         capture.line("stderr", result.error or "")
     else:

@@ -8,6 +8,7 @@ the end of a run) and markdown (a Prefect artifact).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -141,7 +142,8 @@ class RunSummary:
         return rows
 
     def failure_table(self) -> list[dict[str, str]]:
-        """:meth:`failures` with each failed file's last stderr lines (the table artifact)."""
+        """The table artifact: the user's file (its path), the step, the reason, then the
+        last stderr lines — in that order, the columns a person reads first."""
         tails: dict[tuple[str, str], str] = {}
         for f in self.failed_files():
             failed = [r for r in f.steps if r.status == "failed"]
@@ -152,8 +154,14 @@ class RunSummary:
         for p in self.post:
             if p.status == "failed":
                 tails[("(post)", p.step)] = "\n".join(p.stderr_tail[-FAILURE_TAIL_LINES:])
+        inputs = {f.file_id: f.input for f in self.files}
         return [
-            {**row, "stderr_tail": tails.get((row["file"], row["step"]), "")}
+            {
+                "file": inputs.get(row["file"], row["file"]),
+                "step": row["step"],
+                "reason": row["error"],
+                "stderr_tail": tails.get((row["file"], row["step"]), ""),
+            }
             for row in self.failures()
         ]
 
@@ -309,9 +317,9 @@ class RunSummary:
             )
         failures = self.failures()
         if failures:
-            lines += ["", "## Failures", "", "| file | step | error |", "|---|---|---|"]
-            for row in failures:
-                lines.append(f"| {row['file']} | {row['step']} | {_cell(row['error'])} |")
+            lines += ["", "## Failures", "", "| file | step | reason |", "|---|---|---|"]
+            for row in self.failure_table():
+                lines.append(f"| `{row['file']}` | {row['step']} | {_cell(row['reason'])} |")
             lines += ["", "(their last stderr lines: the `fermipipe-failures` table artifact)"]
         warnings = self.data_warnings()
         if warnings:
@@ -364,7 +372,28 @@ class RunSummary:
             )
         if m.quicklook:
             lines.append(f"  - quick-look: {_link(m.quicklook)}")
+            if image := inline_png(Path(m.quicklook)):
+                lines += ["", f"![quick-look of {m.name}]({image})", ""]
         return lines
+
+
+#: Largest PNG embedded in the summary (base64 grows it by a third; the API stores it).
+MAX_INLINE_PNG = 1_000_000
+
+
+def inline_png(png: Path) -> str | None:
+    """``png`` as a ``data:`` URL, or None (missing, unreadable or too large).
+
+    The Prefect UI runs in a browser, which refuses ``file://`` images from an http page,
+    and the Prefect server serves no files: an image inside the markdown itself is what
+    the UI shows wherever it runs."""
+    try:
+        data = png.read_bytes()
+    except OSError:
+        return None
+    if len(data) > MAX_INLINE_PNG or not data.startswith(b"\x89PNG"):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _cell(text: str) -> str:

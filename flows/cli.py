@@ -8,6 +8,7 @@ instant this way).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -100,6 +101,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--dry-run", action="store_true", help="print every command; run and write nothing"
     )
+    p.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="use a temporary Prefect server for this run only (records are not kept); "
+        "default: the local server kept running across runs (see flows/server.py)",
+    )
     add_flow_flags(p)
     args = p.parse_args(argv)
     check_flow_flags(p, args)
@@ -172,3 +179,23 @@ def exit_on_sigterm() -> None:
     port and the caller's stdout pipe (measured: a caller waiting for EOF hung).
     """
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def _stopped_before_run(signum: int, _frame: Any) -> None:
+    if "prefect.server.api.server" in sys.modules:  # --ephemeral: its server is started
+        from flows.shutdown import _stop_temporary_servers
+
+        _stop_temporary_servers()
+    sys.stderr.write("fermipipe: stopped by Ctrl-C before the run started\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def quiet_interrupt_until_run() -> None:
+    """Ctrl-C while Prefect loads or the server starts: one line, no traceback (nothing to
+    clean yet). The run restores Python's handler (:func:`restore_interrupt`)."""
+    signal.signal(signal.SIGINT, _stopped_before_run)
+
+
+def restore_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

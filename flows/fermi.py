@@ -31,20 +31,23 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # config errors and --dry-run: answered before Prefect loads
-    import os
-
-    from flows.cli import exit_on_sigterm, parse_args, preflight
+    from flows import server as _server
+    from flows.cli import exit_on_sigterm, parse_args, preflight, quiet_interrupt_until_run
 
     exit_on_sigterm()
+    quiet_interrupt_until_run()
     _ARGS = parse_args()
     if (_code := preflight(_ARGS)) is not None:
         sys.exit(_code)
-    # Without a server, Prefect starts a temporary one; its first start migrates a new
-    # database, ~15 s on 2 busy cores, against a default timeout of 20 s: give it room.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    try:  # a local server reused across runs, not a temporary one per run (flows/server.py)
+        if _line := _server.use_for_cli(_ARGS.ephemeral):
+            print(_line, file=sys.stderr, flush=True)
+    except _server.ServerError as _exc:
+        sys.exit(f"fermipipe: {_exc} (or run with --ephemeral)")
 
 import contextlib
 import os
+import re
 import shutil
 import time
 import uuid
@@ -55,14 +58,16 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.artifacts import (
-    create_link_artifact,
+    create_image_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.logging import get_run_logger
-from prefect.states import Failed, State
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.states import Cancelling, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import merge as merging
@@ -76,7 +81,7 @@ from fermipipe.plan import FilePlan, MergePlan, Plan, build_plan
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.staging import NodeStaging
-from fermipipe.summary import FileSummary, MergeSummary, RunSummary
+from fermipipe.summary import FileSummary, MergeSummary, RunSummary, inline_png
 from flows.cachectl import (
     CacheSetup,
     ProductCache,
@@ -89,7 +94,7 @@ from flows.cachectl import (
     product_cache,
     slice_store,
 )
-from flows.cli import flow_parameters, load_and_plan, parse_args, preflight
+from flows.cli import flow_parameters, load_and_plan, parse_args, preflight, restore_interrupt
 from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import STEP_FACTOR, close_staging, node_staging, open_staging
@@ -129,7 +134,13 @@ class ProductsOutcome:
 # ----------------------------------------------------------------------------- the flow
 
 
-@flow(name="fermipipe", on_cancellation=[lambda *_: runner.kill_all()])
+def kill_tools(flow: Any, flow_run: Any, state: State) -> None:
+    """on_cancellation hook (Prefect calls hooks as ``hook(flow, flow_run, state)``, by
+    keyword): stop every tool group of this process at once."""
+    runner.kill_all()
+
+
+@flow(name="fermipipe", on_cancellation=[kill_tools])
 def fermi_pipeline(
     config: str,
     steps: list[str] | None = None,
@@ -172,7 +183,10 @@ def fermi_pipeline(
         logger.info("%s", note)
     if cfg.caldb is not None:  # native gtexpcube2/gtpsf here, and the Fermitools' tools
         os.environ["CALDB"] = str(cfg.caldb)
-    run_work(WorkRequest(cfg, plan, choices, n_workers), summary)
+    # Created here, so that it belongs to this (the main) flow run, where a person looks;
+    # the work subflow counts every file into it, cache hits included.
+    progress = Progress(len(plan.files), logger=logger)
+    run_work(WorkRequest(cfg, plan, choices, n_workers, progress), summary)
     # The summary: complete from what this process saw, whatever Prefect's server kept.
     return finish_run(summary, summary_json)
 
@@ -185,6 +199,7 @@ class WorkRequest:
     plan: Plan  # rendered without a work folder: sizes the staging area
     choices: RunChoices  # command-line flags over the config's run: section
     workers: int
+    progress: Progress | None = None  # the main run's progress artifact and console bar
 
 
 #: Inputs of work subflows running in this process, by handle (see run_work).
@@ -201,21 +216,49 @@ def run_work(request: WorkRequest, summary: RunSummary) -> None:
     handle = uuid.uuid4().hex
     _WORK_INPUTS[handle] = (request, summary)
     try:
-        work_subflow(handle)
+        # No heartbeat thread of its own: the parent's covers this process, and joining
+        # one at the end costs up to a second (it sleeps in 1 s steps), a fifth of a rerun.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = work_subflow(handle, return_state=True)
+    except TerminationSignal:
+        show_cancelling()
+        raise
     finally:
         _WORK_INPUTS.pop(handle, None)
+    if not state.is_completed() and not (state.is_failed() and summary.failures()):
+        state.result()  # raises what ended it (a bug, a cancellation)
+
+
+def show_cancelling() -> None:
+    """A cancellation from the UI of a served/worker run: the runner owns the parent run's
+    state (it sets Cancelled once this process is gone), so Prefect's engine here leaves
+    its own copy at Running and logs "Finished in state Running()". Make that copy say what
+    the server says, Cancelling. ``_termination_intent`` is a Prefect 3.9 internal (the
+    engine's own test for a cancellation): re-check on upgrades."""
+    with contextlib.suppress(Exception):
+        from prefect.context import FlowRunContext
+        from prefect.flow_engine import _termination_intent
+
+        ctx = FlowRunContext.get()
+        if ctx is not None and ctx.flow_run is not None and _termination_intent() == "cancel":
+            ctx.flow_run.state = Cancelling(message="Flow run was cancelled.")
 
 
 @flow(
     name="fermipipe-work",
     validate_parameters=False,
     task_runner=ThreadPoolTaskRunner(max_workers=32),  # merges: parts, tree-level pairs
-    on_cancellation=[lambda *_: runner.kill_all()],
+    on_cancellation=[kill_tools],
 )
-def work_subflow(handle: str) -> None:
+def work_subflow(handle: str) -> State | None:
     """The staging area's owner: the per-file chains, merges and post-processing run in it,
-    and it is removed on the way out (:func:`staged_work`)."""
-    staged_work(*_WORK_INPUTS[handle])
+    and it is removed on the way out (:func:`staged_work`). Ends Failed, like its parent,
+    when a file, merge or post-processing step failed."""
+    request, summary = _WORK_INPUTS[handle]
+    staged_work(request, summary)
+    if failures := summary.failures():
+        return Failed(message=f"{len(failures)} failure(s): see the parent run's summary")
+    return None
 
 
 def staged_work(request: WorkRequest, summary: RunSummary) -> None:
@@ -263,8 +306,13 @@ def staged_work(request: WorkRequest, summary: RunSummary) -> None:
     try:
         # 1. Every file through its chain of steps.
         node = node_staging(cfg, plan, keep, logger)
-        summary.files = process_files(plan, runner.run_spec(run), n_workers, cfg, cache, node)
-        for f in summary.files:
+        progress = request.progress or Progress(len(plan.files), logger=logger)
+        summary.files = process_files(
+            plan, runner.run_spec(run), n_workers, cfg, cache, node, progress
+        )
+        progress.close()
+        for f, fp in zip(summary.files, plan.files, strict=True):
+            show_user_paths(f, fp)
             if f.status == "failed":
                 logger.error("%s failed at %s: %s", f.file_id, f.failed_step, f.error)
         remove_file_intermediates(plan, summary.files, keep, cache is not None)
@@ -333,6 +381,7 @@ def process_files(
     cfg: PipelineConfig,
     cache: CacheSetup | None = None,
     node: NodeStaging | None = None,
+    progress: Progress | None = None,
 ) -> list[FileSummary]:
     """Map each step over the files, chaining each file's steps through their futures
     (with ``node``: one node-local chain task per file instead, :func:`process_chains`).
@@ -347,9 +396,12 @@ def process_files(
     resources = {s.name: s.worker_resources for s in cfg.steps if s.worker_resources}
     # Files whose whole chain is a verified cache hit: one bulk task run, not 4 per file.
     hits = cached_summaries(plan, cache)
+    progress = progress or Progress(len(plan.files), artifact=False)
+    for hit in hits.values():
+        progress.file_done(hit.status, cached=True)
     files = tuple(fp for fp in plan.files if fp.file_id not in hits)
     if node is not None:  # Dask workers on other nodes: one task per chain, on one node
-        done = process_chains(plan, files, run, cfg, cache, node)
+        done = process_chains(plan, files, run, cfg, cache, node, progress)
         return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
     # The native tools' modules are imported here, once, not by the task threads at the
     # moment they first run a tool. Measured: a SIGTERM that lands while this thread holds
@@ -376,7 +428,7 @@ def process_files(
                     mapped = map_level(pool, run_step, files, k, previous, run, cache)
                 futures.append(list(mapped))
                 previous = list(mapped)
-            summaries = follow_progress(files, futures)
+            summaries = follow_progress(files, futures, progress)
             wait([fut for level in futures for fut in level])
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
@@ -395,6 +447,7 @@ def process_chains(
     cfg: PipelineConfig,
     cache: CacheSetup | None,
     node: NodeStaging,
+    progress: Progress,
 ) -> dict[str, FileSummary]:
     """One :func:`tasks.chain.run_chain` task per file: each file's steps run together on
     one Dask worker, with the intermediates on that node's RAM disk."""
@@ -443,14 +496,12 @@ def process_chains(
                         },
                     )
                 )
-            progress = Progress(len(files), logger=get_run_logger())
             index = {id(fut): i for i, fut in enumerate(futures)}
             done: dict[str, FileSummary] = {}
             for fut in as_completed(futures):
                 fp = files[index[id(fut)]]
                 done[fp.file_id] = summarize_chain(fp, fut)
                 progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
-            progress.close()
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, futures)
             raise
@@ -502,11 +553,10 @@ def summarize_chain(fp: FilePlan, fut: PrefectFuture[list[StepResult]]) -> FileS
 
 
 def follow_progress(
-    files: Sequence[FilePlan], futures: list[list[PrefectFuture[StepResult]]]
+    files: Sequence[FilePlan], futures: list[list[PrefectFuture[StepResult]]], progress: Progress
 ) -> dict[int, FileSummary]:
     """Summarize each file as its chain finishes (its last step's future is final, so are
     the earlier ones), updating the progress artifact and the console bar."""
-    progress = Progress(len(files), logger=get_run_logger())
     summaries: dict[int, FileSummary] = {}
     last = futures[-1] if futures else []
     index = {id(fut): i for i, fut in enumerate(last)}
@@ -514,7 +564,6 @@ def follow_progress(
         i = index[id(fut)]
         summaries[i] = summarize_file(files[i], [level[i] for level in futures])
         progress.file_done(summaries[i].status, cached=summaries[i].cached)
-    progress.close()
     return summaries
 
 
@@ -548,6 +597,22 @@ def summarize_file(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -
         summary.status, summary.failed_step = "failed", inv.step
         summary.error = result.error or state.message or "failed"
     return summary
+
+
+def show_user_paths(summary: FileSummary, fp: FilePlan) -> None:
+    """Name the user's input file, not its staged copy (``<work>/<file>/input/<name>`` on
+    the RAM disk, gone after the run), in what the summary and the UI show of a failure."""
+    staged = re.compile(
+        r"[^\s()'\"]*/" + re.escape(fp.file_id) + "/input/" + re.escape(Path(fp.input).name)
+    )
+
+    def fix(text: str | None) -> str | None:
+        return staged.sub(lambda _m: str(fp.input), text) if text else text
+
+    summary.error = fix(summary.error)
+    for result in summary.steps:
+        result.error = fix(result.error)
+        result.stderr_tail = [fix(line) or "" for line in result.stderr_tail]
 
 
 def remove_file_intermediates(
@@ -731,21 +796,22 @@ def merge_how(merge: MergePlan) -> str:
 
 
 def publish_quicklook(name: str, product: Path) -> str | None:
-    """``<product stem>.png`` beside the merged counts map, linked as a Prefect artifact.
+    """``<product stem>.png`` beside the merged counts map, shown in the UI.
 
-    Prefect's image artifacts take a URL only and the PNG is a local file, so it is published
-    as a link artifact (a file:// URL) and linked from the summary. A drawing failure is
-    logged, never fatal: the product itself is fine.
+    A browser refuses ``file://`` images in an http page and the Prefect server serves no
+    files, so the image goes into the run summary's markdown as a ``data:`` URL
+    (:func:`fermipipe.summary.inline_png`) and, when small enough, into an image artifact of
+    its own the same way. A drawing failure is logged, never fatal: the product is fine.
     """
     png = Path(product).with_suffix(".png")
     try:
         make_quicklook(Path(product), png, title=f"{name}: {Path(product).name}")
-        create_link_artifact(
-            link=png.resolve().as_uri(),
-            link_text=png.name,
-            key=f"fermipipe-quicklook-{artifact_key(name)}",
-            description=f"Quick-look of the merged {name} counts map",
-        )
+        if image := inline_png(png):
+            create_image_artifact(
+                image_url=image,
+                key=f"fermipipe-quicklook-{artifact_key(name)}",
+                description=f"Quick-look of the merged {name} counts map ({png})",
+            )
     except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
         get_run_logger().warning("quick-look of %s not made: %s", product, exc)
         return None
@@ -941,7 +1007,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: Any) -> int:
-    state = fermi_pipeline(**flow_parameters(args, args.config), return_state=True)
+    import signal
+
+    from flows import shutdown
+
+    shutdown.cli_stops()
+    restore_interrupt()
+    try:
+        state = fermi_pipeline(**flow_parameters(args, args.config), return_state=True)
+    except KeyboardInterrupt:
+        shutdown.finish_stop(signal.SIGINT)
+    except TerminationSignal as exc:
+        shutdown.finish_stop(exc.signal)
+    except SystemExit:  # Prefect re-sends SIGTERM to exit_on_sigterm's handler
+        if not shutdown.stopping():
+            raise
+        shutdown.finish_stop(signal.SIGTERM)
     if not state.is_completed():
         print(f"fermipipe: run {state.name}: {state.message}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 The flow calls :meth:`Progress.file_done` as each file's chain finishes (whatever the task
 runner). The artifact (key ``fermipipe-progress``) shows the percentage of files done and a
-description "done/total files — failed, cached"; the bar is drawn only when the stream is a
+description such as "3/3 files — 1 failed, 2 cached"; the bar is drawn only when the stream is a
 terminal (a log file or a pipe gets no carriage-return noise).
 
 Publishing never fails a run: an API error is logged once and the artifact is dropped. An
@@ -30,10 +30,17 @@ class Counts:
     cached: int = 0
 
     def describe(self) -> str:
-        return (
-            f"{self.done}/{self.total} files done — {self.failed} failed, "
-            f"{self.empty} empty, {self.cached} cached"
-        )
+        """``3/3 files — 1 failed, 2 cached``: the counts that are not zero."""
+        parts = [
+            f"{n} {label}"
+            for n, label in (
+                (self.failed, "failed"),
+                (self.empty, "empty"),
+                (self.cached, "cached"),
+            )
+            if n
+        ]
+        return f"{self.done}/{self.total} files" + (" — " + ", ".join(parts) if parts else "")
 
     @property
     def percent(self) -> float:
@@ -86,7 +93,7 @@ class Progress:
     # ------------------------------------------------------------------ outputs
 
     def bar(self) -> str:
-        """The console line: ``[#####.....]  2/3 files — 0 failed, 0 empty, 1 cached``."""
+        """The console line: ``[#####.....] 2/3 files — 1 cached``."""
         c = self.counts
         filled = round(self.width * c.done / c.total) if c.total else self.width
         return f"[{'#' * filled}{'.' * (self.width - filled)}] {c.describe()}"

@@ -18,6 +18,7 @@ runner's cancellation protocol (a cancelled run ends Cancelled, not Crashed).
 from __future__ import annotations
 
 import _imp
+import contextlib
 import faulthandler
 import itertools
 import os
@@ -64,9 +65,73 @@ def run_cleanups() -> None:
             sys.stderr.write(f"fermipipe: cleanup after SIGTERM failed: {exc}\n")
 
 
+#: A command-line run (:func:`cli_stops`): Ctrl-C is handled like SIGTERM, the process
+#: ends at most ``CLI_GRACE`` s after the signal, and it says so in one line.
+_CLI = threading.Event()
+CLI_GRACE = 7.0
+_SAID = threading.Event()
+
+
+def cli_stops() -> None:
+    """For ``python flows/fermi.py``: Ctrl-C or SIGTERM end the process within
+    ``CLI_GRACE`` seconds (tools killed and staging folder removed at once), with one line
+    and no traceback (:func:`finish_stop`)."""
+    _CLI.set()
+
+
+def stopping() -> bool:
+    """A stop (SIGTERM, or Ctrl-C in a CLI run) has started the watchdog."""
+    return _FIRED.is_set()
+
+
+def _say_stopped(signum: int) -> None:
+    if not _SAID.is_set():
+        _SAID.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        sys.stdout.flush()
+        sys.stderr.write(f"fermipipe: stopped by {name}: tools killed, staging folder removed\n")
+        sys.stderr.flush()
+
+
+def _drain_prefect(timeout: float) -> None:
+    """Send the logs and events still queued (the run's final state is already recorded:
+    the engine sets it through the API), for at most ``timeout`` seconds."""
+
+    def drain() -> None:
+        with contextlib.suppress(Exception):
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=timeout)
+        with contextlib.suppress(Exception):
+            from prefect.events.worker import EventsWorker
+
+            EventsWorker.drain_all(timeout=timeout)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    thread.join(timeout)
+
+
+def finish_stop(signum: int) -> None:
+    """End a stopped CLI run now: tools killed, cleanups run, queued logs sent (briefly),
+    one line, exit 128 + signum. ``os._exit``: a native step computing in a task thread
+    cannot be interrupted, and a normal exit would wait for it (concurrent.futures joins
+    its threads at exit)."""
+    run_cleanups()
+    _drain_prefect(2.0)
+    _stop_temporary_servers()
+    _say_stopped(signum)  # the last line
+    os._exit(128 + signum)
+
+
 def _watchdog(signum: int, grace: float) -> None:
     run_cleanups()
     time.sleep(grace)  # a daemon thread: it dies with the process if teardown ends first
+    if _CLI.is_set():  # a CLI run: the normal stop (finish_stop) did not come in time
+        run_cleanups()
+        _say_stopped(signum)
+        _stop_temporary_servers()
+        os._exit(128 + signum)
     sys.stderr.write(
         f"fermipipe: still running {grace:.0f} s after {signal.Signals(signum).name}; "
         "exiting now (tools killed, staging folder removed). Where each thread was:\n"
@@ -88,7 +153,8 @@ def _stop_temporary_servers() -> None:
     module = sys.modules.get("prefect.server.api.server")
     if module is None:  # never started one
         return
-    for server in list(getattr(module.SubprocessASGIServer, "_instances", {}).values()):
+    cls = getattr(module, "SubprocessASGIServer", None)  # None: still being imported
+    for server in list(getattr(cls, "_instances", {}).values()):
         try:
             server.stop()
         except Exception as exc:  # noqa: BLE001 - best effort on the way out
@@ -101,13 +167,21 @@ def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
     errors take the normal path)."""
     from prefect.exceptions import TerminationSignal
 
-    if not isinstance(exc, TerminationSignal) or _FIRED.is_set():
+    if isinstance(exc, TerminationSignal):
+        signum = exc.signal
+    elif isinstance(exc, KeyboardInterrupt) and _CLI.is_set():
+        signum = signal.SIGINT
+    else:
+        return
+    if _FIRED.is_set():
         return
     _FIRED.set()
+    if _CLI.is_set():
+        grace = min(grace, CLI_GRACE)
     if release_orphaned_import_lock():
         sys.stderr.write("fermipipe: released the import lock the SIGTERM left held\n")
     threading.Thread(
-        target=_watchdog, args=(exc.signal, grace), name="sigterm-watchdog", daemon=True
+        target=_watchdog, args=(signum, grace), name="sigterm-watchdog", daemon=True
     ).start()
 
 

@@ -236,7 +236,19 @@ def cancel_pending(pool: TaskRunner[Any], futures: Iterable[Any]) -> None:
     """Cancel the submitted tasks that have not started (threads: the pool's own
     ``cancel_all``; Dask, whose runner has none: each future's Dask future)."""
     if isinstance(pool, ThreadPoolTaskRunner):
-        pool.cancel_all()
+        # Not pool.cancel_all(): it waits for the running threads, and a native step (an
+        # in-process numba kernel, ~20 s for a fine gtltcube) cannot be interrupted — the
+        # stop would wait for it, then it would fail writing into the removed staging
+        # folder. Its tools are already killed; the rest is dropped without waiting, and a
+        # CLI run then ends its process (flows/shutdown.py: finish_stop), which ends those
+        # threads too. `_cancel_events` and `_executor` are Prefect 3.9 internals
+        # (ThreadPoolTaskRunner.cancel_all does the same with wait=True): re-check on upgrades.
+        for event in getattr(pool, "_cancel_events", {}).values():
+            event.set()
+        executor = getattr(pool, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            pool._executor = None  # so the runner's __exit__ does not wait either
         return
     for fut in futures:
         with contextlib.suppress(Exception):  # already finished or lost with its worker

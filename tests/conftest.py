@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A `python flows/fermi.py` run without PREFECT_API_URL starts a local server kept for later
+# runs (flows/server.py); a test never leaves one behind: its runs get Prefect's temporary
+# server unless it passes a server of its own (prefect_server) or asks for the local one.
+os.environ.setdefault("FERMIPIPE_PREFECT_SERVER", "ephemeral")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "fermi"

@@ -205,12 +205,17 @@ def assert_same_fits(a: Path, b: Path, *, history: bool = True) -> None:
 
 
 def task_runs_in(log: Path, step: str) -> list[str]:
-    """File ids of the ``step`` task runs a worker's log shows as Completed."""
+    """Weeks (``w700``) of the ``step`` task runs a worker's log shows as Completed (a
+    per-step task run is named ``<step> · w<week>``)."""
     found = []
     for line in log.read_text().splitlines():
-        if f"Task run '{step}[" in line and "Finished in state Completed" in line:
-            found.append(line.split(f"Task run '{step}[", 1)[1].split("]", 1)[0])
+        if f"Task run '{step} · " in line and "Finished in state Completed" in line:
+            found.append(line.split(f"Task run '{step} · ", 1)[1].split("'", 1)[0])
     return found
+
+
+def week_label(file_id: str) -> str:
+    return "w" + file_id.split("weekly_w", 1)[1][:3]
 
 
 # ------------------------------------------------------------------------------- tests
@@ -252,13 +257,13 @@ def test_example_on_dask_equals_local_run(
     for name in PRODUCTS:
         assert_same_fits(local_products / name, products / name)
     # The steps ran on the workers, both of them, not in the flow's process.
-    assert "Task run 'select[" not in log.read_text()
+    assert "Task run 'select · " not in log.read_text()
     for name, text in logs.items():
         assert "Finished in state Completed" in text, f"worker {name} ran nothing"
         assert "Failed to reach API" not in text and "Traceback" not in text, text[-3000:]
     # worker_resources → dask.annotate: ltcube only where the resource exists.
     assert sorted(task_runs_in(cluster.logs["wb"], "ltcube")) == sorted(
-        f["file"] for f in summary["per_file"]
+        week_label(f["file"]) for f in summary["per_file"]
     )
     assert task_runs_in(cluster.logs["wa"], "ltcube") == []
     # What a person sees: the quick-look PNG beside the merged counts cube, in the summary.
@@ -482,6 +487,6 @@ def test_node_local_chains_use_the_workers_ram_disk(
         any("Task run 'chain[" in line and "Completed" in line for line in text.splitlines())
         for text in logs.values()
     ), "both workers ran chains"
-    assert "Task run 'select[" not in "".join(logs.values())  # no per-step tasks
+    assert "Task run 'select · " not in "".join(logs.values())  # no per-step tasks
     assert not any(ram.glob("fermipipe-*")), sorted(ram.iterdir())  # every folder removed
     assert [s["status"] for f in summary["per_file"] for s in f["steps"]] == ["ok"] * 12

@@ -578,3 +578,7 @@ def test_cancel_from_the_ui_kills_tools_and_removes_the_staging_folder(
             pytest.fail("the tool's process group is still running after the cancellation")
         time.sleep(0.2)
     assert not any(ram.glob("fermipipe-*")), sorted(ram.iterdir())
+    log = served.read_text()
+    assert "Hook 'kill_tools' finished running successfully" in log
+    assert "unexpected keyword argument" not in log  # hooks take (flow, flow_run, state)
+    assert "Finished in state Running()" not in log

@@ -316,7 +316,7 @@ def test_a_failing_file_does_not_stop_the_others_and_the_run_fails(
     assert not (project / "work").exists()
     assert not (products / "counts.fits").exists()
     assert "merging not run" in s["merge_note"]
-    # The failure table artifact names file, step and error.
+    # The failure table artifact names the user's file (its path), the step and the reason.
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -329,9 +329,9 @@ def test_a_failing_file_does_not_stop_the_others_and_the_run_fails(
     table = json.loads(table) if isinstance(table, str) else table
     assert table == [
         {
-            "file": "ft1tiny1",
+            "file": str(project / "in" / "ft1tiny1.fits"),
             "step": "check",
-            "error": "exit code 4: Error: this file is broken",
+            "reason": "exit code 4: Error: this file is broken",
             "stderr_tail": "Error: this file is broken",
         }
     ]

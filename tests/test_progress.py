@@ -35,9 +35,9 @@ def test_bar_on_a_terminal_counts_done_failed_empty_cached() -> None:
     p.file_done("empty")
     p.close()
     frames = out.getvalue().split("\r")[1:]
-    assert frames[0] == "[........] 0/4 files done — 0 failed, 0 empty, 0 cached"
-    assert frames[2] == "[####....] 2/4 files done — 1 failed, 0 empty, 0 cached"
-    assert frames[-1] == "[########] 4/4 files done — 1 failed, 1 empty, 1 cached\n"
+    assert frames[0] == "[........] 0/4 files"
+    assert frames[2] == "[####....] 2/4 files — 1 failed"
+    assert frames[-1] == "[########] 4/4 files — 1 failed, 1 empty, 1 cached\n"
     assert (p.counts.done, p.counts.failed, p.counts.empty, p.counts.cached) == (4, 1, 1, 1)
 
 
@@ -86,7 +86,7 @@ def test_progress_artifact_is_updated_as_files_finish(harness: None) -> None:
         seen.append(latest())
 
     three_files()
-    assert seen[0] == (0.0, "0/3 files done — 0 failed, 0 empty, 0 cached")
+    assert seen[0] == (0.0, "0/3 files")
     assert seen[1][0] == pytest.approx(100 / 3)
-    assert seen[1][1] == "1/3 files done — 0 failed, 0 empty, 0 cached"
-    assert seen[2] == (100.0, "3/3 files done — 1 failed, 0 empty, 1 cached")
+    assert seen[1][1] == "1/3 files"
+    assert seen[2] == (100.0, "3/3 files — 1 failed, 1 cached")

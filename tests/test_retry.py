@@ -148,7 +148,7 @@ def test_transient_failures_are_retried_deterministic_ones_are_not(
     with get_client(sync_client=True) as client:
         tasks = task_runs(client, state.state_details.flow_run_id)
         counts = {t.name: t.run_count for t in tasks}
-    assert counts == {"copy[good]": 2, "copy[bad]": 1}, counts
+    assert counts == {"copy · good": 2, "copy · bad": 1}, counts
 
 
 @pytest.mark.parametrize(

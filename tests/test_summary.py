@@ -77,7 +77,8 @@ def test_markdown_has_inputs_counts_steps_failures_products(tmp_path: Path) -> N
     assert "- `/data/w701.fits`: failed" in md
     assert "- `/data/w702.fits`: cached" in md
     assert "| select | 1.50 | 0.50 | 0.00 | 3 |" in md
-    assert "| w701 | select | exit code 2: bad \\| header |" in md  # a | in a cell escaped
+    # the user's file (its path), the step, the reason; a | in a cell escaped
+    assert "| `/data/w701.fits` | select | exit code 2: bad \\| header |" in md
     product = tmp_path / "out" / "example_ccube.fits"
     assert f"[`{product}`]({product.as_uri()}); left out: w701" in md
     sidecar = product.with_name(product.name + ".manifest.json")
@@ -90,9 +91,9 @@ def test_failure_table_carries_the_last_stderr_lines(tmp_path: Path) -> None:
     rows = make_summary(tmp_path).failure_table()
     assert rows == [
         {
-            "file": "w701",
+            "file": "/data/w701.fits",
             "step": "select",
-            "error": "exit code 2: bad | header",
+            "reason": "exit code 2: bad | header",
             "stderr_tail": "line 3\nline 4\nline 5\nline 6\nline 7",
         }
     ]

@@ -86,9 +86,11 @@ def _log_index(v: np.ndarray, begin: float, end: float, n: int) -> np.ndarray:
 def lin_binner(begin: float, end: float, size: float) -> Binner:
     """LinearBinner(begin, end, Δ); ValueError for an empty or inverted range or Δ ≤ 0."""
     if not size > 0:
-        raise ValueError(f"bin width must be positive, got {size!r}")
+        raise ValueError(f"bin width must be positive, got {float(size)!r}")
     if not end > begin:
-        raise ValueError(f"interval end {end!r} must be greater than its start {begin!r}")
+        raise ValueError(
+            f"interval end {float(end)!r} must be greater than its start {float(begin)!r}"
+        )
     n = int(math.ceil((end - begin) / size))
     lo = np.empty(n)
     hi = np.empty(n)
@@ -107,9 +109,11 @@ def log_binner(begin: float, end: float, n: int) -> Binner:
     if n is None or n < 1:
         raise ValueError(f"number of bins must be at least 1, got {n!r}")
     if not begin > 0:
-        raise ValueError(f"logarithmic binning needs a positive start, got {begin!r}")
+        raise ValueError(f"logarithmic binning needs a positive start, got {float(begin)!r}")
     if not end > begin:
-        raise ValueError(f"interval end {end!r} must be greater than its start {begin!r}")
+        raise ValueError(
+            f"interval end {float(end)!r} must be greater than its start {float(begin)!r}"
+        )
     step = math.log(end / begin)
     lo = np.empty(n)
     hi = np.empty(n)
@@ -132,7 +136,7 @@ def file_binner(lo: np.ndarray, hi: np.ndarray) -> Binner:
         raise ValueError("the bin definition table has no rows")
     if np.any(hi < lo):
         i = int(np.flatnonzero(hi < lo)[0])
-        raise ValueError(f"bin {i + 1} ends ({hi[i]!r}) before it starts ({lo[i]!r})")
+        raise ValueError(f"bin {i + 1} ends ({float(hi[i])!r}) before it starts ({float(lo[i])!r})")
     if lo.size > 1 and np.any(lo[1:] < hi[:-1]):
         i = int(np.flatnonzero(lo[1:] < hi[:-1])[0])
         raise ValueError(f"bins {i + 1} and {i + 2} are out of order or overlap")

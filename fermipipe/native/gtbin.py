@@ -161,7 +161,9 @@ def time_binner(p: Mapping[str, Any], harvest: Harvest) -> Binner:
         raise ToolError(TOOL, "tstart/tstop are INDEF and the events header has no TSTART/TSTOP")
     _need(p, "dtime")
     if tstop <= tstart:
-        raise ToolError(TOOL, f"tstop ({tstop!r}) must be greater than tstart ({tstart!r})")
+        raise ToolError(
+            TOOL, f"tstop ({float(tstop)!r}) must be greater than tstart ({float(tstart)!r})"
+        )
     try:
         return lin_binner(tstart, tstop, p["dtime"])
     except ValueError as exc:

@@ -293,7 +293,7 @@ def iter_ft2_chunks(
                 i = int(bad[0])
                 raise ToolError(
                     TOOL,
-                    f"{sctable} row {c0 + i + 1} has START {start[i]!r} > STOP {stop[i]!r}",
+                    f"{sctable} row {c0 + i + 1} has START {float(start[i])!r} > STOP {float(stop[i])!r}",
                     path,
                 )
             # Rows with STOP == START get f = 0 and are skipped like f = 0 rows.
@@ -677,7 +677,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         # the wrong spacecraft file, so it is reported as an empty product.
         raise EmptyProductError(
             TOOL,
-            f"no FT2 row overlaps the GTI [{events.gti.tstart!r}, {events.gti.tstop!r}]",
+            f"no FT2 row overlaps the GTI [{float(events.gti.tstart)!r}, {float(events.gti.tstop)!r}]",
             ", ".join(scfiles),
         )
     out = write_livetime_cube(

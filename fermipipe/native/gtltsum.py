@@ -142,7 +142,7 @@ def _check_compatible(cubes: Sequence[_CubeInfo]) -> None:
             raise ToolError(
                 TOOL,
                 f"GTIs overlap with those of {cubes[j].path} (first common interval "
-                f"[{common.start[0]!r}, {common.stop[0]!r}], {common.ontime:g} s in all); "
+                f"[{float(common.start[0])!r}, {float(common.stop[0])!r}], {common.ontime:g} s in all); "
                 "summing would count that livetime twice",
                 cube.path,
             )

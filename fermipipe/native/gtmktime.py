@@ -392,9 +392,9 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         else:
             t1, t2 = float(p["tstart"] or 0.0), float(p["tstop"] or 0.0)
         if t1 > t2:
-            raise ToolError(TOOL, f"tstart {t1!r} > tstop {t2!r}", evfile)
+            raise ToolError(TOOL, f"tstart {float(t1)!r} > tstop {float(t2)!r}", evfile)
         gti = gti.clip(t1, t2)
-        against = f"[{t1!r}, {t2!r}] (overwrite=yes)"
+        against = f"[{float(t1)!r}, {float(t2)!r}] (overwrite=yes)"
     else:
         against = "the event file's GTI"
         gti_cuts = [c for c in cuts if isinstance(c, GtiCut) and c.gti is not None]
@@ -410,8 +410,8 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     if len(gti) == 0:
         raise EmptyProductError(
             TOOL,
-            f"No GTIs found: the FT2 rows passing the filter between TSTART {tmin!r} and "
-            f"TSTOP {tmax!r} do not overlap {against}; filter: {filter_text}",
+            f"No GTIs found: the FT2 rows passing the filter between TSTART {float(tmin)!r} and "
+            f"TSTOP {float(tmax)!r} do not overlap {against}; filter: {filter_text}",
             evfile,
         )
 
@@ -432,7 +432,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     )
     warnings += tally.warnings()
     messages.append(
-        f"gtmktime: {result.n_gti} GTIs, ONTIME {result.ontime!r} s, "
+        f"gtmktime: {result.n_gti} GTIs, ONTIME {float(result.ontime)!r} s, "
         f"{result.n_events} events written to {outfile}"
     )
     return ToolOutcome(
