@@ -104,7 +104,7 @@ from flows.task_runners import (
 )
 from tasks.chain import run_chain
 from tasks.merge import merge_all, merge_pair, merge_part
-from tasks.post import run_post
+from tasks.post import quicklook_outputs, run_post
 from tasks.steps import get_store, run_step
 
 
@@ -620,6 +620,8 @@ def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) ->
         else:
             for inv in plan.post:
                 outcome.post.append(run_post_step(inv, opts.run, opts.cache))
+                for name, path in quicklook_outputs(inv, outcome.post[-1]).items():
+                    publish_quicklook(name, Path(path))  # a flux map: PNG beside it
                 if outcome.post[-1].status == "failed":
                     outcome.note = f"post-processing stopped: {inv.step} failed"
                     break

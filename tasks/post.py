@@ -16,6 +16,19 @@ from fermipipe.plan import Invocation
 from fermipipe.runner import StepFailedError, StepResult
 from tasks.steps import StepCache, run_stored, step_cache_key
 
+#: Post-processing tools whose outputs are sky images (flux maps) worth a quick-look PNG.
+QUICKLOOK_TOOLS = frozenset({"farith", "hpx_divide"})
+
+
+def quicklook_outputs(invocation: Invocation, result: StepResult) -> dict[str, str]:
+    """The outputs of a finished post step to draw as quick-looks: every output of a
+    farith/hpx_divide step (counts / exposure = a flux map), none for other tools. The
+    planned paths in the output folder (``result.outputs`` may name the cache store's copy,
+    and the PNG belongs beside the product the user sees)."""
+    if result.status != "ok" or invocation.tool not in QUICKLOOK_TOOLS:
+        return {}
+    return {name: str(path) for name, path in invocation.outputs.items() if path.is_file()}
+
 
 @task(
     name="post",
