@@ -104,7 +104,7 @@ from flows.task_runners import (
 )
 from tasks.chain import run_chain
 from tasks.merge import merge_all, merge_pair, merge_part
-from tasks.post import quicklook_outputs, run_post
+from tasks.post import plane_parallel, quicklook_outputs, run_post, run_post_planes
 from tasks.steps import get_store, run_step
 
 
@@ -836,6 +836,8 @@ def hierarchical_merge(
 
 def run_post_step(inv: Any, run: runner.RunSpec, pc: ProductCache | None = None) -> StepResult:
     """Run one post-processing step; with the cache, keyed by the content of its inputs."""
+    if plane_parallel(inv):  # the real gtexpcube2: one task per energy plane, then stacked
+        return run_post_planes(inv, run)
     task, cache = run_post, None
     if pc is not None:
         cache, hit = post_cache(inv, pc)
