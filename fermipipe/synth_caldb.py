@@ -7,6 +7,8 @@ them need IRFs that exist without a CALDB download. :func:`write_synthetic_caldb
   PHI_DEPENDENCE_FRONT, EFFICIENCY_PARAMS_FRONT, then the same three for BACK;
 * ``<root>/data/glast/lat/bcf/psf/psf_<IRF>_FB.fits``: RPSF_FRONT, PSF_SCALING_PARAMS_FRONT,
   FISHEYE_CORRECTION_FRONT, then BACK;
+* ``<root>/data/glast/lat/bcf/irf_index.fits``: BITMASK_MAPPING (the IRF's event class,
+  SOURCE, and its event types, FRONT/BACK) and EVENT_TYPE_MAPPING, as in the real CALDB;
 * ``<root>/data/glast/lat/caldb.indx``: the CIF rows pointing at them (what the Fermitools'
   CALDB lookup reads; fermipipe's lookup also finds the files by name).
 
@@ -432,6 +434,52 @@ def _index_hdus(
     return [(_primary("CALDB index"), None), (header, rows)]
 
 
+# irf_index.fits: the event-class bit and allowed event types of each IRF (what the
+# Fermitools' dataSubselector reads to write an IRF's EVENT_CLASS/EVENT_TYPE DSS cuts; without
+# a row, a tool with ``irfs=<IRF>`` fails). The event-type table is the LAT's bit assignment.
+_BITMASK_COLUMNS = (("EVENT_CLASS", "S60", "60A"), ("BITPOSITION", ">i2", "1I"),
+                    ("EVENT_TYPES", ">i4", "1J"))  # fmt: skip
+_TYPE_COLUMNS = (("EVENT_TYPE", "S60", "60A"), ("BITPOSITION", ">i2", "1I"),
+                 ("EVENT_TYPE_PARTITION", "S20", "20A"))  # fmt: skip
+_EVENT_TYPES = (
+    ("FRONT", 0, "none"), ("BACK", 1, "none"),
+    *((f"PSF{i}", 2 + i, "PSF") for i in range(4)),
+    *((f"EDISP{i}", 6 + i, "EDISP") for i in range(4)),
+)  # fmt: skip
+#: SOURCE class bit (EVENT_CLASS 128, as the sample weeks' DSS) and FRONT/BACK only (the
+#: synthetic IRF has no PSFn/EDISPn files).
+_SOURCE_BIT, _FB_TYPES = 7, 0b11
+
+
+def _table_hdu(
+    extname: str, columns: Sequence[tuple[str, str, str]], values: Sequence[tuple[Any, ...]]
+) -> tuple[Header, np.ndarray]:
+    rows = np.zeros(len(values), dtype=[(n, t) for n, t, _ in columns])
+    for row, value in zip(rows, values, strict=True):
+        for (name, _, _), v in zip(columns, value, strict=True):
+            row[name] = v.encode() if isinstance(v, str) else v
+    cards = [
+        _card(k, v, c)
+        for k, v, c in bintable_keywords(rows.dtype.itemsize, len(rows), len(columns))
+    ]
+    for i, (name, _, tform) in enumerate(columns, 1):
+        cards += [_card(f"TTYPE{i}", name), _card(f"TFORM{i}", tform)]
+    cards.append(_card("EXTNAME", extname, "extension name"))
+    header = Header(cards)
+    for text in _SYNTHETIC:
+        header.add_comment(text)
+    return header, rows
+
+
+def _irf_index_hdus(irf: str) -> list[tuple[Header, np.ndarray | None]]:
+    """irf_index.fits: BITMASK_MAPPING (this IRF only) and EVENT_TYPE_MAPPING."""
+    return [
+        (_primary("IRF index"), None),
+        _table_hdu("BITMASK_MAPPING", _BITMASK_COLUMNS, [(irf, _SOURCE_BIT, _FB_TYPES)]),
+        _table_hdu("EVENT_TYPE_MAPPING", _TYPE_COLUMNS, _EVENT_TYPES),
+    ]
+
+
 def write_synthetic_caldb(root: str | Path, irf: str = SYNTH_IRF) -> list[Path]:
     """Write the synthetic aeff/psf files and caldb.indx under ``root`` (a CALDB root: the
     folder that holds ``data/glast/lat``); return the paths written. Deterministic bytes."""
@@ -451,6 +499,9 @@ def write_synthetic_caldb(root: str | Path, irf: str = SYNTH_IRF) -> list[Path]:
         for xno, (header, _) in enumerate(hdus[1:], 1):
             cname = str(header["CCNM0001"])
             entries.append((folder, fname, str(header["DETNAM"]), xno, cname))
+    irf_index = lat / "bcf" / "irf_index.fits"
+    write_fits(irf_index, _irf_index_hdus(irf), checksum_stamp=_STAMP)
+    written.append(irf_index)
     index = lat / "caldb.indx"
     write_fits(index, _index_hdus(entries, irf), checksum_stamp=_STAMP)
     written.append(index)

@@ -109,7 +109,7 @@ from flows.task_runners import (
 )
 from tasks.chain import run_chain
 from tasks.merge import merge_all, merge_pair, merge_part
-from tasks.post import run_post
+from tasks.post import plane_parallel, quicklook_outputs, run_post, run_post_planes
 from tasks.steps import get_store, run_step
 
 
@@ -685,6 +685,8 @@ def products_flow(plan: Plan, files: list[FileSummary], opts: ProductOptions) ->
         else:
             for inv in plan.post:
                 outcome.post.append(run_post_step(inv, opts.run, opts.cache))
+                for name, path in quicklook_outputs(inv, outcome.post[-1]).items():
+                    publish_quicklook(name, Path(path))  # a flux map: PNG beside it
                 if outcome.post[-1].status == "failed":
                     outcome.note = f"post-processing stopped: {inv.step} failed"
                     break
@@ -900,6 +902,8 @@ def hierarchical_merge(
 
 def run_post_step(inv: Any, run: runner.RunSpec, pc: ProductCache | None = None) -> StepResult:
     """Run one post-processing step; with the cache, keyed by the content of its inputs."""
+    if plane_parallel(inv):  # the real gtexpcube2: one task per energy plane, then stacked
+        return run_post_planes(inv, run)
     task, cache = run_post, None
     if pc is not None:
         cache, hit = post_cache(inv, pc)

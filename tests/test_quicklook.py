@@ -38,3 +38,25 @@ def test_quicklook_of_reference_maps(shared_data: Path, tmp_path: Path, rel: str
 def test_quicklook_rejects_a_table_without_map(shared_data: Path, tmp_path: Path) -> None:
     with pytest.raises(ToolError, match="neither an image nor a SKYMAP"):
         make_quicklook(shared_data / "evtbin/outref/LC1.lc", tmp_path / "x.png")
+
+
+def test_quicklook_of_a_flux_map_with_undefined_pixels(shared_data: Path, tmp_path: Path) -> None:
+    """A farith DIV product: float values ~1e-9 (far below counts' 1), and undefined pixels
+    written as farith's blank (-999) or NaN: drawn from the positive values only."""
+    from astropy.io import fits
+
+    from fermipipe.native import run_tool
+
+    counts = shared_data / "gammalib" / "p8v2" / "cntmap.fits.gz"
+    flux = tmp_path / "flux.fits"
+    # counts / (counts * 1e9): 1e-9 where counted, 0/0 = undefined (blank) elsewhere
+    with fits.open(counts) as h:
+        data = h[0].data.astype(np.float32)
+        fits.PrimaryHDU(data * np.float32(1e9), h[0].header).writeto(tmp_path / "exp.fits")
+    run_tool("farith", {"infil1": str(counts), "infil2": str(tmp_path / "exp.fits"),
+                        "outfil": str(flux), "ops": "DIV"})  # fmt: skip
+    values = fits.getdata(flux)
+    assert (values == -999).any() and (values > 0).any() and values.max() < 1e-6
+    png = make_quicklook(flux, tmp_path / "flux.png")
+    pixels = _png_pixels(png)
+    assert np.std(pixels[..., :3]) > 0.05

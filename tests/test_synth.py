@@ -395,3 +395,20 @@ def test_committed_sample_is_reproducible(tmp_path: Path) -> None:
         )
         for path in made:
             _assert_same_files(SAMPLE / path.name, path)
+
+
+def test_committed_sample_caldb_is_reproducible(tmp_path: Path) -> None:
+    """data/sample/caldb is what `python -m fermipipe.synth_caldb --out data/sample/caldb`
+    writes (data/sample/README.md): every file, byte for byte."""
+    from fermipipe.synth_caldb import main as synth_caldb_main
+
+    committed_root = SAMPLE / "caldb"
+    committed = sorted(
+        p.relative_to(committed_root) for p in committed_root.rglob("*") if p.is_file()
+    )
+    assert synth_caldb_main(["--out", str(tmp_path)]) == 0
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert committed == made
+    assert len(made) == 4  # aeff, psf, irf_index.fits, caldb.indx
+    for rel in made:
+        assert (committed_root / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel

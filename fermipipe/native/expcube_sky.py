@@ -25,6 +25,7 @@ import glob
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -62,11 +63,17 @@ def _extension(package: str, subdir: str, stem: str) -> ModuleType | None:
         if not found:
             return None
         name = ".".join(p for p in (package, subdir.replace("/", "."), stem) if p)
+        # A second instance of an extension re-initialises its static types: astropy.wcs
+        # then rejects its own Wcsprm objects ("Arg 3 must be Wcsprm object"). So reuse the
+        # loaded one, and register ours for the package's own later import.
+        if name in sys.modules:
+            return sys.modules[name]
         ext_spec = importlib.util.spec_from_file_location(name, found[0])
         if ext_spec is None or ext_spec.loader is None:
             return None
         module = importlib.util.module_from_spec(ext_spec)
         ext_spec.loader.exec_module(module)
+        sys.modules[name] = module
         return module
     except (ImportError, OSError):
         return None

@@ -175,6 +175,11 @@ def _check_output(tool: str, param: str, name: str) -> None:
         raise _problem_error(tool, param, name, f"its folder {display_name(folder)} {what}")
 
 
+#: File parameters that also take a keyword naming no file: gtexpcube2 ``cmap=hpx`` asks for
+#: HEALPix output (spec §14.2), as ``cmap=none`` asks for WCS output.
+_KEYWORD_VALUES: dict[tuple[str, str], tuple[str, ...]] = {("gtexpcube2", "cmap"): ("hpx",)}
+
+
 def check_tool_files(
     tool: str,
     specs: Sequence[ParamSpec],
@@ -197,6 +202,8 @@ def check_tool_files(
             continue
         raw = by_name.get(spec.name.lower(), spec.default)
         if raw is None or is_none(str(raw)):
+            continue
+        if str(raw).strip().lower() in _KEYWORD_VALUES.get((tool, spec.name), ()):
             continue
         value = os.fspath(raw) if isinstance(raw, os.PathLike) else str(raw)
         if _is_output(spec):
