@@ -55,7 +55,8 @@ Relative paths (``input.directory``, ``common_files``, ``output.*``, ``fermitool
 that holds the config file, never against the current directory. ``output.directory`` and
 ``output.workdir`` default to ``products/`` and ``work/`` in the run root; a merge
 ``output_file`` with a folder is relative to the run root (:meth:`PipelineConfig.merge_output`).
-``~`` and ``$VARS`` are expanded first.
+Nothing in a path is expanded (``$HOME``, ``~`` are part of the name); use
+``${oc.env:HOME}`` for an environment value.
 
 Templates
 ---------
@@ -781,9 +782,10 @@ def _pydantic_problems(exc: ValidationError, problems: _Problems) -> None:
 
 
 def _resolve(base: Path, path: Path | str) -> Path:
-    """Expand ~ and $VARS, then make ``path`` absolute relative to ``base``."""
-    expanded = Path(os.path.expandvars(os.path.expanduser(str(path))))
-    return expanded if expanded.is_absolute() else base / expanded
+    """``path`` made absolute relative to ``base``. Names are data: nothing in them is
+    expanded (``$HOME``, ``~``); environment values come in with ``${oc.env:NAME}``."""
+    given = Path(path)
+    return given if given.is_absolute() else base / given
 
 
 def _is_template(value: str) -> bool:

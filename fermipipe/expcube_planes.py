@@ -27,7 +27,6 @@ How one run makes exactly one plane at exactly the energy of the full run (spec 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,7 @@ def _resolved(params: Mapping[str, str]) -> dict[str, Any]:
 
 def _cmap_file(p: Mapping[str, Any]) -> str | None:
     cmap = str(p["cmap"]).strip()
-    return None if cmap.lower() in ("none", "hpx") else os.path.expandvars(cmap)
+    return None if cmap.lower() in ("none", "hpx") else cmap
 
 
 def full_plane_energies(params: Mapping[str, str]) -> list[float]:

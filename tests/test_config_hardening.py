@@ -165,3 +165,21 @@ def test_merge_with_no_input_fails_the_run(project: Path, prefect_server: Any) -
     state, summary = run_flow(config, root / "b.json")
     assert state.is_completed()
     assert {m["status"] for m in summary["merges"]} == {"skipped"}
+
+
+def test_names_are_data_through_the_pipeline(project: Path, prefect_server: Any) -> None:
+    """An input named with $HOME, ~, quotes and non-ASCII letters runs like any other:
+    nothing in the name is expanded and nothing fails to encode it (task names, logs, FITS
+    keywords, manifests)."""
+    root = project.parent
+    odd = "lat_photon_weekly_w700_é日本 $HOME ~x 'q'_p305_v001.fits"
+    (root / "in" / "lat_photon_weekly_w700_p305_v001.fits").rename(root / "in" / odd)
+    before = digests(root / "in")
+    state, summary = run_flow(project, root / "s.json")
+    assert state.is_completed(), state
+    assert summary["files"]["ok"] == 2
+    assert odd in {Path(f["input"]).name for f in summary["per_file"]}
+    manifest = json.loads((root / "products" / "example_ccube.fits.manifest.json").read_text())
+    assert odd in {item["source"] for item in manifest["inputs"]}
+    assert not (root / "products" / "x").exists() and not list(root.rglob("*/home/*"))
+    assert digests(root / "in") == before

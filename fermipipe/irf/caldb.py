@@ -141,7 +141,7 @@ def caldb_candidates(
     env = os.environ if environ is None else environ
     out: list[tuple[str, Path]] = []
     if explicit not in (None, ""):
-        out.append(("caldb parameter", Path(os.path.expandvars(os.fspath(explicit)))))
+        out.append(("caldb parameter", Path(os.fspath(explicit))))
     if env.get("CALDB"):
         out.append(("$CALDB", Path(env["CALDB"])))
     if env.get("FERMI_DIR"):

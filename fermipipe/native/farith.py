@@ -39,7 +39,6 @@ written atomically, and every refusal is one line.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,9 +138,9 @@ def _read_input(spec: str, which: str) -> _Input:
     text = spec.strip()
     match = _EXT_RE.match(text)
     path, ext = (match.group(1), int(match.group(2))) if match else (text, 0)
-    if not Path(os.path.expandvars(path)).is_file():
+    if not Path(path).is_file():
         return _vector(text, which)
-    path = os.path.expandvars(path)
+    path = path
     try:
         fits_file = FitsFile(path)
     except (OSError, ValueError) as exc:
@@ -313,7 +312,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     clobber = p["clobber"]
     if outfil.startswith("!"):
         outfil, clobber = outfil[1:], True
-    out = Path(os.path.expandvars(outfil))
+    out = Path(outfil)
     refuse_existing_output(TOOL, out, clobber)
     a = _read_input(p["infil1"], "infil1")
     b = _read_input(p["infil2"], "infil2")

@@ -27,7 +27,6 @@ phi-binned cube with a phi-less IRF uses modulation 1 (as the C++ does).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -594,16 +593,16 @@ def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Ite
 def run(params: Mapping[str, Any]) -> ToolOutcome:
     """gtexpcube2 with Fermitools parameters (plus the native ``caldb=<path>``)."""
     p = resolve(PARAMS, params, tool=TOOL)
-    out = Path(os.path.expandvars(p["outfile"]))
+    out = Path(p["outfile"])
     refuse_existing_output(TOOL, out, p["clobber"])
-    infile = os.path.expandvars(p["infile"])
+    infile = p["infile"]
     if not Path(infile).is_file():
         raise ToolError(TOOL, "infile: livetime cube not found", infile)
     cmap_param = str(p["cmap"]).strip()
     if cmap_param.lower() in ("none", "hpx"):
         cmap, kind = None, ("WCS" if cmap_param.lower() == "none" else "HEALPIX")
     else:
-        cmap = os.path.expandvars(cmap_param)
+        cmap = cmap_param
         if not Path(cmap).is_file():
             raise ToolError(TOOL, "cmap: counts map not found (or use cmap=none / cmap=hpx)", cmap)
         kind = _cmap_kind(cmap)

@@ -27,7 +27,6 @@ reads images, and HEALPix maps are binary tables). Run as
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,9 +159,9 @@ def _flux_header(header: Header, nplanes: int) -> Header:
 def run(params: Mapping[str, Any]) -> ToolOutcome:
     """hpx_divide counts exposure outfile (positional or by name)."""
     p = resolve(PARAMS, params, tool=TOOL)
-    cpath = os.path.expandvars(p["counts"])
-    epath = os.path.expandvars(p["exposure"])
-    out = Path(os.path.expandvars(p["outfile"]))
+    cpath = p["counts"]
+    epath = p["exposure"]
+    out = Path(p["outfile"])
     refuse_existing_output(TOOL, out, p["clobber"])
     cf = _open(cpath, "counts")
     ef = _open(epath, "exposure")
