@@ -84,7 +84,7 @@ from fermipipe.config import (
 )
 from fermipipe.errors import ConfigError, ToolError
 from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
-from fermipipe.native import NATIVE_TOOLS
+from fermipipe.native import NATIVE_TOOLS, overwrites_by_default
 from fermipipe.native.param_checks import check_params
 
 if TYPE_CHECKING:
@@ -577,6 +577,15 @@ def _render_step(
         argv: tuple[str, ...] | None = None,
         shell: str | None = None,
     ) -> Invocation:
+        # A rerun replaces its products, as the Fermitools runs do (clobber=yes).
+        if (
+            engine == "native"
+            and tool
+            and params is not None
+            and "clobber" not in params
+            and not overwrites_by_default(tool)
+        ):
+            params = {**params, "clobber": "yes"}
         return Invocation(
             name, file_id, engine, tool, params or {}, argv, shell, inputs, dict(outputs),
             timeout, max_parallel, on_data_warning=ctx.cfg.on_data_warning,
@@ -613,6 +622,7 @@ def _render_step(
             key, _, message = line.partition(": ")
             ctx.fail(f"{where}.params.{key}", message)
         if engine == "native":
+            params = _with_caldb(ctx, tool, params)
             _check_irfs(ctx, where, tool, params)
             return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, where, tool, params, per_key=True)
@@ -643,7 +653,7 @@ def _render_step(
             params = {}
         for line in check_params(tool, params, set()):
             ctx.fail(f"{where}.command", line)
-        params = _rooted_files(tool, params, root)
+        params = _with_caldb(ctx, tool, _rooted_files(tool, params, root))
         _check_irfs(ctx, f"{where}.command", tool, params)
         inputs = {
             used: file_roles[used]
@@ -684,7 +694,7 @@ def _render_step(
         for line in check_params(tool, params, set()):
             ctx.fail(f"{where}.command", line)
         if engine == "native":
-            params = _rooted_files(tool, params, root)
+            params = _with_caldb(ctx, tool, _rooted_files(tool, params, root))
             _check_irfs(ctx, f"{where}.command", tool, params)
             return make("native", inputs, tool=tool, params=params)
         _check_par_names(ctx, f"{where}.command", tool, params, per_key=False)
@@ -724,6 +734,15 @@ def _script_equivalent(ctx: _Ctx, words: list[str] | None, root: Path) -> tuple[
     return None
 
 
+def _with_caldb(ctx: _Ctx, tool: str, params: dict[str, str]) -> dict[str, str]:
+    """The config's ``caldb`` given to a native exposure or PSF tool as its ``caldb``
+    parameter (the process environment is left alone: one process may run several
+    configs)."""
+    if tool in ("gtexpcube2", "gtpsf") and ctx.cfg.caldb is not None and not params.get("caldb"):
+        return {**params, "caldb": str(ctx.cfg.caldb)}
+    return params
+
+
 def _check_irfs(ctx: _Ctx, where: str, tool: str, params: Mapping[str, str]) -> None:
     """A native exposure or PSF tool's IRF must be in the CALDB: checked now (one line
     naming the IRF and where it looked), not when the merges are done."""
@@ -741,7 +760,7 @@ def _check_irfs(ctx: _Ctx, where: str, tool: str, params: Mapping[str, str]) -> 
     except ValueError:
         return  # check_params has said what is wrong with it
     try:
-        resolve_irf(irfs, evtype, params.get("caldb") or ctx.cfg.caldb)
+        resolve_irf(irfs, evtype, params.get("caldb") or None)
     except FermipipeError as exc:
         ctx.fail(where, str(exc))
 

@@ -46,7 +46,6 @@ if __name__ == "__main__":  # config errors and --dry-run: answered before Prefe
         sys.exit(f"fermipipe: {_exc} (or run with --ephemeral)")
 
 import contextlib
-import os
 import re
 import shutil
 import time
@@ -181,8 +180,6 @@ def fermi_pipeline(
         logger.warning("input %s left out: %s", name, why)
     for note in plan.notes:
         logger.info("%s", note)
-    if cfg.caldb is not None:  # native gtexpcube2/gtpsf here, and the Fermitools' tools
-        os.environ["CALDB"] = str(cfg.caldb)
     # Created here, so that it belongs to this (the main) flow run, where a person looks;
     # the work subflow counts every file into it, cache hits included.
     progress = Progress(len(plan.files), logger=logger)

@@ -163,6 +163,7 @@ def slow_native_project(folder: Path) -> Path:
     cfg["input"] = {"directory": str(sample), "pattern": "lat_photon_weekly_w*_p305_v001.fits"}
     cfg["output"] = {"directory": "products", "workdir": "work"}
     cfg["cache"] = {"enabled": False}
+    cfg["caldb"] = str(sample / "caldb")  # the example's own path is relative to configs/
     for step in cfg["steps"]:
         if "scfile" in step.get("inputs", {}):
             step["inputs"]["scfile"] = str(sample / "lat_spacecraft_weekly_w{week}_p310_v001.fits")

@@ -106,6 +106,7 @@ def project(folder: Path) -> Path:
     cfg["input"] = {"directory": "data", "pattern": "lat_photon_weekly_w*_p305_v001.fits"}
     cfg["output"] = {"directory": "products", "workdir": "work"}
     cfg["on_failure"] = "skip"
+    cfg["caldb"] = str(SAMPLE / "caldb")  # the example's own path is relative to configs/
     for step in cfg["steps"]:
         if "scfile" in step.get("inputs", {}):
             step["inputs"]["scfile"] = (

@@ -53,6 +53,14 @@ def file_params(name: str) -> frozenset[str]:
     return frozenset(spec.name for spec in module.PARAMS if spec.kind == "file")
 
 
+def overwrites_by_default(name: str) -> bool:
+    """True unless native tool ``name`` declares ``clobber`` off by default (farith)."""
+    if name not in NATIVE_TOOLS:
+        return True
+    module = importlib.import_module(f"fermipipe.native.{name}")
+    return all(bool(spec.default) for spec in module.PARAMS if spec.name == "clobber")
+
+
 def positional_order(name: str) -> tuple[str, ...]:
     """Parameter names that positional command-line words fill, in order (empty for tools
     that take only ``name=value``, and for unknown names)."""

@@ -68,6 +68,9 @@ PARAMS: list[ParamSpec] = [
     ParamSpec("nenergies", "int", 20),
     ParamSpec("thetamax", "real", 30.0),
     ParamSpec("ntheta", "int", 300),
+    # Native only (as in our gtexpcube2): the CALDB root; empty = $CALDB, then a Fermitools
+    # installation's.
+    ParamSpec("caldb", "str", ""),
     *STANDARD_PARAMS,
 ]
 
@@ -101,9 +104,11 @@ def read_cell(path: str, ra: float, dec: float) -> tuple[CellLivetime, int]:
     return cell, cube.phibins
 
 
-def _load_irfs(irfs: str, evtype: int) -> tuple[IrfSelection, list[EffectiveArea], list[Psf3]]:
+def _load_irfs(
+    irfs: str, evtype: int, caldb: str = ""
+) -> tuple[IrfSelection, list[EffectiveArea], list[Psf3]]:
     try:
-        selection = resolve_irf(irfs, evtype)
+        selection = resolve_irf(irfs, evtype, caldb or None)
         aeffs = [load_effective_area(t) for t in selection.event_types]
         psfs = []
         for t in selection.event_types:
@@ -243,7 +248,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         raise ToolError(TOOL, "expcube: file not found", expcube)
     irf = str(p["irfs"]).strip()
     cell, phibins = read_cell(expcube, float(p["ra"]), float(p["dec"]))
-    selection, aeffs, psfs = _load_irfs(irf, int(p["evtype"]))
+    selection, aeffs, psfs = _load_irfs(irf, int(p["evtype"]), p["caldb"])
     energies = log_energies(float(p["emin"]), float(p["emax"]), int(p["nenergies"]))
     thetas = output_thetas(float(p["thetamax"]), int(p["ntheta"]))
     try:
