@@ -822,7 +822,8 @@ def _select(cfg: PipelineConfig, only: list[str] | None) -> tuple[set[str], set[
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{cfg.source}: --only: no step, merge or post-processing step named {name!r}{hint}"
+                f"{cfg.source}: --steps (or run.steps): no step, merge or post-processing step "
+                f"named {name!r}{hint}"
             )
     chosen = set(only)
     return chosen & set(steps), chosen & set(merges), chosen & set(posts)
