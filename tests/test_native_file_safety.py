@@ -112,10 +112,11 @@ TOOLS: dict[str, tuple[list[str], dict[str, str]]] = {
     "gtltsum": ([], {"infile1": "ft1.fits", "infile2": "ft2.fits"}),
 }
 
+CASES = [(tool, param) for tool, (_a, files) in TOOLS.items() for param in files]
 FORMS = ["same", "dotdot", "symlink", "hardlink", "in_list"]
 #: (tool, input parameter, how the output names it); gtmktime's evfile is one file, never an
 #: @list, so it has no in_list case.
-CASES = [
+OUTFILE_CASES = [
     (tool, param, form)
     for tool, (_a, files) in TOOLS.items()
     for param in files
@@ -124,7 +125,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("tool", "param", "form"), CASES)
+@pytest.mark.parametrize(("tool", "param", "form"), OUTFILE_CASES)
 def test_native_outfile_equal_to_infile_is_refused(
     inputs: Path, tool: str, param: str, form: str
 ) -> None:
