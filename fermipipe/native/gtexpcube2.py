@@ -590,6 +590,13 @@ def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Ite
             yield plane
 
 
+def _hpx_rows(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 14) -> Iterator[bytes]:
+    """The HPXEXPOSURES rows (big-endian doubles, one per energy) in chunks of pixels: the
+    table is streamed to the writer, never held whole (its bytes are the same)."""
+    for start in range(0, index.size, chunk):
+        yield values[index[start : start + chunk]].astype(">f8").tobytes()
+
+
 def run(params: Mapping[str, Any]) -> ToolOutcome:
     """gtexpcube2 with Fermitools parameters (plus the native ``caldb=<path>``)."""
     p = resolve(PARAMS, params, tool=TOOL)
@@ -659,8 +666,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         primary, table = hpx_headers(hgeom, len(energies))
         _copy_time_keywords(primary, cube.header)
         write_dss(primary, cuts)
-        rows = np.ascontiguousarray(values[index].astype(">f8"))
-        hdus += [(primary, None), (table, rows)]
+        hdus += [(primary, None), (table, _hpx_rows(values, index))]
         npix = 12 * hgeom.nside**2
     hdus.append(energies_hdu(energies))
     hdus.append(gti_extension(cube.gti))
