@@ -28,6 +28,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def caldb(shared_data: Path) -> Path:
+    """The real subset of the LAT CALDB in ../shared/data/caldb (IRFs for exposure and PSF)."""
+    root = shared_data.parent / "caldb"
+    if not (root / "data" / "glast" / "lat" / "caldb.indx").is_file():
+        pytest.skip(f"the CALDB subset was not found at {root} (CI has ../shared)")
+    return root
+
+
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real Prefect server for the whole session; state and results in temporary folders.
 

@@ -86,14 +86,6 @@ def ltcube(shared_data: Path) -> Path:
     return shared_data / "fermitools-2.4" / "w323_ltcube_z90.fits.gz"
 
 
-@pytest.fixture(scope="module")
-def caldb(shared_data: Path) -> Path:
-    root = shared_data.parent / "caldb"
-    if not (root / "data" / "glast" / "lat" / "caldb.indx").is_file():
-        pytest.skip(f"real CALDB subset not found at {root}")
-    return root
-
-
 def test_stacked_wcs_edge_equals_a_single_run(tmp_path: Path, ltcube: Path, caldb: Path) -> None:
     params = {"infile": str(ltcube), "cmap": "none", "irfs": "P8R3_SOURCE_V3", "evtype": "3",
               "nxpix": "36", "nypix": "18", "binsz": "10", "coordsys": "GAL", "xref": "0",

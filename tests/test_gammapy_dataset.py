@@ -23,14 +23,6 @@ IRF = "P8R3_SOURCE_V3"
 
 
 @pytest.fixture(scope="module")
-def caldb(shared_data: Path) -> Path:
-    root = shared_data.parent / "caldb"
-    if not (root / "data" / "glast" / "lat" / "caldb.indx").is_file():
-        pytest.skip(f"real CALDB subset not found at {root}")
-    return root
-
-
-@pytest.fixture(scope="module")
 def products(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, caldb: Path) -> dict:
     out = tmp_path_factory.mktemp("gammapy")
     ccube, expcube = out / "ccube.fits", out / "expcube.fits"

@@ -36,14 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 IGNORED_KEYS = {"DATE", "CHECKSUM", "DATASUM"}
 
 
-@pytest.fixture(scope="module")
-def caldb(shared_data: Path) -> Path:
-    path = shared_data.parent / "caldb"
-    if not (path / "data/glast/lat/caldb.indx").is_file():
-        pytest.skip(f"CALDB subset not found at {path}")
-    return path
-
-
 FT24 = "fermitools-2.4"
 
 #: (reference, parameters) exactly as in PROVENANCE.md.

@@ -18,14 +18,6 @@ PAIRS = (("ea", "aeff"), ("psf", "psf"))
 
 
 @pytest.fixture(scope="module")
-def real_caldb(shared_data: Path) -> Path:
-    root = shared_data.parent / "caldb"
-    if not (root / "data" / "glast" / "lat" / "caldb.indx").is_file():
-        pytest.skip(f"real CALDB subset not found at {root}")
-    return root
-
-
-@pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("caldb")
     return root, write_synthetic_caldb(root)
@@ -35,11 +27,11 @@ def _bcf(root: Path, folder: str, prefix: str, irf: str) -> Path:
     return root / "data" / "glast" / "lat" / "bcf" / folder / f"{prefix}_{irf}_FB.fits"
 
 
-def test_same_layout_as_the_real_files(synth: tuple[Path, list[Path]], real_caldb: Path) -> None:
+def test_same_layout_as_the_real_files(synth: tuple[Path, list[Path]], caldb: Path) -> None:
     root, _ = synth
     for folder, prefix in PAIRS:
         with (
-            fits.open(_bcf(real_caldb, folder, prefix, REAL_IRF)) as real,
+            fits.open(_bcf(caldb, folder, prefix, REAL_IRF)) as real,
             fits.open(_bcf(root, folder, prefix, SYNTH_IRF)) as ours,
         ):
             assert [h.name for h in ours] == [h.name for h in real]
@@ -62,12 +54,12 @@ def test_same_layout_as_the_real_files(synth: tuple[Path, list[Path]], real_cald
                         )
 
 
-def test_index_rows_point_at_the_tables(synth: tuple[Path, list[Path]], real_caldb: Path) -> None:
+def test_index_rows_point_at_the_tables(synth: tuple[Path, list[Path]], caldb: Path) -> None:
     root, _ = synth
     lat = root / "data" / "glast" / "lat"
     with (
         fits.open(lat / "caldb.indx") as ours,
-        fits.open(real_caldb / "data" / "glast" / "lat" / "caldb.indx") as real,
+        fits.open(caldb / "data" / "glast" / "lat" / "caldb.indx") as real,
     ):
         assert ours["CIF"].columns.names == real["CIF"].columns.names
         assert ours["CIF"].columns.formats == real["CIF"].columns.formats
