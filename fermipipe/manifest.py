@@ -66,25 +66,40 @@ def sidecar_path(product: Path) -> Path:
     return product.with_name(product.name + ".manifest.json")
 
 
+def _previous_sidecar(product: Path) -> Path:
+    """The sidecar being replaced, kept (hidden) while a new product is committed: the old
+    product stays described until its own rename replaces it."""
+    return product.with_name(f".{product.name}.manifest.json.prev")
+
+
 def read_manifest(product: Path, *, check_product: bool = False) -> Manifest | None:
     """The manifest beside ``product``, or None when absent or unreadable.
 
     With ``check_product`` also None unless ``product`` exists with the sha256 the manifest
-    records: a sidecar left by a writer killed before its product's rename is stale.
+    records: a sidecar left by a writer killed before its product's rename is stale, and
+    the sidecar it replaced (kept as ``.<product>.manifest.json.prev``) describes the
+    product still in place.
     """
-    try:
-        manifest = Manifest.from_json(sidecar_path(product).read_text())
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if check_product:
+    candidates = [sidecar_path(product)]
+    if check_product:  # a writer killed between the new sidecar and its product's rename
+        candidates.append(_previous_sidecar(product))
+    digest: str | None = None
+    for path in candidates:
         try:
-            with open(product, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        except OSError:
-            return None
-        if digest != manifest.product_sha256:
-            return None
-    return manifest
+            manifest = Manifest.from_json(path.read_text())
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if not check_product:
+            return manifest
+        if digest is None:
+            try:
+                with open(product, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError:
+                return None
+        if digest == manifest.product_sha256:
+            return manifest
+    return None
 
 
 def write_manifest(product: Path, manifest: Manifest) -> Path:
@@ -93,6 +108,11 @@ def write_manifest(product: Path, manifest: Manifest) -> Path:
     tmp = temporary_name(path)
     try:
         tmp.write_text(manifest.to_json())
+        if path.exists():  # the old sidecar stays readable (as .prev) for the old product
+            prev = temporary_name(_previous_sidecar(product))
+            with contextlib.suppress(OSError):  # no hard links there: as before, no .prev
+                os.link(path, prev)
+                os.replace(prev, _previous_sidecar(product))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
