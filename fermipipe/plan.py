@@ -86,6 +86,7 @@ from fermipipe.errors import ConfigError, ToolError
 from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS, overwrites_by_default
 from fermipipe.native.param_checks import check_params
+from fermipipe.work_area import WorkArea, choose_work_area
 
 if TYPE_CHECKING:
     from fermipipe.fermitools import FermitoolsInstall
@@ -235,6 +236,9 @@ class Plan:
     rejected: dict[str, str] = field(default_factory=dict)
     #: Things the run does differently from what the config says, and why (one line each).
     notes: tuple[str, ...] = ()
+    #: The run's work area (RAM disk or disk) when the plan was made for a run (``workdir``
+    #: is its folder, created by the run); None for a dry run.
+    work_area: WorkArea | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1169,6 +1173,7 @@ def prepare(
     environ: Mapping[str, str] | None = None,
     root: Path | None = None,
     overrides: Iterable[str] = (),
+    workers: int | None = None,
 ) -> tuple[PipelineConfig, FermitoolsInstall | None, Plan, RunChoices]:
     """Everything a run needs before any work: load and validate the config (``root``:
     the run root, default the current directory; ``overrides``: ``key=value`` settings),
@@ -1176,7 +1181,10 @@ def prepare(
     command-line choices with the config's ``run:`` and build the plan.
 
     Raises ConfigError (one line per problem, exit code 2). ``dry_run`` tolerates tools
-    that cannot run here (reported in ``Plan.warnings``) so the plan can still be shown.
+    that cannot run here (reported in ``Plan.warnings``) so the plan can still be shown,
+    and renders the work area as ``output.workdir``; otherwise the plan is made for a run:
+    its work area is chosen (:mod:`fermipipe.work_area`, for ``workers`` tools at once)
+    and every path rendered into it, once.
     """
     from fermipipe.config import load_config
     from fermipipe.fermitools import locate
@@ -1190,6 +1198,15 @@ def prepare(
         if not problems:  # a bad prefix is already among the config's problems
             problems.append(f"{cfg.source}: {exc}")
     choices = cfg.choices(only_steps, skip_merge, skip_post, keep_intermediate, verify_cache)
+    area = None
+    if not dry_run and workdir is None and not problems:
+        try:
+            inputs, _rejected = discover_inputs(cfg)
+        except ConfigError:
+            inputs = []  # build_plan reports it
+        depth = len(cfg.steps) if choices.steps is None else len(choices.steps)
+        area = choose_work_area(cfg, inputs, depth, workers or cfg.resources.max_workers)
+        workdir = area.folder
     try:
         plan = build_plan(
             cfg,
@@ -1204,7 +1221,7 @@ def prepare(
         problems.extend(p for p in exc.problems if p not in problems)
     if problems:
         raise ConfigError(*problems)
-    return cfg, install, plan, choices
+    return cfg, install, replace(plan, work_area=area), choices
 
 
 def rebase_path(value: str, old: Path, new: Path) -> str:

@@ -12,14 +12,17 @@ starting after TSTOP, §4.2), so a tool gives the same output on the slice as on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fermipipe.cache import ProductStore, step_key
 from fermipipe.errors import ToolError
 from fermipipe.fits.dates import met_to_date
 from fermipipe.fits.table import FitsFile, write_fits
+from fermipipe.plan import FilePlan, Plan, relocate
 
 #: Seconds kept on either side of the events' [TSTART, TSTOP].
 MARGIN = 600.0
@@ -120,3 +123,75 @@ def write_slice(ft2: Path, events: TimeRange, out: Path, *, margin: float = MARG
     out.parent.mkdir(parents=True, exist_ok=True)
     write_fits(out, specs, checksum_stamp=date_end)
     return out
+
+
+# ------------------------------------------------------------- slices in a run
+
+
+def slice_plan(plan: Plan, store: ProductStore | None, logger: Any) -> Plan:
+    """Give each file's steps a slice of a mission-long spacecraft file (``scfile``).
+
+    When a step's ``scfile`` (a common file, not made by an earlier step) spans much more
+    than the file's events (:func:`wants_slice`), the rows of the events'
+    time range ± :data:`MARGIN` are written once to the cache store (keyed
+    by the FT2's content and the range) and the step reads the slice. A slice's bytes depend
+    only on its rows, so the weekly cache keys survive next week's rows being appended to
+    the mission file. Without a store (cache disabled), slices go to the work folder.
+    """
+    spans: dict[Path, TimeRange | None] = {}
+    files: list[FilePlan] = []
+    made = 0
+    for fp in plan.files:
+        produced = {Path(p) for inv in fp.chain for p in inv.outputs.values()}
+        wanted = {
+            Path(p)
+            for inv in fp.chain
+            for name, p in inv.inputs.items()
+            if name == "scfile" and Path(p) not in produced
+        }
+        chain = list(fp.chain)
+        for ft2 in sorted(wanted):
+            if ft2 not in spans:
+                try:
+                    spans[ft2] = spacecraft_time_range(ft2)
+                except ToolError:
+                    spans[ft2] = None  # not readable here: the tool will say what is wrong
+            try:
+                events = event_time_range(Path(fp.input))
+            except ToolError:
+                continue
+            span = spans[ft2]
+            if span is None or not wants_slice(events, span):
+                continue
+            piece = make_slice(ft2, events, store, plan.workdir / fp.file_id)
+            made += 1
+            moved = [relocate(inv, ft2, piece) for inv in chain]
+            if any(inv is None for inv in moved):
+                continue
+            chain = [inv for inv in moved if inv is not None]
+        files.append(replace(fp, chain=tuple(chain)) if chain != list(fp.chain) else fp)
+    if made:
+        logger.info("spacecraft data: %d per-file slices of mission FT2 file(s)", made)
+    return replace(plan, files=tuple(files))
+
+
+def make_slice(ft2: Path, events: TimeRange, store: ProductStore | None, folder: Path) -> Path:
+    """The slice of ``ft2`` for ``events``: from the store, or written once into it."""
+    name = slice_name(ft2, events)
+    if store is None:
+        return write_slice(ft2, events, folder / name)
+    key = step_key(
+        tool="ft2-slice",
+        tool_version=f"margin-{MARGIN}",
+        params={"start": events.start, "stop": events.stop},
+        input_hashes={"scfile": store.hashes.hash(ft2)},
+        output_names={"slice": name},
+    )
+    with store.lock(key):
+        files = store.lookup(key)
+        if files is not None and name in files:
+            return files[name]
+        store.forget(key)
+        tmp = store.entry_dir(key) / f".{name}.new"
+        write_slice(ft2, events, tmp)
+        return store.put(key, {name: tmp}, move=True, meta={"step": "ft2-slice"})[name]

@@ -123,10 +123,14 @@ def cleanup_orphans(root: Path) -> list[Path]:
 class StagingArea:
     """A run's private work folder; removed on exit unless ``keep``."""
 
-    def __init__(self, root: Path, *, keep: bool = False, label: str = "run") -> None:
+    def __init__(
+        self, root: Path, *, keep: bool = False, label: str = "run", path: Path | None = None
+    ) -> None:
         self.root = Path(root)
         self.keep = keep
-        self.path = self.root / f"{PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: ``path``: a folder under ``root`` named when the plan was made (its name must
+        #: start with PREFIX, so an orphan is found by :func:`cleanup_orphans`).
+        self.path = path or self.root / f"{PREFIX}{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> StagingArea:
         self.root.mkdir(parents=True, exist_ok=True)

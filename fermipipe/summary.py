@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from fermipipe.manifest import read_manifest, sidecar_path
+from fermipipe.plan import Plan
 from fermipipe.runner import StepResult
 
 #: stderr lines of a failed step shown in the failure table artifact.
@@ -56,6 +58,65 @@ class FileSummary:
             for w in (*r.upstream_warnings, *(f"{r.step}: {text}" for text in r.warnings))
         ]
         return list(dict.fromkeys(seen))
+
+
+def summarize_file(file_id: str, input: str, results: Iterable[StepResult]) -> FileSummary:
+    """The one summary of a file, from its steps' results in chain order, however they ran
+    (per-step tasks, a node-local chain, a bulk cache hit). A result ``from_store`` ran no
+    tool; ``skipped`` ones (after an empty step) only carry that step's data warnings."""
+    summary = FileSummary(file_id, input, "ok")
+    for result in results:
+        if result.status == "skipped":
+            # Remembered as skipped after an empty earlier step: the file is empty.
+            summary.upstream_warnings += result.upstream_warnings
+            if summary.status == "ok":
+                summary.status, summary.error = "empty", result.error
+            continue
+        summary.steps.append(result)
+        if result.from_store:  # no tool ran for it
+            summary.cached_steps.append(result.step)
+        if result.status == "failed":
+            summary.status, summary.failed_step = "failed", result.step
+            summary.error = result.error or "failed"
+        elif result.status == "empty" and summary.status == "ok":
+            summary.status, summary.error = "empty", f"{result.step}: {result.error}"
+    return summary
+
+
+def show_user_paths(summary: FileSummary, file_id: str, input: Path) -> None:
+    """Name the user's input file, not its staged copy (``<work>/<file>/input/<name>`` on
+    the RAM disk, gone after the run), in what the summary and the UI show of a failure."""
+    staged = re.compile(r"[^\s()'\"]*/" + re.escape(file_id) + "/input/" + re.escape(input.name))
+
+    def fix(text: str | None) -> str | None:
+        return staged.sub(lambda _m: str(input), text) if text else text
+
+    summary.error = fix(summary.error)
+    for result in summary.steps:
+        result.error = fix(result.error)
+        result.stderr_tail = [fix(line) or "" for line in result.stderr_tail]
+
+
+def show_final_paths(plan: Plan, files: Iterable[FileSummary]) -> None:
+    """Make the per-file outputs of the summary name files that still exist, where the
+    user finds them: a kept copy in the output folder or a product planned outside the work
+    area, not the cache store; cleaned-up intermediates are gone."""
+    moved = {str(src): str(dest) for fp in plan.files for src, dest in fp.keep}
+    shown = {
+        (fp.file_id, Path(p).name): str(p)
+        for fp in plan.files
+        for p in [*(dest for _src, dest in fp.keep), *(
+            q for inv in fp.chain for q in inv.outputs.values()
+            if not Path(q).is_relative_to(plan.workdir)
+        )]
+    }  # fmt: skip
+    for f in files:
+        for result in f.steps:
+            outputs = {
+                k: shown.get((f.file_id, Path(v).name), moved.get(v, v))
+                for k, v in result.outputs.items()
+            }
+            result.outputs = {k: v for k, v in outputs.items() if Path(v).exists()}
 
 
 @dataclass

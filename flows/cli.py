@@ -8,6 +8,7 @@ instant this way).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -113,6 +114,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: The plan the command line made before Prefect loaded, for the flow run it starts in
+#: this process: a plan is built once per run (key: the flow's parameters and the config
+#: file's identity).
+_PREPARED: dict[str, tuple[PipelineConfig, RunChoices, Plan]] = {}
+
+
+def _prepared_key(config: str, **params: Any) -> str:
+    try:
+        st = Path(config).stat()
+        identity = [str(Path(config).resolve()), st.st_mtime_ns, st.st_size]
+    except OSError:
+        identity = [config]
+    return json.dumps([identity, params], sort_keys=True, default=str)
+
+
 def load_and_plan(
     config: str,
     steps: list[str] | None = None,
@@ -124,8 +140,21 @@ def load_and_plan(
     root: str | None = None,
     settings: Sequence[str] = (),
     dry_run: bool = False,
+    workers: int | None = None,
+    remember: bool = False,
 ) -> tuple[PipelineConfig, RunChoices, Plan]:
-    """Validate the config and render the whole plan (ConfigError naming every problem)."""
+    """Validate the config and render the whole plan (ConfigError naming every problem).
+
+    ``remember``: keep it for the flow run this process starts next, which then takes it
+    instead of building it again."""
+    params = dict(
+        steps=steps, skip_merge=skip_merge, skip_post=skip_post,
+        keep_intermediate=keep_intermediate, verify_cache=verify_cache, root=root,
+        settings=list(settings), dry_run=dry_run, workers=workers,
+    )  # fmt: skip
+    key = _prepared_key(config, **params)
+    if (known := _PREPARED.pop(key, None)) is not None:
+        return known
     cfg, _install, plan, choices = prepare(
         config,
         dry_run=dry_run,
@@ -136,7 +165,10 @@ def load_and_plan(
         verify_cache=verify_cache,
         root=Path(root) if root else None,
         overrides=settings,
+        workers=workers,
     )
+    if remember:
+        _PREPARED[key] = (cfg, choices, plan)
     return cfg, choices, plan
 
 
@@ -149,15 +181,11 @@ def report_config_error(exc: ConfigError) -> None:
 def preflight(args: argparse.Namespace) -> int | None:
     """Exit code for a config error (2) or a finished dry run (0); None: go on and run."""
     try:
+        params = flow_parameters(args, args.config)
+        params.pop("summary_json", None)
+        config = params.pop("config")
         _cfg, _choices, plan = load_and_plan(
-            args.config,
-            args.step_list,
-            skip_merge=args.skip_merge,
-            skip_post=args.skip_post,
-            keep_intermediate=args.keep_intermediate,
-            root=args.root,
-            settings=args.settings,
-            dry_run=args.dry_run,
+            config, **params, dry_run=args.dry_run, remember=not args.dry_run
         )
     except ConfigError as exc:
         report_config_error(exc)

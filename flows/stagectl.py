@@ -5,11 +5,10 @@ per-file chains, then the merges and post-processing):
 
 1. folders left under the RAM-disk path and under ``output.workdir`` by runs that were
    killed (SIGKILL, power loss) are removed (:func:`fermipipe.staging.cleanup_orphans`);
-2. the RAM disk is chosen when ``resources.ram_disk.enabled`` and both ``MemAvailable`` and
-   the free space of its path cover the estimated need, else the disk work folder, with a
-   warning saying which was short;
-3. a private folder ``fermipipe-run-<pid>-<id>`` is made there; the plan is rendered into it
-   (so two runs of one config never share intermediates);
+2. where it is was decided with the plan (:mod:`fermipipe.work_area`): the RAM disk when it
+   has room, else the disk work folder, with a warning saying which was short;
+3. the private folder ``fermipipe-run-<pid>-<id>`` the plan was rendered into is made (so
+   two runs of one config never share intermediates);
 4. on the way out — success, failure, Ctrl-C, SIGTERM, a UI cancellation — running tools
    are killed first (their process groups), then the folder is removed, unless
    ``--keep-intermediate``.
@@ -30,16 +29,10 @@ from fermipipe.staging import (
     NodeStaging,
     StagingArea,
     WorkdirChoice,
-    choose_workdir,
     cleanup_orphans,
 )
+from fermipipe.work_area import workers_on_this_node
 from flows.shutdown import register_cleanup
-from flows.task_runners import is_dask, workers_on_this_node
-
-#: Bytes of RAM disk each step of a file may need, per byte of its input: a step's output is
-#: at most about the size of what it reads (selection, GTI cut, binning), and a file's
-#: intermediates are removed once its chain is done.
-STEP_FACTOR = 1.0
 
 
 @dataclass
@@ -55,44 +48,21 @@ class Staging:
         return self.area.path
 
 
-def estimate_need(plan: Plan, workers: int) -> int:
-    """Bytes the staging area needs at once: the largest inputs that can be in flight
-    (two per worker: one running, one staged) × chain length × :data:`STEP_FACTOR`."""
-    sizes = []
-    for fp in plan.files:
-        with contextlib.suppress(OSError):
-            sizes.append(Path(fp.input).stat().st_size)
-    depth = max((len(f.chain) for f in plan.files), default=0)
-    in_flight = sorted(sizes, reverse=True)[: max(1, 2 * workers)]
-    return int(sum(in_flight) * max(1, depth) * STEP_FACTOR)
-
-
-def open_staging(cfg: PipelineConfig, plan: Plan, workers: int, keep: bool, logger: Any) -> Staging:
-    """Clean orphans, choose RAM disk or disk, create this run's folder."""
+def open_staging(cfg: PipelineConfig, plan: Plan, keep: bool, logger: Any) -> Staging:
+    """Clean orphans, then create the run's folder where the plan put it."""
+    assert plan.work_area is not None, "a plan made for a dry run cannot run"
     ram = cfg.resources.ram_disk
     fallback = Path(cfg.output.workdir)
     for root in {Path(ram.path), fallback} if ram.enabled else {fallback}:
         for folder in cleanup_orphans(root):
             logger.warning("removed %s, left by a run that was killed", folder)
-    # A RAM disk is per node: on a Dask cluster with workers on other nodes, a file's next
-    # step may run elsewhere and the merges run here, so intermediates go to the shared
-    # work folder instead (flows.task_runners.workers_on_this_node).
-    on_node = workers_on_this_node(cfg.runner)
-    if ram.enabled and not on_node:
-        logger.info("Dask workers on other nodes: intermediates in the shared work folder")
-    choice = choose_workdir(
-        ram_disk_enabled=ram.enabled and on_node,
-        ram_disk_path=Path(ram.path),
-        min_ram_gb=ram.min_ram_gb,
-        need_bytes=estimate_need(plan, workers),
-        fallback=fallback,
-    )
-    if ram.enabled and not choice.on_ram_disk:
+    choice = plan.work_area.choice
+    if ram.enabled and not choice.on_ram_disk and workers_on_this_node(cfg.runner):
         logger.warning(choice.reason)
     else:
         logger.info("work folder: %s", choice.reason)
     root_existed = choice.root.exists()
-    area = StagingArea(choice.root, keep=keep, label="run")
+    area = StagingArea(choice.root, keep=keep, path=plan.work_area.folder)
     area.__enter__()
     staging = Staging(area, choice, root_existed)
     staging.unregister = register_cleanup(lambda: remove_staging(staging))
@@ -123,7 +93,7 @@ def node_staging(cfg: PipelineConfig, plan: Plan, keep: bool, logger: Any) -> No
     workers are on other nodes, where a RAM disk holds only what its own node ran)."""
     wanted = cfg.runner.node_local
     if wanted is None:
-        wanted = is_dask(cfg.runner) and not workers_on_this_node(cfg.runner)
+        wanted = cfg.runner.kind == "dask" and not workers_on_this_node(cfg.runner)
     if not wanted:
         return None
     ram = cfg.resources.ram_disk

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,26 +28,6 @@ from fermipipe.errors import ConfigError
 
 def is_dask(runner: RunnerConfig) -> bool:
     return runner.kind == "dask"
-
-
-#: Hosts that name this node in a scheduler address.
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
-#: Cluster classes whose workers all run on this node.
-LOCAL_CLUSTERS = {"distributed.LocalCluster", "dask.distributed.LocalCluster"}
-
-
-def workers_on_this_node(runner: RunnerConfig) -> bool:
-    """True when every task runs on this node: threads, a LocalCluster, a scheduler on
-    loopback. A RAM disk (node-local) can then hold intermediates that later steps and the
-    merges read; otherwise they must be on a folder every node shares."""
-    if not is_dask(runner):
-        return True
-    if runner.address:
-        host = runner.address.split("://", 1)[-1].rsplit(":", 1)[0]
-        return host in LOCAL_HOSTS or host in {socket.gethostname(), socket.getfqdn()}
-    if runner.cluster is not None:
-        return runner.cluster.class_path in LOCAL_CLUSTERS
-    return True  # the default: a LocalCluster
 
 
 def check_server_for_dask(runner: RunnerConfig) -> None:

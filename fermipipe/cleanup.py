@@ -1,0 +1,150 @@
+"""When each file of the run's work area goes: one policy, computed once from the plan.
+
+* **After a step**: the work-area files no later step of the file reads are deleted, unless
+  something reads them after the chain and they are not in the cache store (an uncached
+  merge input, an output the step keeps). The raw input, copied to a RAM disk just before
+  the first step, goes after that step.
+* **After every file's chain**: a failed or empty file's folder goes (nothing of it is
+  merged); an ok file keeps only what the merges or the user still need.
+* **After the merges**: what the user keeps is copied to the output folder, then every
+  file's folder goes, and the work folder itself when nothing else is in it.
+
+``--keep-intermediate`` keeps everything. The staging area itself (RAM disk or disk) is
+created and removed by its owner, the work subflow (``flows/stagectl.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fermipipe.cache import sha256_file
+from fermipipe.fits.writing import atomic_output
+from fermipipe.plan import FilePlan, Plan
+from fermipipe.summary import FileSummary
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    keep: bool  # --keep-intermediate: nothing is removed
+    #: file_id → per chain step, the work-area files deleted once that step is done.
+    drops: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    #: file_id → work-area files read after the chain (uncached merge inputs, kept outputs).
+    needed: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: file_id → (input, its copy in the work area) when inputs are staged (RAM disk).
+    stage: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def after_step(self, file_id: str, k: int) -> tuple[str, ...]:
+        steps = self.drops.get(file_id, ())
+        return steps[k] if k < len(steps) else ()
+
+
+def cleanup_policy(
+    plan: Plan,
+    *,
+    keep: bool,
+    stored: Iterable[str] = (),
+    cached_files: Iterable[str] = (),
+    stage_inputs: bool = False,
+) -> Cleanup:
+    """The run's policy. ``stored``: output placeholders kept in the cache store;
+    ``cached_files``: files whose steps use the store (their stored outputs need no
+    work-area copy after the step); ``stage_inputs``: copy each raw input to the work
+    area just before its first step (a RAM disk)."""
+    stored, cached = set(stored), set(cached_files)
+    merged = {m.output_name for m in plan.merges}
+    drops: dict[str, tuple[tuple[str, ...], ...]] = {}
+    needed: dict[str, frozenset[str]] = {}
+    stage: dict[str, tuple[str, str]] = {}
+    for fp in plan.files:
+        after = _read_after_chain(fp, merged, stored if fp.file_id in cached else set())
+        needed[fp.file_id] = frozenset(after)
+        drops[fp.file_id] = () if keep else _step_drops(fp, plan.workdir, after)
+        first = fp.chain[0].inputs.values() if fp.chain else ()
+        if stage_inputs and Path(fp.input) in map(Path, first):
+            copy = plan.workdir / fp.file_id / "input" / Path(fp.input).name
+            stage[fp.file_id] = (str(fp.input), str(copy))
+    return Cleanup(keep, drops, needed, stage)
+
+
+def _read_after_chain(fp: FilePlan, merged: set[str], stored: set[str]) -> set[str]:
+    """Work-area outputs of ``fp`` read after its chain and not kept in the store."""
+    kept = {str(src) for src, _dest in fp.keep}
+    return {
+        str(path)
+        for inv in fp.chain
+        for name, path in inv.outputs.items()
+        if (name in merged or str(path) in kept) and name not in stored
+    }
+
+
+def _step_drops(fp: FilePlan, workdir: Path, after: set[str]) -> tuple[tuple[str, ...], ...]:
+    """Each work-area file goes after the last step that reads it (or the one that makes
+    it, when none does)."""
+    made_by = {Path(p): k for k, inv in enumerate(fp.chain) for p in inv.outputs.values()}
+    per_step: list[list[str]] = [[] for _ in fp.chain]
+    for path, k in made_by.items():
+        if not path.is_relative_to(workdir) or str(path) in after:
+            continue
+        readers = [
+            j for j in range(k + 1, len(fp.chain)) if path in map(Path, fp.chain[j].inputs.values())
+        ]
+        per_step[max(readers, default=k)].append(str(path))
+    return tuple(tuple(paths) for paths in per_step)
+
+
+def remove_files(paths: Iterable[str | Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            Path(path).unlink()
+
+
+def after_chains(plan: Plan, files: Iterable[FileSummary], policy: Cleanup) -> None:
+    """Once every chain is done: free what no merge and no user will read."""
+    if policy.keep:
+        return
+    for f in files:
+        folder = plan.workdir / f.file_id
+        needed = policy.needed.get(f.file_id, frozenset()) if f.status == "ok" else frozenset()
+        if not needed:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        for root, _dirs, names in os.walk(folder):
+            remove_files(p for n in names if str(p := Path(root) / n) not in needed)
+
+
+def after_merges(plan: Plan, files: Iterable[FileSummary], policy: Cleanup) -> None:
+    """Copy what the user keeps to the output folder, then remove every file's folder."""
+    by_id = {f.file_id: f for f in files if f.status == "ok"}
+    for fp in plan.files:
+        if fp.file_id not in by_id:
+            continue
+        # Where each output is now: the store for stored outputs, else the work folder.
+        now = {Path(p).name: Path(p) for r in by_id[fp.file_id].steps for p in r.outputs.values()}
+        for planned, dest in fp.keep:
+            src = now.get(Path(planned).name, Path(planned))
+            if src.exists() and src != Path(dest) and not same_file(src, Path(dest)):
+                Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                with atomic_output(dest) as tmp:
+                    shutil.copyfile(src, tmp)
+    if policy.keep:
+        return
+    for fp in plan.files:  # only what the plan put there: <workdir>/<file_id>/
+        shutil.rmtree(plan.workdir / fp.file_id, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        plan.workdir.rmdir()  # only when nothing else is left in it
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``b`` already holds ``a``'s bytes (same inode, or same size and content)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return sa.st_size == sb.st_size and sha256_file(a) == sha256_file(b)
