@@ -40,13 +40,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows import prefect_compat
+
 HOST = "127.0.0.1"
 FIRST_PORT = 4200  # Prefect's default
 PORTS_TRIED = 20
 #: Environment variable choosing the server: ``local`` (default) or ``ephemeral``.
 MODE_VARIABLE = "FERMIPIPE_PREFECT_SERVER"
-#: Prefect's own PID file name (prefect.cli._server_utils.SERVER_PID_FILE_NAME, 3.9).
-PID_FILE = "server.pid"
+#: Prefect's own PID file name (``prefect server stop`` reads it).
+PID_FILE = prefect_compat.SERVER_PID_FILE
 STATE_FILE = "fermipipe-server.json"
 LOG_FILE = "fermipipe-server.log"
 #: A fresh home migrates a new SQLite database first: ~15 s on 2 busy cores.
@@ -276,7 +278,7 @@ def use_for_cli(ephemeral: bool) -> str | None:
         # Its first start migrates a new database, ~15 s on 2 busy cores, against a
         # default timeout of 20 s: give it room.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-        start_temporary_server()
+        prefect_compat.start_temporary_server_ignoring_sigint()
         return None
     home = prefect_home()
     server = ensure(home)
@@ -284,29 +286,6 @@ def use_for_cli(ephemeral: bool) -> str | None:
     how = "started; it keeps running for later runs" if server.started else "running"
     stop_how = f"stop it: {stop_hint(home)}" if server.pid is not None else "your own server"
     return f"fermipipe: Prefect UI at {server.ui_url} (local server {how}; {stop_how})"
-
-
-def start_temporary_server() -> None:
-    """Start Prefect's temporary server now, with SIGINT blocked in the child.
-
-    A terminal's Ctrl-C goes to the whole foreground process group, which includes that
-    uvicorn subprocess: it died at once, and the run's last API calls (its Crashed state,
-    its logs) then failed with pages of "Connection refused" until the watchdog ended the
-    process. A blocked signal mask is inherited across fork and exec, so the server ignores
-    the terminal's Ctrl-C; Prefect still stops it at exit (SIGTERM). Prefect makes one
-    ``SubprocessASGIServer`` per port (``None``: the temporary one) and reuses this one.
-    """
-    import signal as _signal
-
-    if not hasattr(_signal, "pthread_sigmask"):
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
-    try:
-        SubprocessASGIServer().start()
-    finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,6 @@ runner's cancellation protocol (a cancelled run ends Cancelled, not Crashed).
 
 from __future__ import annotations
 
-import _imp
-import contextlib
 import faulthandler
 import itertools
 import os
@@ -29,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from fermipipe import runner
+from flows import prefect_compat
 
 #: Seconds between SIGTERM and the forced exit, when the normal teardown has not ended.
 GRACE = 30.0
@@ -93,33 +92,14 @@ def _say_stopped(signum: int) -> None:
         sys.stderr.flush()
 
 
-def _drain_prefect(timeout: float) -> None:
-    """Send the logs and events still queued (the run's final state is already recorded:
-    the engine sets it through the API), for at most ``timeout`` seconds."""
-
-    def drain() -> None:
-        with contextlib.suppress(Exception):
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=timeout)
-        with contextlib.suppress(Exception):
-            from prefect.events.worker import EventsWorker
-
-            EventsWorker.drain_all(timeout=timeout)
-
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    thread.join(timeout)
-
-
 def finish_stop(signum: int) -> None:
     """End a stopped CLI run now: tools killed, cleanups run, queued logs sent (briefly),
     one line, exit 128 + signum. ``os._exit``: a native step computing in a task thread
     cannot be interrupted, and a normal exit would wait for it (concurrent.futures joins
     its threads at exit)."""
     run_cleanups()
-    _drain_prefect(2.0)
-    _stop_temporary_servers()
+    prefect_compat.drain_logs_and_events(2.0)
+    prefect_compat.stop_temporary_servers()
     _say_stopped(signum)  # the last line
     os._exit(128 + signum)
 
@@ -130,7 +110,7 @@ def _watchdog(signum: int, grace: float) -> None:
     if _CLI.is_set():  # a CLI run: the normal stop (finish_stop) did not come in time
         run_cleanups()
         _say_stopped(signum)
-        _stop_temporary_servers()
+        prefect_compat.stop_temporary_servers()
         os._exit(128 + signum)
     sys.stderr.write(
         f"fermipipe: still running {grace:.0f} s after {signal.Signals(signum).name}; "
@@ -139,26 +119,12 @@ def _watchdog(signum: int, grace: float) -> None:
     sys.stderr.flush()
     faulthandler.dump_traceback(all_threads=True)  # for the bug report: what hung
     run_cleanups()  # a task thread may have recreated a folder in the meantime
-    _stop_temporary_servers()
+    prefect_compat.stop_temporary_servers()
     os._exit(128 + signum)
 
 
-def _stop_temporary_servers() -> None:
-    """Stop the Prefect server this process started for itself (no PREFECT_API_URL).
-
-    ``os._exit`` skips ``atexit``, where Prefect stops it: the uvicorn subprocess would run
-    on for good, holding its port and our stdout. ``SubprocessASGIServer._instances`` is a
-    Prefect internal (3.9): re-check on upgrades.
-    """
-    module = sys.modules.get("prefect.server.api.server")
-    if module is None:  # never started one
-        return
-    cls = getattr(module, "SubprocessASGIServer", None)  # None: still being imported
-    for server in list(getattr(cls, "_instances", {}).values()):
-        try:
-            server.stop()
-        except Exception as exc:  # noqa: BLE001 - best effort on the way out
-            sys.stderr.write(f"fermipipe: could not stop Prefect's temporary server: {exc}\n")
+#: flows/cli.py's name for it (it stops the server on a Ctrl-C before the run starts).
+_stop_temporary_servers = prefect_compat.stop_temporary_servers
 
 
 def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
@@ -178,29 +144,8 @@ def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
     _FIRED.set()
     if _CLI.is_set():
         grace = min(grace, CLI_GRACE)
-    if release_orphaned_import_lock():
+    if prefect_compat.release_orphaned_import_lock():
         sys.stderr.write("fermipipe: released the import lock the SIGTERM left held\n")
     threading.Thread(
         target=_watchdog, args=(signum, grace), name="sigterm-watchdog", daemon=True
     ).start()
-
-
-def release_orphaned_import_lock() -> int:
-    """Release Python's global import lock if this thread still holds it; returns how many
-    holds were released.
-
-    Seen here (stacks dumped by the watchdog after a SIGTERM under load): task threads
-    blocked for good in importlib's ``_imp.acquire_lock()``, so the teardown, which waits for
-    them, hung. A signal's exception can be raised in the main thread between that acquire
-    and the ``try`` that releases it (the main thread imports lazily, e.g. inside Prefect);
-    it then propagates and the lock stays held by the main thread. Called from our
-    ``except`` blocks, where no import of this thread is in progress any more, so a hold
-    found here can only be such an orphan.
-    """
-    released = 0
-    while True:
-        try:
-            _imp.release_lock()
-        except RuntimeError:  # not held by this thread (any more)
-            return released
-        released += 1

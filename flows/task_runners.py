@@ -24,6 +24,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from fermipipe.config import ClusterConfig, RunnerConfig
 from fermipipe.errors import ConfigError
+from flows import prefect_compat
 
 
 def is_dask(runner: RunnerConfig) -> bool:
@@ -131,31 +132,16 @@ def fast_submission(runner: RunnerConfig) -> Iterator[None]:
     ``prefect.context.serialize_context`` for every task it submits, and ~90% of that is
     ``SettingsContext.serialize`` — a model_dump of every Prefect setting with secret
     rendering, ~19 ms a call on an idle core here, the same result each time. Inside this
-    block it is computed once per settings object and reused; outside (and on threads)
+    block it is computed once per settings object and reused
+    (:func:`flows.prefect_compat.settings_serialized_once`); outside (and on threads)
     Prefect is untouched. The settings cannot change during the block: the flow thread only
     submits inside it. ``FERMIPIPE_DASK_SERIALIZE_SETTINGS_EACH_TASK=1`` turns this off.
     """
     if not is_dask(runner) or os.environ.get("FERMIPIPE_DASK_SERIALIZE_SETTINGS_EACH_TASK"):
         yield
         return
-    from prefect.context import SettingsContext
-
-    original = SettingsContext.serialize
-    memo: dict[tuple[int, bool], tuple[Any, dict[str, Any]]] = {}
-
-    def serialize(self: SettingsContext, include_secrets: bool = True) -> dict[str, Any]:
-        hit = memo.get((id(self), include_secrets))
-        if hit is not None and hit[0] is self:  # the same settings object (held: id is stable)
-            return hit[1]
-        out = original(self, include_secrets=include_secrets)
-        memo[(id(self), include_secrets)] = (self, out)
-        return out
-
-    SettingsContext.serialize = serialize  # type: ignore[method-assign]
-    try:
+    with prefect_compat.settings_serialized_once():
         yield
-    finally:
-        SettingsContext.serialize = original  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -183,13 +169,11 @@ def kill_remote_tools(pool: TaskRunner[Any], run_name: str, logger: Any) -> None
     workers are not touched. Bounded: an unreachable scheduler must not hold up the exit.
     No-op on threads (the flow's own process kills its tools).
     """
-    from prefect_dask import DaskTaskRunner
-
-    if not isinstance(pool, DaskTaskRunner) or pool._client is None:  # never connected
+    client = prefect_compat.dask_client_if_connected(pool)
+    if client is None:  # threads, or never connected
         return
     from fermipipe import runner
 
-    client = pool._client
     done: dict[str, Any] = {}
 
     def call() -> None:
@@ -215,19 +199,9 @@ def cancel_pending(pool: TaskRunner[Any], futures: Iterable[Any]) -> None:
     """Cancel the submitted tasks that have not started (threads: the pool's own
     ``cancel_all``; Dask, whose runner has none: each future's Dask future)."""
     if isinstance(pool, ThreadPoolTaskRunner):
-        # Not pool.cancel_all(): it waits for the running threads, and a native step (an
-        # in-process numba kernel, ~20 s for a fine gtltcube) cannot be interrupted — the
-        # stop would wait for it, then it would fail writing into the removed staging
-        # folder. Its tools are already killed; the rest is dropped without waiting, and a
-        # CLI run then ends its process (flows/shutdown.py: finish_stop), which ends those
-        # threads too. `_cancel_events` and `_executor` are Prefect 3.9 internals
-        # (ThreadPoolTaskRunner.cancel_all does the same with wait=True): re-check on upgrades.
-        for event in getattr(pool, "_cancel_events", {}).values():
-            event.set()
-        executor = getattr(pool, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-            pool._executor = None  # so the runner's __exit__ does not wait either
+        # Not pool.cancel_all(): it waits for the running threads (a native step cannot be
+        # interrupted). Its tools are already killed; the rest is dropped without waiting.
+        prefect_compat.drop_pending_threads(pool)
         return
     for fut in futures:
         with contextlib.suppress(Exception):  # already finished or lost with its worker
