@@ -48,9 +48,10 @@ from typing import Any
 
 import yaml
 
-from deployments import localserver
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the server helpers live with the tests
+import server_processes as localserver  # noqa: E402
+
 PY = sys.executable
 
 

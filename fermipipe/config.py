@@ -138,7 +138,7 @@ OUTPUT_NAME_PLACEHOLDERS: tuple[str, ...] = ("stem", "week")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `{{` / `}}` are literal braces (str.format convention); `{ident}` is a placeholder; any other
 # brace text (e.g. awk's `{print $1}`) is left alone.
-_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDER_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 # Step names appear in log file and scratch directory names: keep them path-safe.
 _STEP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -150,7 +150,7 @@ def placeholders(template: str) -> list[str]:
     ``${...}`` is not one: it is interpolation, resolved (or reported) at load time."""
     return [
         m.group(1)
-        for m in _FIELD.finditer(template)
+        for m in PLACEHOLDER_FIELD.finditer(template)
         if m.group(1) and not template[: m.start()].endswith("$")
     ]
 
@@ -159,7 +159,7 @@ def bare_placeholder(name: str) -> str:
     """``temp_select`` for ``"{temp_select}"``: the existing format writes placeholder names
     in braces in ``outputs:`` and ``cleanup:`` lists; either spelling means the same."""
     text = name.strip()
-    match = _FIELD.fullmatch(text)
+    match = PLACEHOLDER_FIELD.fullmatch(text)
     return match.group(1) if match and match.group(1) else text
 
 

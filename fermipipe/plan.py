@@ -72,6 +72,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
+from fermipipe.config import PLACEHOLDER_FIELD as _FIELD
 from fermipipe.config import (
     EngineChoice,
     PipelineConfig,
@@ -107,7 +108,6 @@ HEASOFT_TOOLS: frozenset[str] = frozenset(
 )  # fmt: skip
 _FERMI_TOOL = re.compile(r"^gt[a-z0-9]+$")
 _WEEK = re.compile(r"_w(\d{3,4})_")
-_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def is_fermitools_tool(name: str) -> bool:

@@ -152,15 +152,6 @@ class SlotPool:
         self.peak = 0  # the most slots ever in use at once (tests check the caps with it)
         self.peak_by: dict[str, int] = {}
 
-    def set_cap(self, group: str, cap: int | None) -> None:
-        """Cap ``group`` (a step name) at ``cap`` concurrent slots (None = only the total)."""
-        with self._lock:
-            if cap is None:
-                self.caps.pop(group, None)
-            else:
-                self.caps[group] = max(1, int(cap))
-            self._dispatch()
-
     def _fits(self, group: str) -> bool:
         cap = self.caps.get(group)
         return self._used < self.total and (cap is None or self._used_by.get(group, 0) < cap)
@@ -423,10 +414,6 @@ def _terminate(groups: list[int], grace: float) -> list[int]:
 def reset_shutdown() -> None:
     """Allow tools to start again (a new flow run in the same process, e.g. in tests)."""
     _SHUTDOWN.clear()
-
-
-def shutting_down() -> bool:
-    return _SHUTDOWN.is_set()
 
 
 # ------------------------------------------------------------------ failure classes

@@ -87,8 +87,6 @@ def choose_workdir(
         )
     return WorkdirChoice(Path(ram_disk_path), True, f"RAM disk {ram_disk_path}")
 
-    return True
-
 
 def cleanup_orphans(root: Path) -> list[Path]:
     """Remove staging folders under ``root`` whose owner process on this host is gone

@@ -36,8 +36,7 @@ import pytest
 import yaml
 from astropy.io import fits
 from processes import group_gone
-
-from deployments.localserver import (
+from server_processes import (
     free_port,
     prefect_server,
     start_dask_scheduler,

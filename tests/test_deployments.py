@@ -54,11 +54,11 @@ from prefect.states import AwaitingRetry
 from prefect.utilities.templating import apply_values
 from prefect.workers.process import ProcessWorker
 from processes import group_gone
+from server_processes import prefect_server, start_group, stop_group
 from shared_inputs import FITS_STUB
 
 from deployments import serve as serve_cli
 from deployments import submit as submit_cli
-from deployments.localserver import prefect_server, start_group, stop_group
 from fermipipe.config import load_config
 from flows.cli import flow_parameters
 

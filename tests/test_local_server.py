@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from processes import alive
+from server_processes import free_port
 
-from deployments.localserver import free_port
 from flows import server as local
 
 

@@ -28,8 +28,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-from deployments.localserver import prefect_server, start_group, stop_group
+from server_processes import prefect_server, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

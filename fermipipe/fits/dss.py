@@ -520,10 +520,6 @@ class Cuts:
             ranges[c.column] = RangeCut(c.column, prev.unit, lo, hi)
         self.cuts = rest + [ranges[k] for k in sorted(ranges)]
 
-    def non_gti(self) -> list[Cut]:
-        """The cuts other than GTI cuts (compared across gtselect inputs)."""
-        return [c for c in self.cuts if not isinstance(c, GtiCut)]
-
     def gti_cuts(self) -> list[GtiCut]:
         return [c for c in self.cuts if isinstance(c, GtiCut)]
 

@@ -41,8 +41,6 @@ __all__ = [
     "update_gti_hdu",
 ]
 
-FloatArray = np.ndarray
-
 
 def _consolidate(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Insert (starts, stops) in order into a start→stop map, then consolidate.

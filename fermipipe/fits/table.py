@@ -128,10 +128,6 @@ class HduInfo:
     data_size: int  # bytes of data proper (rows + heap), without padding
 
     @property
-    def padded_size(self) -> int:
-        return -(-self.data_size // BLOCK) * BLOCK
-
-    @property
     def extname(self) -> str:
         if self.index == 0:
             return str(self.header.get("EXTNAME", "PRIMARY")).strip()

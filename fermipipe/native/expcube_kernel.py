@@ -61,12 +61,6 @@ class LivetimeCubeData:
     weighted: np.ndarray | None
     gti: Gti
 
-    @property
-    def epoch(self) -> float:
-        """(TSTART + TSTOP)/2 of the exposure table (IRF epoch; matters only for multi-epoch
-        IRFs)."""
-        return (float(self.header["TSTART"]) + float(self.header["TSTOP"])) / 2.0
-
 
 def read_livetime_cube(path: str, table: str = "EXPOSURE") -> LivetimeCubeData:
     """Read the exposure table ``table``, WEIGHTED_EXPOSURE (if present) and the GTI."""

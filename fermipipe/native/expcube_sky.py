@@ -165,10 +165,6 @@ class WcsGeometry:
     cdelt: tuple[float, float]
     crota2: float = 0.0
 
-    @property
-    def all_sky(self) -> bool:
-        return abs(self.cdelt[0] * self.nx) >= 360.0 and abs(self.cdelt[1] * self.ny) >= 180.0
-
 
 def _wcs_world(
     geom: WcsGeometry, w: Any, j0: int, j1: int

@@ -5,7 +5,7 @@ Reproduces evtbin's gtbin (spec section 5) with numpy/astropy/healpy:
 * every row of every input file is binned — no GTI or DSS filtering (spec 5.2);
 * output GTI = union of the inputs' GTI extensions; EXPOSURE = Σ LIVETIME × fraction of the
   FT2 row inside the GTI over all FT2 files sorted by their first START (ONTIME without FT2);
-* headers come from the gtbin templates (:mod:`fermipipe.native.gtbin_products`) updated with
+* headers come from the gtbin templates (:mod:`fermipipe.native.gtbin_templates`) updated with
   the harvested keywords (:mod:`fermipipe.native.gtbin_header`);
 * inputs (file lists, raw-row memmaps read in chunks, GTI, FT2, EXPOSURE):
   :mod:`fermipipe.native.gtbin_inputs`; binners: :mod:`fermipipe.native.binning`;
@@ -42,7 +42,7 @@ from astropy.io import fits
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti
 from fermipipe.fits.table import write_fits
-from fermipipe.native import gtbin_products as tpl
+from fermipipe.native import gtbin_templates as tpl
 from fermipipe.native.binning import Binner, file_binner, lin_binner, log_binner
 from fermipipe.native.data_checks import NonFiniteTally, coverage_warning, empty_events_warning
 from fermipipe.native.gtbin_header import CardList, Harvest, Hdu, table_bytes
