@@ -211,9 +211,9 @@ def exit_on_sigterm() -> None:
 
 def _stopped_before_run(signum: int, _frame: Any) -> None:
     if "prefect.server.api.server" in sys.modules:  # --ephemeral: its server is started
-        from flows.shutdown import _stop_temporary_servers
+        from flows.prefect_compat import stop_temporary_servers
 
-        _stop_temporary_servers()
+        stop_temporary_servers()
     sys.stderr.write("fermipipe: stopped by Ctrl-C before the run started\n")
     sys.stderr.flush()
     os._exit(128 + signum)

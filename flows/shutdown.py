@@ -123,10 +123,6 @@ def _watchdog(signum: int, grace: float) -> None:
     os._exit(128 + signum)
 
 
-#: flows/cli.py's name for it (it stops the server on a Ctrl-C before the run starts).
-_stop_temporary_servers = prefect_compat.stop_temporary_servers
-
-
 def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:
     """Called from ``except BaseException`` blocks: on a SIGTERM (Prefect's
     ``TerminationSignal``) start the watchdog, once. Anything else: nothing (Ctrl-C and

@@ -24,11 +24,12 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.logging import get_run_logger
 
 from fermipipe import runner
+from fermipipe.caching import StepCache, run_cached
 from fermipipe.errors import FermipipeError
 from fermipipe.expcube_planes import PlaneRun, plane_runs, stack_planes
 from fermipipe.plan import Invocation, _fermitools_argv
 from fermipipe.runner import StepFailedError, StepResult
-from tasks.steps import StepCache, run_stored, step_cache_key
+from tasks.steps import step_cache_key
 
 #: Post-processing tools whose outputs are sky images (flux maps) worth a quick-look PNG.
 QUICKLOOK_TOOLS = frozenset({"farith", "hpx_divide"})
@@ -72,7 +73,7 @@ def run_post(
 
     if cache is None:
         return execute()
-    return run_stored(invocation, cache, execute, logger)
+    return run_cached(invocation, cache, execute, logger)
 
 
 # ------------------------------------------------------------- energy-parallel gtexpcube2

@@ -27,6 +27,7 @@ from fermipipe.caching import StepCache, cached_result
 from fermipipe.plan import Invocation
 from fermipipe.runner import StepResult
 from fermipipe.step_run import RETRY_DELAYS, is_transient, run_file_step
+from flows.prefect_compat import InProcess
 
 
 def step_cache_key(_ctx: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -111,4 +112,7 @@ def cached_chains(digest: str, n_files: int, handle: str) -> list[list[StepResul
     return out
 
 
-HIT_CHAINS: InProcess[list[tuple[tuple[Invocation, ...], tuple[StepCache, ...]]]] = InProcess()
+#: Chains handed to :func:`cached_chains` in this process, by handle.
+HIT_CHAINS: InProcess[list[tuple[tuple[Invocation, ...], tuple[StepCache, ...]]]] = InProcess(
+    "cache-hit chains"
+)

@@ -320,7 +320,7 @@ def test_flow_sums_image_parts_as_parallel_tasks(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
 
     from fermipipe.plan import MergePlan
-    from flows.fermi import MIN_PER_PART, parallel_image_sum
+    from flows.products import MIN_PER_PART, parallel_image_sum
 
     inputs = part_maps * 3  # 9 maps: two parts of at least MIN_PER_PART with 2 workers
     assert len(inputs) >= 2 * MIN_PER_PART

@@ -1,0 +1,331 @@
+"""Every file through its chain of steps, as Prefect tasks (part of the work subflow).
+
+Three ways a file's chain is submitted, one step runner behind them all
+(:func:`fermipipe.step_run.run_file_step`) and one summary builder
+(:func:`fermipipe.summary.summarize_file`):
+
+* files whose whole chain is a verified cache hit: one bulk task run for all of them;
+* by default, each step is ``map``-ped over the files, each file's previous future passed
+  in, so a file's next step starts as soon as its own previous step is done (no barrier);
+* with ``node``: one node-local chain task per file (Dask workers on other nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from prefect import unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed, wait
+from prefect.logging import get_run_logger
+
+from fermipipe import native, runner
+from fermipipe.caching import CacheSetup, StepCache
+from fermipipe.cleanup import Cleanup
+from fermipipe.config import PipelineConfig
+from fermipipe.plan import FilePlan, Plan
+from fermipipe.runner import StepFailedError, StepResult
+from fermipipe.staging import NodeStaging
+from fermipipe.summary import FileSummary, summarize_file
+from fermipipe.work_area import STEP_FACTOR
+from flows.prefect_compat import named_copy
+from flows.progress import Progress
+from flows.shutdown import on_interrupt
+from flows.task_runners import (
+    build_task_runner,
+    cancel_pending,
+    check_dask_workers,
+    fast_submission,
+    kill_remote_tools,
+    worker_resources,
+)
+from tasks.chain import run_chain
+from tasks.steps import HIT_CHAINS, cached_chains, run_step
+
+
+def process_files(
+    plan: Plan,
+    run: runner.RunSpec,
+    n_workers: int,
+    cfg: PipelineConfig,
+    cleanup: Cleanup,
+    cache: CacheSetup | None,
+    node: NodeStaging | None,
+    progress: Progress,
+) -> list[FileSummary]:
+    """Every file's summary, in plan order (see the module docstring)."""
+    hits = cached_summaries(plan, cache)
+    for hit in hits.values():
+        progress.file_done(hit.status, cached=True)
+    files = tuple(fp for fp in plan.files if fp.file_id not in hits)
+    if node is not None:
+        done = process_chains(plan, files, run, cfg, cleanup, cache, node, progress)
+    else:
+        done = process_steps(files, run, n_workers, cfg, cleanup, cache, progress)
+    return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
+
+
+def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSummary]:
+    """Summaries of the files whose whole chain is a cache hit, from one bulk task run."""
+    if cache is None:
+        return {}
+    hits = [fp for fp in plan.files if cache.fully_cached(fp.file_id)]
+    if not hits:
+        return {}
+    chains = [(fp.chain, tuple(sc for sc, _must in cache.steps[fp.file_id] or [])) for fp in hits]
+    digest = hashlib.sha256("".join(sc.key for _c, scs in chains for sc in scs).encode())
+    with HIT_CHAINS.passing(chains) as handle:
+        task = cached_chains.with_options(result_storage=cache.result_storage)
+        state = task(digest.hexdigest(), len(hits), handle, return_state=True)
+        results: list[list[StepResult]] = state.result()
+    return {
+        fp.file_id: summarize_file(fp.file_id, str(fp.input), steps)
+        for fp, steps in zip(hits, results, strict=True)
+    }
+
+
+# ------------------------------------------------------------------ per-step tasks
+
+
+def process_steps(
+    files: Sequence[FilePlan],
+    run: runner.RunSpec,
+    n_workers: int,
+    cfg: PipelineConfig,
+    cleanup: Cleanup,
+    cache: CacheSetup | None,
+    progress: Progress,
+) -> dict[str, FileSummary]:
+    """Map each step over the files, chaining each file's steps through their futures.
+
+    On Dask, a step with ``worker_resources`` is submitted under ``dask.annotate`` so that a
+    worker never runs more of it than its declared resources allow."""
+    resources = {s.name: s.worker_resources for s in cfg.steps if s.worker_resources}
+    # The native tools' modules are imported here, once, not by the task threads at the
+    # moment they first run a tool. Measured: a SIGTERM that lands while this thread holds
+    # Python's import lock leaves it held, and threads importing then block for good.
+    for name in sorted({inv.tool for fp in files for inv in fp.chain if inv.engine == "native"}):
+        if name:
+            native.get_tool(name)
+    depth = max((len(f.chain) for f in files), default=0)
+    # A task whose file's previous step is still running holds a thread while it waits, so
+    # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
+    # are not: the runner's semaphores decide what actually runs).
+    threads = max(1, min(len(files) * depth, n_workers * (depth + 1)))
+    futures: list[list[PrefectFuture[StepResult]]] = []
+    with build_task_runner(cfg.runner, threads) as pool:
+        try:
+            check_dask_workers(pool)
+            previous: list[Any] = [None] * len(files)
+            for k in range(depth):
+                step = files[0].chain[k].step if files else ""
+                with ExitStack() as stack:
+                    stack.enter_context(fast_submission(cfg.runner))
+                    stack.enter_context(worker_resources(cfg.runner, resources.get(step)))
+                    previous = submit_level(pool, files, k, previous, run, cleanup, cache)
+                futures.append(previous)
+            last = futures[-1] if futures else []
+            index = {id(fut): i for i, fut in enumerate(last)}
+            done: dict[str, FileSummary] = {}
+            for fut in as_completed(last):  # a file's last step is final: so are the others
+                i = index[id(fut)]
+                done[files[i].file_id] = summarize_futures(files[i], [lv[i] for lv in futures])
+                progress.file_done(
+                    done[files[i].file_id].status, cached=done[files[i].file_id].cached
+                )
+            wait([fut for level in futures for fut in level])
+        except BaseException as exc:
+            abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
+            raise
+    return done
+
+
+def submit_level(
+    pool: Any,
+    files: Sequence[FilePlan],
+    k: int,
+    previous: list[Any],
+    run: runner.RunSpec,
+    cleanup: Cleanup,
+    cache: CacheSetup | None,
+) -> list[Any]:
+    """Submit step ``k`` of every file; returns the futures in file order.
+
+    How a step is submitted follows the cache decision (fermipipe.caching): uncached,
+    cached (Prefect returns the stored result when its key is known) or ``refresh_cache``
+    (it must run: its product is missing or damaged, or a running step needs its output).
+    """
+    variants = {
+        "uncached": run_step.with_options(cache_policy=NO_CACHE, persist_result=False),
+    }
+    if cache is not None:
+        for kind in ("cached", "refresh"):
+            variants[kind] = run_step.with_options(
+                result_storage=cache.result_storage, refresh_cache=kind == "refresh"
+            )
+    out: list[Any] = []
+    for i, fp in enumerate(files):
+        entries = cache.steps.get(fp.file_id) if cache is not None else None
+        sc: StepCache | None = None
+        kind = "uncached"
+        if entries is not None:
+            sc, must = entries[k]
+            kind = "refresh" if must else "cached"
+        # Named by step and file from the start: a step that never ran (NotReady) would
+        # otherwise keep the generic "run-step-08b".
+        task = named_copy(variants[kind], task_label(fp, k))
+        parameters = {
+            "invocation": fp.chain[k],
+            "previous": previous[i],
+            "run": run,
+            "order": i,
+            "step_index": k,
+            "cache": sc,
+            "drops": cleanup.after_step(fp.file_id, k),
+            "stage": cleanup.stage.get(fp.file_id) if k == 0 else None,
+        }
+        out.append(pool.submit(task, parameters))
+    return out
+
+
+def task_label(fp: FilePlan, k: int) -> str:
+    """``select · w712``: the step and the file (its week when the name has one)."""
+    return f"{fp.chain[k].step} · {'w' + fp.week if fp.week else fp.file_id}"
+
+
+def summarize_futures(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -> FileSummary:
+    """One file's summary from its step futures (a flow never fails by itself on failed
+    tasks: every state is read)."""
+    results: list[StepResult] = []
+    for inv, fut in zip(fp.chain, futures, strict=True):
+        fut.wait()  # else .state may be read from the API, which can lag (still RUNNING)
+        state = fut.state
+        if state.is_completed():
+            result: StepResult = state.result()
+            if state.name == "Cached":  # Prefect returned the stored result: no tool ran
+                result.from_store = True
+            results.append(result)
+            continue
+        if state.is_pending():  # NotReady: its previous step failed, it never ran
+            break
+        exc = state.result(raise_on_failure=False)
+        results.append(
+            exc.result
+            if isinstance(exc, StepFailedError)
+            else failed_result(fp, inv.step, inv.render(), state, exc)
+        )
+        break
+    return summarize_file(fp.file_id, str(fp.input), results)
+
+
+def failed_result(fp: FilePlan, step: str, command: str, state: Any, exc: Any) -> StepResult:
+    """A crashed, cancelled or lost task (a bug outside the tool, a dead worker)."""
+    why = exc if isinstance(exc, BaseException) else state.message
+    return StepResult(step, fp.file_id, "failed", command, error=f"{state.name}: {why}")
+
+
+# ------------------------------------------------------------------ node-local chains
+
+
+def process_chains(
+    plan: Plan,
+    files: Sequence[FilePlan],
+    run: runner.RunSpec,
+    cfg: PipelineConfig,
+    cleanup: Cleanup,
+    cache: CacheSetup | None,
+    node: NodeStaging,
+    progress: Progress,
+) -> dict[str, FileSummary]:
+    """One :func:`tasks.chain.run_chain` task per file: each file's steps run together on
+    one Dask worker, with the intermediates on that node's RAM disk."""
+    merge_names = {m.output_name for m in plan.merges}
+    caches, exports = [], []
+    for fp in files:
+        kept = {Path(src) for src, _dst in fp.keep}
+        entries = cache.steps.get(fp.file_id) if cache is not None else None
+        caches.append(tuple(sc for sc, _must in entries) if entries else (None,) * len(fp.chain))
+        exports.append(
+            tuple(
+                sorted(
+                    {
+                        name
+                        for inv in fp.chain
+                        for name, path in inv.outputs.items()
+                        if name in merge_names or Path(path) in kept
+                    }
+                )
+            )
+        )
+    # A chain needs, on its worker, the most of each resource any of its steps declares.
+    need: dict[str, float] = {}
+    for step in cfg.steps:
+        for res, amount in (step.worker_resources or {}).items():
+            need[res] = max(need.get(res, 0.0), amount)
+    futures: list[PrefectFuture[list[StepResult]]] = []
+    with build_task_runner(cfg.runner, max(1, len(files))) as pool:
+        try:
+            check_dask_workers(pool)
+            with fast_submission(cfg.runner), worker_resources(cfg.runner, need or None):
+                futures = list(
+                    pool.map(
+                        run_chain,
+                        {
+                            "file_id": [fp.file_id for fp in files],
+                            "chain": [fp.chain for fp in files],
+                            "caches": caches,
+                            "drops": [cleanup.drops.get(fp.file_id, ()) for fp in files],
+                            "exports": exports,
+                            "run": unmapped(run),
+                            "order": list(range(len(files))),
+                            "node": unmapped(node),
+                            "need_bytes": [chain_need(fp) for fp in files],
+                        },
+                    )
+                )
+            index = {id(fut): i for i, fut in enumerate(futures)}
+            done: dict[str, FileSummary] = {}
+            for fut in as_completed(futures):
+                fp = files[index[id(fut)]]
+                done[fp.file_id] = summarize_chain(fp, fut)
+                progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
+        except BaseException as exc:
+            abort_submitted(exc, pool, run.name, futures)
+            raise
+    return done
+
+
+def chain_need(fp: FilePlan) -> int:
+    """Bytes a chain's folder may need: its input × the number of steps."""
+    try:
+        size = Path(fp.input).stat().st_size
+    except OSError:
+        size = 0
+    return int(size * max(1, len(fp.chain)) * STEP_FACTOR)
+
+
+def summarize_chain(fp: FilePlan, fut: PrefectFuture[list[StepResult]]) -> FileSummary:
+    """The summary of one node-local chain from its task's state."""
+    fut.wait()
+    state = fut.state
+    if state.is_completed():
+        results: list[StepResult] = state.result()
+    else:  # crashed, cancelled, lost with every worker…
+        exc = state.result(raise_on_failure=False)
+        step = fp.chain[0].step if fp.chain else "chain"
+        results = [failed_result(fp, step, "", state, exc)]
+    return summarize_file(fp.file_id, str(fp.input), results)
+
+
+def abort_submitted(exc: BaseException, pool: Any, run_name: str, futures: list[Any]) -> None:
+    """Ctrl-C, SIGTERM (Prefect's TerminationSignal), anything while tasks are out: stop
+    every tool group now — the pool's exit would otherwise wait for tools that never saw the
+    signal — here and on the Dask workers, and cancel what has not started."""
+    on_interrupt(exc)  # SIGTERM: staging folder removed at once, exit bounded
+    runner.kill_all()
+    kill_remote_tools(pool, run_name, get_run_logger())
+    cancel_pending(pool, futures)

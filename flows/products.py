@@ -1,0 +1,268 @@
+"""Merges and post-processing, as Prefect tasks (part of the work subflow).
+
+Each merge reads the per-file products of the files that succeeded
+(:func:`fermipipe.merge_sources.merge_sources`); with the cache on, a merge whose product's
+manifest already covers its inputs is up to date, and a sum gets only the new weeks added
+(:func:`fermipipe.product_cache.merge_decision`). image_sum runs as parallel partial sums,
+hierarchical merges (gtltsum) as a tree of pairwise tasks. Post-processing steps run after
+every merge succeeded, in order, each keyed by the content of what it reads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import unmapped
+from prefect.artifacts import create_image_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from fermipipe import merge as merging
+from fermipipe import runner
+from fermipipe.caching import get_store
+from fermipipe.cleanup import Cleanup, after_merges
+from fermipipe.manifest import Manifest
+from fermipipe.merge_sources import merge_how, merge_sources
+from fermipipe.plan import Invocation, MergePlan, Plan
+from fermipipe.product_cache import ProductCache, merge_decision, post_cache
+from fermipipe.quicklook import make_quicklook
+from fermipipe.runner import StepFailedError, StepResult
+from fermipipe.summary import FileSummary, MergeSummary, inline_png
+from flows.shutdown import on_interrupt
+from tasks.merge import merge_all, merge_pair, merge_part
+from tasks.post import plane_parallel, quicklook_outputs, run_post, run_post_planes
+
+
+@dataclass(frozen=True)
+class ProductOptions:
+    """What merges and post-processing need besides the plan and the per-file outcomes."""
+
+    run: runner.RunSpec  # the runner context (picklable: rebuilt on Dask workers)
+    cleanup: Cleanup  # the run's cleanup policy (fermipipe.cleanup)
+    skip_post: bool = False
+    cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
+    on_failure: str = "stop"  # a merge with no input fails the run unless "skip"
+
+
+@dataclass
+class ProductsOutcome:
+    merges: list[MergeSummary] = field(default_factory=list)
+    post: list[StepResult] = field(default_factory=list)
+    note: str | None = None
+
+
+def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> ProductsOutcome:
+    """Merges, then post-processing; then, whatever happened (a failed merge, Ctrl-C, a
+    cancellation), what the user keeps is copied out and the per-file folders go
+    (:func:`fermipipe.cleanup.after_merges`). The staging folder itself is removed by its
+    owner, the work subflow."""
+    outcome = ProductsOutcome()
+    try:
+        for merge in plan.merges:
+            outcome.merges.append(run_merge(merge, plan, files, opts))
+        if opts.skip_post:
+            outcome.note = "post-processing skipped (--skip-post)"
+        elif any(m.status == "failed" for m in outcome.merges):
+            outcome.note = "post-processing not run: a merge failed"
+        else:
+            for inv in plan.post:
+                outcome.post.append(run_post_step(inv, opts.run, opts.cache))
+                for name, path in quicklook_outputs(inv, outcome.post[-1]).items():
+                    publish_quicklook(name, Path(path))  # a flux map: PNG beside it
+                if outcome.post[-1].status == "failed":
+                    outcome.note = f"post-processing stopped: {inv.step} failed"
+                    break
+    except BaseException as exc:
+        on_interrupt(exc)
+        runner.kill_all()
+        raise
+    finally:
+        after_merges(plan, files, opts.cleanup)
+    return outcome
+
+
+def run_merge(
+    merge: MergePlan, plan: Plan, files: list[FileSummary], opts: ProductOptions
+) -> MergeSummary:
+    sources, left_out = merge_sources(merge, plan, files)
+    inputs = [path for _id, path in sources]
+    out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
+    if not inputs:
+        # Nothing to merge (every file failed or was empty) is a failed run, not a quiet
+        # success without its product; on_failure: skip asks for a loud warning instead.
+        out.error = f"merge {merge.name!r} got no input: no file produced {{{merge.output_name}}}"
+        if opts.on_failure == "skip":
+            out.status = "skipped"
+            get_run_logger().warning("%s (on_failure: skip)", out.error)
+        else:
+            out.status = "failed"
+            get_run_logger().error(out.error)
+        return out
+    t0 = time.perf_counter()
+    decision = (
+        merge_decision(merge, sources, left_out, opts.cache, get_store(opts.cache.store).hashes)
+        if opts.cache is not None
+        else None
+    )
+    try:
+        todo, out.mode = inputs, "full"
+        if decision is not None:
+            out.mode = decision.mode
+            get_run_logger().info("merge %s: %s (%s)", merge.name, decision.mode, decision.reason)
+            if decision.mode == "incremental":  # previous product + the new inputs only
+                paths = dict(sources)
+                todo = [Path(merge.output), *(paths[i] for i in decision.add)]
+        # The product and its manifest are written together (the product renamed last), so
+        # a kill never leaves one without the other.
+        manifest = decision.manifest if decision is not None else None
+        if out.mode == "up_to_date":
+            pass  # the product and its manifest already cover exactly these inputs
+        elif merge.strategy == "hierarchical":
+            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run, manifest)
+        elif merge.strategy == "image_sum":
+            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run, manifest)
+        else:
+            _info, _wall, out.cpu_seconds = merge_all(
+                merge, todo, left_out, run=opts.run, manifest=manifest
+            )
+    except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
+        out.status, out.error = "failed", str(exc).splitlines()[0]
+        get_run_logger().error("merge %s failed: %s", merge.name, exc)
+    out.wall_seconds = time.perf_counter() - t0
+    if out.status == "ok" and merge.strategy == "image_sum":  # image_sum: counts maps only
+        png = Path(merge.output).with_suffix(".png")
+        if out.mode == "up_to_date" and png.exists():  # the product did not change
+            out.quicklook = str(png)
+        else:
+            out.quicklook = publish_quicklook(merge.name, merge.output)
+    return out
+
+
+def publish_quicklook(name: str, product: Path) -> str | None:
+    """``<product stem>.png`` beside the merged counts map, shown in the UI.
+
+    A browser refuses ``file://`` images in an http page and the Prefect server serves no
+    files, so the image goes into the run summary's markdown as a ``data:`` URL
+    (:func:`fermipipe.summary.inline_png`) and, when small enough, into an image artifact of
+    its own the same way. A drawing failure is logged, never fatal: the product is fine.
+    """
+    png = Path(product).with_suffix(".png")
+    try:
+        make_quicklook(Path(product), png, title=f"{name}: {Path(product).name}")
+        if image := inline_png(png):
+            create_image_artifact(
+                image_url=image,
+                key=f"fermipipe-quicklook-{artifact_key(name)}",
+                description=f"Quick-look of the merged {name} counts map ({png})",
+            )
+    except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
+        get_run_logger().warning("quick-look of %s not made: %s", product, exc)
+        return None
+    return str(png)
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "product"
+
+
+#: The fewest maps worth a partial-sum task of their own in an image sum.
+MIN_PER_PART = 4
+
+
+def parallel_image_sum(
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
+) -> float:
+    """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
+    one task that adds the parts and writes the product. Few inputs, one worker or
+    ``resources.parallel_accum: false``: a single streaming pass. Returns CPU seconds."""
+    workers = runner.get_run(run).pool.total if merge.parallel else 1
+    parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
+    if len(parts) < 2:
+        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run, manifest=manifest)
+        return cpu
+    scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        futures = merge_part.map(
+            inputs=parts,
+            index=list(range(len(parts))),
+            output=[scratch / f"part{i}.npz" for i in range(len(parts))],
+            plan=unmapped(merge),
+            first=unmapped(inputs[0]),
+            run=unmapped(run),
+        )
+        done = futures.result()  # raises on a failed part (e.g. a map on another grid)
+        _info, _wall, cpu = merge_all(
+            merge,
+            inputs,
+            left_out,
+            run=run,
+            partials=[path for path, _cpu in done],
+            manifest=manifest,
+        )
+        return cpu + sum(part_cpu for _path, part_cpu in done)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def hierarchical_merge(
+    merge: MergePlan,
+    inputs: list[Path],
+    left_out: dict[str, str],
+    run: runner.RunSpec,
+    manifest: Manifest | None = None,
+) -> float:
+    """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
+    assert merge.tool is not None
+    scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    level, depth, cpu = list(inputs), 1, 0.0
+    while len(level) > 1:
+        jobs, level = merging.next_level(level, scratch, merge.name, depth)
+        futures = merge_pair.map(
+            jobs,
+            tool=unmapped(merge.tool),
+            engine=unmapped(merge.engine),
+            step=unmapped(f"merge:{merge.name}"),
+            timeout=unmapped(merge.timeout),
+            run=unmapped(run),
+        )
+        cpu += sum(result.cpu_seconds for result in futures.result())  # raises on failure
+        depth += 1
+    merging.finish(
+        level[0], merge.output, left_out, len(inputs), merge_how(merge), manifest=manifest
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
+    return cpu
+
+
+def run_post_step(
+    inv: Invocation, run: runner.RunSpec, pc: ProductCache | None = None
+) -> StepResult:
+    """Run one post-processing step; with the cache, keyed by the content of its inputs."""
+    if plane_parallel(inv):  # the real gtexpcube2: one task per energy plane, then stacked
+        return run_post_planes(inv, run)
+    task, cache = run_post, None
+    if pc is not None:
+        cache, hit = post_cache(inv, pc)
+        if cache is not None:
+            task = run_post.with_options(
+                result_storage=Path(pc.result_storage), refresh_cache=not hit
+            )
+        else:
+            task = run_post.with_options(cache_policy=NO_CACHE, persist_result=False)
+    state = task(inv, run=run, cache=cache, return_state=True)
+    if state.is_completed():
+        return state.result()
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, StepFailedError):
+        return exc.result
+    return StepResult(inv.step, "post", "failed", inv.render(), error=str(exc))
