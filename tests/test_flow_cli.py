@@ -281,6 +281,31 @@ def test_skip_post_and_workers_flags(prefect_server: dict[str, str], project: Pa
     assert [r["step"] for r in s["steps"]] == ["select", "cmap", "merge:counts"]
 
 
+def test_the_plan_is_built_once_per_run(
+    prefect_server: dict[str, str], project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line checks the config and makes the plan before Prefect loads; the flow
+    run it starts takes that plan: one build per run, its paths in the run's own folder."""
+    import fermipipe.plan as planning
+
+    built: list[Path] = []
+    build = planning.build_plan
+
+    def counted(*args: Any, **kwargs: Any) -> planning.Plan:
+        plan = build(*args, **kwargs)
+        built.append(plan.workdir)
+        return plan
+
+    monkeypatch.setattr(planning, "build_plan", counted)
+    config = write_config(project, base_config(project))
+    assert main([str(config), "--summary-json", str(project / "s.json")]) == 0
+    assert len(built) == 1
+    assert built[0].name.startswith("fermipipe-run-") and not built[0].exists()
+    # A second run is a new plan, in a new folder.
+    assert main([str(config), "--summary-json", str(project / "s.json")]) == 0
+    assert len(built) == 2 and built[1] != built[0]
+
+
 def test_a_failing_file_does_not_stop_the_others_and_the_run_fails(
     prefect_server: dict[str, str], project: Path
 ) -> None:
