@@ -185,6 +185,15 @@ class InProcess(Generic[T]):
         with self._lock:
             return len(self._objects)
 
+    # prefect-dask ships the flow run's context — the flow, its function and the globals
+    # the function names (cloudpickle, by value) — with every task: a registry a flow uses
+    # travels empty (its objects belong to this process) and without its lock.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"what": self.what}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["what"])  # type: ignore[misc]
+
 
 @contextlib.contextmanager
 def no_subflow_heartbeat() -> Iterator[None]:

@@ -131,9 +131,7 @@ def test_cleanup_policy(project: tuple[PipelineConfig, Plan]) -> None:
     assert plain.drops[fp.file_id] == ((), (select,), (), (mktime,))
     assert plain.needed[fp.file_id] == {ccube, ltcube}
     # Cached: merge inputs are in the store, so their work-area copies go at once.
-    cached = cleanup_policy(
-        plan, keep=False, stored=stored_outputs(cfg), cached_files=[fp.file_id]
-    )
+    cached = cleanup_policy(plan, keep=False, stored=stored_outputs(cfg), cached_files=[fp.file_id])
     assert cached.drops[fp.file_id] == ((), (select,), (ccube,), (mktime, ltcube))
     assert cached.needed[fp.file_id] == frozenset()
     # --keep-intermediate: nothing goes.
