@@ -204,6 +204,25 @@ def test_in_process_registry_reaches_a_subflow(prefect_server: dict[str, str]) -
     assert len(registry) == 0
 
 
+def test_in_process_registry_travels_empty_with_a_flow_shipped_to_dask() -> None:
+    """prefect-dask pickles the flow run's flow (its function by value, with the globals it
+    names) for every task: a registry named by a flow pickles, empty and with a new lock."""
+    import cloudpickle
+
+    registry: InProcess[object] = InProcess("work inputs")
+
+    def flow_body(handle: str) -> object:
+        return registry.get(handle)
+
+    with registry.passing(object()) as handle:
+        copy = cloudpickle.loads(cloudpickle.dumps(flow_body))
+        with pytest.raises(UnknownHandle):
+            copy(handle)  # another process has none of this one's objects
+        assert registry.get(handle) is not None  # the original keeps its own
+    with registry.passing(7) as handle:  # and it still works after being pickled
+        assert registry.get(handle) == 7
+
+
 def test_no_subflow_heartbeat_unsets_the_frequency_inside_only() -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
