@@ -60,12 +60,12 @@ class MergeInfo:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def _atomic(path: Path, copy_of: Path | None = None) -> Iterator[Path]:
     """``atomic_output`` into a directory made if needed (the output folder may be new);
     a failed write (a full disk) is one line naming the product, the temporary removed."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
+        with atomic_output(path, copy_of=copy_of) as tmp:
             yield Path(tmp)
     except OSError as exc:
         raise ToolError("merge", f"cannot write the product: {os_error_text(exc)}") from None
@@ -493,8 +493,7 @@ def finish(
     ``manifest``, together with its manifest (:func:`_commit_manifest`)."""
     output = Path(output)
     _verified(Path(final))  # a single input is copied straight from the store
-    with _atomic(output) as tmp:
-        shutil.copyfile(final, tmp)
+    with _atomic(output, copy_of=final) as tmp:
         _annotate_file(tmp, left_out, n_inputs, how, output.name)
         _commit_manifest(tmp, output, manifest, how)
     return MergeInfo(output, n_inputs, dict(left_out))
@@ -616,7 +615,6 @@ def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
     then it never exists, even briefly, without it.
     """
     product = Path(product)
-    with _atomic(product) as tmp:
-        shutil.copyfile(product, tmp)
+    with _atomic(product, copy_of=product) as tmp:
         _commit_manifest(tmp, product, manifest, how)
     return product
