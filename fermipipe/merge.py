@@ -28,11 +28,12 @@ from astropy.io import fits
 
 from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
 from fermipipe.errors import ToolError, os_error_text
+from fermipipe.fermitools_argv import fermitools_argv
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text, set_card
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
-from fermipipe.plan import Engine, Invocation
+from fermipipe.plan import Engine, Invocation, tool_invocation
 
 #: The keywords that define a celestial/energy image grid: two maps can be added pixel by
 #: pixel only if all of these agree exactly.
@@ -465,16 +466,12 @@ def pair_invocation(
 ) -> Invocation:
     """The Invocation of a pairwise tool (gtltsum-style parameters infile1/infile2/outfile)."""
     params = {"infile1": str(job.left), "infile2": str(job.right), "outfile": str(job.output)}
-    argv = None
-    if engine != "native":
-        argv = (tool, *(f"{k}={v}" for k, v in params.items()), "clobber=yes", "mode=h")
-    return Invocation(
-        step=step,
-        file_id=job.label,
-        engine="native" if engine == "native" else "fermitools",
-        tool=tool,
-        params=params,
-        argv=argv,
+    return tool_invocation(
+        step,
+        job.label,
+        "native" if engine == "native" else "fermitools",
+        tool,
+        params,
         outputs={"outfile": job.output},
         timeout=timeout,
     )
@@ -505,7 +502,7 @@ def finish(
 def ftmerge_argv(inputs: Sequence[Path], output: Path, listfile: Path) -> tuple[str, ...]:
     """HEASoft ftmerge over an @list (no shell: names with spaces stay intact)."""
     listfile.write_text("".join(f"{p}\n" for p in inputs))
-    return ("ftmerge", f"infile=@{listfile}", f"outfile={output}", "clobber=yes", "mode=h")
+    return fermitools_argv("ftmerge", {"infile": f"@{listfile}", "outfile": str(output)})
 
 
 def use_ftmerge(engine: Engine) -> bool:
