@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fermipipe.errors import FermipipeError
-from fermipipe.fits.writing import remove_dead_temporaries, temporary_name
+from fermipipe.fits.writing import atomic_output, remove_dead_temporaries
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -53,26 +53,21 @@ class StoreWriteError(FermipipeError, OSError):
 
 
 @contextlib.contextmanager
-def _store_write(tmp: Path, final: Path) -> Iterator[Path]:
-    """Yield ``tmp``; rename it to ``final`` on success, remove it on any failure.
+def _store_write(final: Path) -> Iterator[Path]:
+    """:func:`~fermipipe.fits.writing.atomic_output` for ``final``: yield the temporary,
+    rename it on success, remove it on any failure.
 
     An OSError (disk full, quota, permissions) becomes :class:`StoreWriteError` naming
     ``final`` and the file system that refused it — not "internal error … (bad data?)".
     """
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with atomic_output(final) as tmp:
+            yield tmp
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         what = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             what += f" (disk full: the file system holding {final.parent})"
         raise StoreWriteError(exc.errno or 0, f"cannot write {final}: {what}", str(final)) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -404,7 +399,7 @@ class ProductStore:
         out: dict[str, Path] = {}
         for name, src in files.items():
             dest = entry / name
-            with _store_write(temporary_name(dest), dest) as tmp:
+            with _store_write(dest) as tmp:
                 if move:
                     try:
                         os.replace(src, tmp)
@@ -422,7 +417,7 @@ class ProductStore:
             out[name] = dest
         record = {"key": key, "files": [vars(s) for s in stored], "meta": dict(meta or {})}
         record_path = self._record_path(key)
-        with _store_write(temporary_name(record_path), record_path) as tmp_record:
+        with _store_write(record_path) as tmp_record:
             tmp_record.write_text(json.dumps(record, indent=1))
         return out
 
@@ -434,7 +429,7 @@ class ProductStore:
         dest = Path(dest)
         self.read_object(Path(stored))  # a product is never made from a changed object
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with _store_write(temporary_name(dest), dest) as tmp:
+        with _store_write(dest) as tmp:
             try:
                 os.link(stored, tmp)
             except OSError:  # another file system (the RAM disk) or no hard links

@@ -606,6 +606,11 @@ class PostStepConfig(_CommandOrTool):
     """
 
 
+def parse_steps(text: str | None) -> list[str] | None:
+    """The names in a ``--steps a,b`` value (empty parts dropped); None when not given."""
+    return [s for s in text.split(",") if s] if text else None
+
+
 @dataclass(frozen=True)
 class RunChoices:
     """What one run does: the command-line flags over the config's ``run:`` section (and

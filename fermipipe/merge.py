@@ -28,11 +28,12 @@ from astropy.io import fits
 
 from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
 from fermipipe.errors import ToolError, os_error_text
+from fermipipe.fermitools_argv import fermitools_argv
 from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text, set_card
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
-from fermipipe.plan import Engine, Invocation
+from fermipipe.plan import Engine, Invocation, tool_invocation
 
 #: The keywords that define a celestial/energy image grid: two maps can be added pixel by
 #: pixel only if all of these agree exactly.
@@ -60,12 +61,12 @@ class MergeInfo:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def _atomic(path: Path, copy_of: Path | None = None) -> Iterator[Path]:
     """``atomic_output`` into a directory made if needed (the output folder may be new);
     a failed write (a full disk) is one line naming the product, the temporary removed."""
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
+        with atomic_output(path, copy_of=copy_of) as tmp:
             yield Path(tmp)
     except OSError as exc:
         raise ToolError("merge", f"cannot write the product: {os_error_text(exc)}") from None
@@ -465,16 +466,12 @@ def pair_invocation(
 ) -> Invocation:
     """The Invocation of a pairwise tool (gtltsum-style parameters infile1/infile2/outfile)."""
     params = {"infile1": str(job.left), "infile2": str(job.right), "outfile": str(job.output)}
-    argv = None
-    if engine != "native":
-        argv = (tool, *(f"{k}={v}" for k, v in params.items()), "clobber=yes", "mode=h")
-    return Invocation(
-        step=step,
-        file_id=job.label,
-        engine="native" if engine == "native" else "fermitools",
-        tool=tool,
-        params=params,
-        argv=argv,
+    return tool_invocation(
+        step,
+        job.label,
+        "native" if engine == "native" else "fermitools",
+        tool,
+        params,
         outputs={"outfile": job.output},
         timeout=timeout,
     )
@@ -493,8 +490,7 @@ def finish(
     ``manifest``, together with its manifest (:func:`_commit_manifest`)."""
     output = Path(output)
     _verified(Path(final))  # a single input is copied straight from the store
-    with _atomic(output) as tmp:
-        shutil.copyfile(final, tmp)
+    with _atomic(output, copy_of=final) as tmp:
         _annotate_file(tmp, left_out, n_inputs, how, output.name)
         _commit_manifest(tmp, output, manifest, how)
     return MergeInfo(output, n_inputs, dict(left_out))
@@ -506,7 +502,7 @@ def finish(
 def ftmerge_argv(inputs: Sequence[Path], output: Path, listfile: Path) -> tuple[str, ...]:
     """HEASoft ftmerge over an @list (no shell: names with spaces stay intact)."""
     listfile.write_text("".join(f"{p}\n" for p in inputs))
-    return ("ftmerge", f"infile=@{listfile}", f"outfile={output}", "clobber=yes", "mode=h")
+    return fermitools_argv("ftmerge", {"infile": f"@{listfile}", "outfile": str(output)})
 
 
 def use_ftmerge(engine: Engine) -> bool:
@@ -616,7 +612,6 @@ def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
     then it never exists, even briefly, without it.
     """
     product = Path(product)
-    with _atomic(product) as tmp:
-        shutil.copyfile(product, tmp)
+    with _atomic(product, copy_of=product) as tmp:
         _commit_manifest(tmp, product, manifest, how)
     return product

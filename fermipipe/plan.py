@@ -84,6 +84,7 @@ from fermipipe.config import (
     structured_output_params,
 )
 from fermipipe.errors import ConfigError, ToolError
+from fermipipe.fermitools_argv import fermitools_argv as _fermitools_argv
 from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS, overwrites_by_default
 from fermipipe.native.param_checks import check_params
@@ -502,16 +503,6 @@ def resolve_engine(
         "fermitools",
         f"{tool} has no native version and is not in the Fermitools at {install.prefix}",
     )
-
-
-def _fermitools_argv(tool: str, params: Mapping[str, str]) -> tuple[str, ...]:
-    """argv for a Fermitools run: never prompt (mode=h), overwrite (clobber=yes unless set).
-
-    A user's ``mode`` is replaced: a prompt would hang a pipeline (spec §11, HEASoft
-    scripting practice).
-    """
-    words = [f"{k}={v}" for k, v in params.items() if k not in ("mode", "clobber")]
-    return (tool, *words, "mode=h", f"clobber={params.get('clobber', 'yes')}")
 
 
 def _check_par_names(

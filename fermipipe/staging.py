@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fermipipe.fits.writing import atomic_output, pid_alive
+from fermipipe.fits.writing import atomic_copy, pid_alive
 from fermipipe.tool_groups import kill_leftover_groups
 
 MARKER = ".fermipipe-owner.json"
@@ -152,11 +152,7 @@ class StagingArea:
     def stage(self, src: Path, subdir: str = "") -> Path:
         """Copy ``src`` into the area (atomically) and return the copy's path."""
         dest_dir = self.path / subdir if subdir else self.path
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / Path(src).name
-        with atomic_output(dest) as tmp:
-            shutil.copyfile(src, tmp)
-        return dest
+        return atomic_copy(src, dest_dir / Path(src).name)
 
 
 @dataclass(frozen=True)

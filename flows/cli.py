@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fermipipe.config import PipelineConfig, RunChoices
+from fermipipe.config import PipelineConfig, RunChoices, parse_steps
 from fermipipe.errors import ConfigError
 from fermipipe.plan import Plan, prepare, render_dry_run
 
@@ -65,7 +65,7 @@ def check_flow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     for item in args.settings:
         if "=" not in item or not item.split("=", 1)[0].strip():
             parser.error(f"--set {item!r}: expected KEY=VALUE")
-    args.step_list = [s for s in args.steps.split(",") if s] if args.steps else None
+    args.step_list = parse_steps(args.steps)
 
 
 def flow_parameters(args: argparse.Namespace, config: str | None) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def flow_parameters(args: argparse.Namespace, config: str | None) -> dict[str, A
     if config is not None:
         params["config"] = str(Path(config).resolve())
     if args.steps:
-        params["steps"] = [s for s in args.steps.split(",") if s]
+        params["steps"] = parse_steps(args.steps)
     for flag in ("skip_merge", "skip_post", "keep_intermediate", "verify_cache"):
         if getattr(args, flag):
             params[flag] = True

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_checksums",
+    "atomic_copy",
     "atomic_output",
     "checksum_words",
     "encode_checksum",
@@ -111,17 +113,22 @@ def _naming(exc: OSError, path: Path, tmp: Path) -> OSError:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike[str], *, copy_of: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     The temporary name is :func:`temporary_name` in the same directory. On any exception
     the temporary file is removed (a full disk is given its space back at once) and the
     exception propagates, an OSError naming ``path``; ``path`` is then untouched. The body
-    must create the file.
+    must create the file, unless ``copy_of`` is given: then the temporary starts as a copy
+    of that file, which the body may change (a product annotated on its way out).
     """
     final = Path(path)
     tmp = temporary_name(final)
     try:
+        if copy_of is not None:
+            shutil.copyfile(copy_of, tmp)
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic_output: nothing was written to {tmp} for {final}")
@@ -137,6 +144,16 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy ``src`` to ``dest`` through :func:`atomic_output` (a reader never sees half a
+    file; a failed copy leaves ``dest`` untouched); ``dest``'s folder is made if needed."""
+    final = Path(dest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(final, copy_of=src):
+        pass
+    return final
 
 
 # ---------------------------------------------------------------------- checksums
