@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fermipipe.cache import sha256_file
-from fermipipe.fits.writing import atomic_output
+from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import FilePlan, Plan
 from fermipipe.summary import FileSummary
 
@@ -128,9 +128,7 @@ def after_merges(plan: Plan, files: Iterable[FileSummary], policy: Cleanup) -> N
         for planned, dest in fp.keep:
             src = now.get(Path(planned).name, Path(planned))
             if src.exists() and src != Path(dest) and not same_file(src, Path(dest)):
-                Path(dest).parent.mkdir(parents=True, exist_ok=True)
-                with atomic_output(dest) as tmp:
-                    shutil.copyfile(src, tmp)
+                atomic_copy(src, dest)
     if policy.keep:
         return
     for fp in plan.files:  # only what the plan put there: <workdir>/<file_id>/

@@ -14,14 +14,13 @@ chain on the node.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fermipipe import runner
 from fermipipe.caching import StepCache
-from fermipipe.fits.writing import atomic_output
+from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import Invocation, rebase, rebase_path, relocate
 from fermipipe.runner import StepResult
 from fermipipe.staging import NodeStaging
@@ -91,13 +90,6 @@ def run_chain_on_node(
     return results
 
 
-def copy_atomically(path: Path, destination: Path) -> None:
-    """Copy under a temporary named by its writer (a killed worker's is removed later)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(destination) as tmp:
-        shutil.copyfile(path, tmp)
-
-
 def _stage_spacecraft(invs: list[Invocation], folder: Path, logger: Any) -> list[Invocation]:
     """Copy each spacecraft file the chain reads (a week's FT2 or its slice of the mission
     file) into the node's folder: gtmktime and gtltcube read it whole, from RAM then."""
@@ -111,7 +103,7 @@ def _stage_spacecraft(invs: list[Invocation], folder: Path, logger: Any) -> list
     )
     for src in sources:
         copy = folder / "spacecraft" / src.name
-        copy_atomically(src, copy)
+        atomic_copy(src, copy)
         moved = [relocate(inv, src, copy) for inv in invs]
         if any(inv is None for inv in moved):  # a shell step that cannot be rewritten
             copy.unlink()
@@ -133,5 +125,5 @@ def _export(
             continue
         destination = Path(planned_inv.outputs[name])
         if Path(path).exists():
-            copy_atomically(Path(path), destination)
+            atomic_copy(Path(path), destination)
             result.outputs[name] = str(destination)

@@ -87,4 +87,3 @@ class RunningSum:
 
     def release(self) -> None:
         self._acc = [None] * len(self._acc)
-

@@ -15,8 +15,6 @@ retries; the chain, which runs its steps inside one task, applies it with
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ from fermipipe.caching import (
     run_cached,
 )
 from fermipipe.cleanup import remove_files
+from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import Invocation, relocate
 from fermipipe.runner import StepFailedError, StepResult
 
@@ -127,11 +126,7 @@ def _execute(
     ctx = runner.get_run(run)
     staged: Path | None = None
     if stage is not None and (moved := relocate(inv, Path(stage[0]), Path(stage[1]))):
-        staged = Path(stage[1])
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staged.with_name(f".{staged.name}.tmp")
-        shutil.copyfile(stage[0], tmp)
-        os.replace(tmp, staged)
+        staged = atomic_copy(stage[0], stage[1])
         inv = moved
     try:
         result = runner.run_invocation(

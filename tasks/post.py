@@ -27,7 +27,8 @@ from fermipipe import runner
 from fermipipe.caching import StepCache, run_cached
 from fermipipe.errors import FermipipeError
 from fermipipe.expcube_planes import PlaneRun, plane_runs, stack_planes
-from fermipipe.plan import Invocation, _fermitools_argv
+from fermipipe.fermitools_argv import fermitools_argv
+from fermipipe.plan import Invocation
 from fermipipe.runner import StepFailedError, StepResult
 from tasks.steps import step_cache_key
 
@@ -91,7 +92,7 @@ def plane_invocation(invocation: Invocation, plane: PlaneRun) -> Invocation:
         invocation,
         step=f"{invocation.step}[plane {plane.index}]",
         params=plane.params,
-        argv=_fermitools_argv(invocation.argv[0] if invocation.argv else "gtexpcube2",
+        argv=fermitools_argv(invocation.argv[0] if invocation.argv else "gtexpcube2",
                               plane.params),
         outputs={"plane": Path(out)},
     )  # fmt: skip
