@@ -230,9 +230,9 @@ def compact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     src, dest = Path(src), Path(dest)
     with _open_fits(src, memmap=True) as hdul:
         header = hdul[0].header
-        problem = _image_problem(header)
-        if problem is not None or MARKER in header:
-            raise CompactCountsError(problem or "already a compact counts file", src)
+        problem = "already a compact counts file" if MARKER in header else _image_problem(header)
+        if problem is not None:
+            raise CompactCountsError(problem, src)
         layout = _layout(hdul, src)
         shape = _shape(header)
         dtype = _image_dtype(header)
