@@ -272,6 +272,17 @@ def _add_input(
         flat[compact.index] -= compact.values
 
 
+def _template(hdul: fits.HDUList, compact: CompactMap | None) -> fits.HDUList:
+    """The product's HDUs, copied from the first input. For a compact input the primary HDU
+    is made as ``hdu.copy()`` makes it (astropy rewrites the structural cards' comments
+    then), over a zero-stride stand-in for the image: the same header, no dense copy."""
+    if compact is None:
+        return fits.HDUList([hdu.copy() for hdu in hdul])
+    stand_in = np.broadcast_to(np.zeros((), compact.dtype), compact.shape)
+    primary = fits.PrimaryHDU(data=stand_in, header=compact.header.copy())
+    return fits.HDUList([primary, *hdul[1:]])
+
+
 def _sparse_accumulator(ref: _Reference, compact: CompactMap) -> np.ndarray:
     """:func:`_accumulator` for a compact first input (zeros, its voxels scattered in)."""
     assert ref.dtype is not None
@@ -416,7 +427,7 @@ def image_sum(
     first = paths[0]
     hdul, compact = _load(first)
     with hdul:
-        template = hdul if compact is not None else fits.HDUList([hdu.copy() for hdu in hdul])
+        template = _template(hdul, compact)
     ref = _reference(template, first, compact)
     if partials:
         acc = _combine(ref, paths, partials)
@@ -464,8 +475,10 @@ def image_sum(
     # previous product whose GTI carries ONTIME while fresh per-file maps may not, and the
     # union GTI's own ONTIME is then the right value.
     sums = {k: v for k, v in sums.items() if counts[k] == len(paths)}
+    gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
     if minus:
-        gti = _subtract(ref, acc, minus, sums, gtis, (tstarts, tstops), first_span, output)
+        times_seen = (tstarts, tstops)
+        gti = _subtract(ref, acc, minus, sums, gtis, times_seen, first_span, gti_index, output)
     else:
         gti = union(gtis)
 
@@ -485,7 +498,6 @@ def image_sum(
             np.abs(acc).max(initial=0) <= EXACT_INTEGER_LIMIT[dtype.itemsize]
         )
         template[0].data = acc.astype(dtype)
-    gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
     if gti_index is not None:
         template[gti_index] = update_gti_hdu(template[gti_index], gti)
     for (i, key), total in sums.items():
@@ -555,6 +567,7 @@ def _subtract(
     gtis: list[Gti],
     times: tuple[list[tuple[float, str | None]], list[tuple[float, str | None]]],
     first_span: tuple[int, int],
+    gti_index: int | None,
     output: Path,
 ) -> Gti:
     """Take ``minus`` out of the sum (see :func:`image_sum`); return the product's GTI."""
@@ -591,11 +604,14 @@ def _subtract(
                 if isinstance(h.get("TSTOP"), int | float):
                     sub_stops.append((float(h["TSTOP"]), h.get("DATE-END")))
     for key in list(sums):
-        if sub_counts.get(key, 0) != len(minus):
+        if sub_counts.get(key, 0) != len(minus) and key == (gti_index, "ONTIME"):
+            del sums[key]  # the GTI's ONTIME is then its union's (as for fresh weekly maps)
+        elif sub_counts.get(key, 0) != len(minus):
             raise ToolError(
                 "image_sum", f"a subtracted map lacks the summed keyword {key[1]}", str(output)
             )
-        sums[key] -= sub_sums[key]
+        else:
+            sums[key] -= sub_sums[key]
     tstarts, tstops = times
     n0, n1 = first_span
     first_t0 = min((t for t, _ in tstarts[:n0]), default=None)
