@@ -144,12 +144,19 @@ def test_what_cannot_be_held_exactly_is_refused(shared_data: Path, tmp_path: Pat
     with pytest.raises(CompactCountsError, match="4 bytes after the last HDU") as err:
         compact(tail, tmp_path / "t.fits")
     assert str(tail) in str(err.value) and "\n" not in str(err.value)
+    padded = tmp_path / "padded.fits"
+    _image_file(padded, np.ones((4, 4), np.int32))
+    raw = bytearray(padded.read_bytes())
+    raw[2880 + 64 + 10] = 1  # in the zero padding after the 64-byte image
+    padded.write_bytes(bytes(raw))
+    with pytest.raises(CompactCountsError, match="non-zero padding"):
+        compact(padded, tmp_path / "p.fits")
     small = compact(shared_data / "evtbin" / "outref" / "CM2.fits", tmp_path / "c.fits")
     assert not can_compact(small)
     with pytest.raises(CompactCountsError, match="already a compact"):
         compact(small, tmp_path / "again.fits")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "c.fits", "scaled.fits", "tail.fits"
+        "c.fits", "padded.fits", "scaled.fits", "tail.fits"
     ]  # fmt: skip
 
 
