@@ -440,19 +440,6 @@ def image_sum(
     counts: dict[tuple[int, str], int] = {}
     tstarts: list[tuple[float, str | None]] = []
     tstops: list[tuple[float, str | None]] = []
-
-    def times(
-        hdul: fits.HDUList,
-        starts: list[tuple[float, str | None]],
-        stops: list[tuple[float, str | None]],
-    ) -> None:
-        for hdu in hdul:
-            h = hdu.header
-            if isinstance(h.get("TSTART"), int | float):
-                starts.append((float(h["TSTART"]), h.get("DATE-OBS")))
-            if isinstance(h.get("TSTOP"), int | float):
-                stops.append((float(h["TSTOP"]), h.get("DATE-END")))
-
     first_span: tuple[int, int] = (0, 0)  # how many tstarts/tstops the first input gave
     for index, path in enumerate(paths):
         hdul, compact = _load(path) if index else (template, None)
@@ -465,7 +452,7 @@ def image_sum(
             if gti_hdu is not None:
                 gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
             _sum_keys(hdul, sums, counts)
-            times(hdul, tstarts, tstops)
+            _times(hdul, tstarts, tstops)
             if not index:
                 first_span = (len(tstarts), len(tstops))
         finally:
@@ -526,6 +513,20 @@ def image_sum(
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
     return MergeInfo(Path(output), len(paths), left_out, ontime, exposure, counts_exact)
+
+
+def _times(
+    hdul: fits.HDUList,
+    starts: list[tuple[float, str | None]],
+    stops: list[tuple[float, str | None]],
+) -> None:
+    """Append each HDU's (TSTART, DATE-OBS) and (TSTOP, DATE-END)."""
+    for hdu in hdul:
+        h = hdu.header
+        if isinstance(h.get("TSTART"), int | float):
+            starts.append((float(h["TSTART"]), h.get("DATE-OBS")))
+        if isinstance(h.get("TSTOP"), int | float):
+            stops.append((float(h["TSTOP"]), h.get("DATE-END")))
 
 
 def _exact_counts(ref: _Reference, values: np.ndarray, what: str, path: Path) -> None:
@@ -597,12 +598,7 @@ def _subtract(
             if gti_hdu is not None:
                 cut.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
             _sum_keys(hdul, sub_sums, sub_counts)
-            for hdu in hdul:
-                h = hdu.header
-                if isinstance(h.get("TSTART"), int | float):
-                    sub_starts.append((float(h["TSTART"]), h.get("DATE-OBS")))
-                if isinstance(h.get("TSTOP"), int | float):
-                    sub_stops.append((float(h["TSTOP"]), h.get("DATE-END")))
+            _times(hdul, sub_starts, sub_stops)
     for key in list(sums):
         if sub_counts.get(key, 0) != len(minus) and key == (gti_index, "ONTIME"):
             del sums[key]  # the GTI's ONTIME is then its union's (as for fresh weekly maps)
