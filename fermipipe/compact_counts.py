@@ -33,8 +33,10 @@ approximately.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -424,3 +426,25 @@ def expand(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
                 src,
             )
     return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fermipipe.compact_counts compact|expand SRC DEST``: one line on error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fermipipe.compact_counts",
+        description="Store a counts map compactly (lossless) or expand it to the original.",
+    )
+    parser.add_argument("action", choices=("compact", "expand"))
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dest", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        (compact if args.action == "compact" else expand)(args.src, args.dest)
+    except CompactCountsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,8 @@ anything it cannot hold exactly is refused; a damaged compact file is one line n
 from __future__ import annotations
 
 import filecmp
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,19 @@ def test_a_failed_write_leaves_nothing(week_cube: Path, tmp_path: Path) -> None:
     small = compact(week_cube, tmp_path / "c.fits")
     with pytest.raises(CompactCountsError, match="cannot write"):
         expand(small, blocker / "x.fits")
+
+
+def test_command_line(week_cube: Path, tmp_path: Path) -> None:
+    """``python -m fermipipe.compact_counts compact|expand SRC DEST`` in a child process."""
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "fermipipe.compact_counts", *map(str, args)]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    small, back = tmp_path / "c.fits", tmp_path / "x.fits"
+    assert run("compact", week_cube, small).returncode == 0
+    assert run("expand", small, back).returncode == 0
+    assert filecmp.cmp(week_cube, back, shallow=False)
+    bad = run("expand", week_cube, tmp_path / "y.fits")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert f"compact_counts ({week_cube}): not a compact counts file" in bad.stderr
