@@ -29,6 +29,8 @@ Only unscaled primary images (no BSCALE/BZERO/BLANK, ≥ 2 axes) are compacted
 as they are. A file that would not expand to the same bytes — bytes after the last HDU,
 non-zero data padding, a header that is not printable ASCII — is refused, never stored
 approximately.
+
+From a shell: ``python -m fermipipe.compact_counts compact|expand SRC DEST``.
 """
 
 from __future__ import annotations
