@@ -143,11 +143,17 @@ def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
 
 @dataclass(frozen=True)
 class IncrementalPlan:
-    """How to bring a merged product up to date."""
+    """How to bring a merged product up to date.
+
+    ``incremental``: previous product + the maps of ``add`` − the maps of ``remove`` (the
+    previous manifest's entries, whose ``key`` finds the old maps in the store); ``remove``
+    is empty unless :func:`plan_incremental` was asked to plan replacements.
+    """
 
     mode: str  # "up_to_date", "incremental" or "full"
     add: tuple[ManifestInput, ...]
     reason: str
+    remove: tuple[ManifestInput, ...] = ()
 
 
 def plan_incremental(
@@ -157,12 +163,22 @@ def plan_incremental(
     strategy: str,
     config_hash: str,
     additive: bool,
+    replace: bool = False,
 ) -> IncrementalPlan:
     """Decide whether a merged product can be updated by adding only the new inputs.
 
     Allowed only for sums (``additive``) when the previous product provably covers exactly a
     subset of the current inputs: every input it lists is still current (same cache key), it
     was made by the same strategy and config, and it left nothing out.
+
+    With ``replace`` (the caller can still read the old per-file maps, e.g. compact maps in
+    the product store) a sum is also updated when inputs changed or went away: the previous
+    inputs whose key is no longer current (a changed file_id has a new key; a removed one is
+    gone) are planned as ``remove`` and the current inputs not in the product as ``add``,
+    for ``image_sum([previous, *add], subtract=remove)``. Still ``full`` when no previous
+    input is kept, or when a removed input held the product's first start (last stop) and no
+    added one starts (stops) as early (late): the merged time span would be unknown
+    (:func:`fermipipe.merge.image_sum` refuses that subtraction).
     """
     if previous is None:
         return IncrementalPlan("full", tuple(current), "no previous manifest")
@@ -176,17 +192,61 @@ def plan_incremental(
         return IncrementalPlan("full", tuple(current), "strategy is not a sum")
     if previous.left_out:
         return IncrementalPlan("full", tuple(current), "previous product left inputs out")
-    if not old_keys <= current_keys:
-        return IncrementalPlan("full", tuple(current), "an input changed or disappeared")
     new = tuple(item for item in current if item.key not in old_keys)
-    return IncrementalPlan("incremental", new, f"adding {len(new)} new input(s)")
-
-
-def merged_manifest(previous: Manifest, added: Iterable[ManifestInput]) -> Manifest:
-    """The manifest of ``previous`` + ``added`` (inputs kept in time order)."""
-    inputs = sorted(
-        [*previous.inputs, *added], key=lambda i: i.tstart if i.tstart is not None else 0.0
+    if old_keys <= current_keys:
+        return IncrementalPlan("incremental", new, f"adding {len(new)} new input(s)")
+    if not replace:
+        return IncrementalPlan("full", tuple(current), "an input changed or disappeared")
+    gone = tuple(item for item in previous.inputs if item.key not in current_keys)
+    if len(gone) == len(previous.inputs):
+        return IncrementalPlan("full", tuple(current), "no input of the previous product kept")
+    if _span_lost(previous.inputs, gone, new):
+        return IncrementalPlan(
+            "full", tuple(current), "the first or last input changed: the span is unknown"
+        )
+    now_ids = {item.file_id for item in current}
+    changed = sum(1 for item in gone if item.file_id in now_ids)
+    return IncrementalPlan(
+        "incremental",
+        new,
+        f"replacing {changed} changed input(s), removing {len(gone) - changed}, "
+        f"adding {len(new) - changed} new",
+        remove=gone,
     )
+
+
+def _span_lost(
+    inputs: Sequence[ManifestInput],
+    gone: Sequence[ManifestInput],
+    new: Sequence[ManifestInput],
+) -> bool:
+    """True when a removed input held the product's first start (or last stop) and no added
+    input starts (stops) at or before (after) it — the rule image_sum applies."""
+    starts = [i.tstart for i in inputs if i.tstart is not None]
+    stops = [i.tstop for i in inputs if i.tstop is not None]
+    for item in gone:
+        if (
+            item.tstart is not None
+            and item.tstart <= min(starts)
+            and not any(n.tstart is not None and n.tstart <= item.tstart for n in new)
+        ):
+            return True
+        if (
+            item.tstop is not None
+            and item.tstop >= max(stops)
+            and not any(n.tstop is not None and n.tstop >= item.tstop for n in new)
+        ):
+            return True
+    return False
+
+
+def merged_manifest(
+    previous: Manifest, added: Iterable[ManifestInput], removed: Iterable[ManifestInput] = ()
+) -> Manifest:
+    """The manifest of ``previous`` + ``added`` − ``removed`` (inputs kept in time order)."""
+    gone = {item.key for item in removed}
+    kept = [item for item in previous.inputs if item.key not in gone]
+    inputs = sorted([*kept, *added], key=lambda i: i.tstart if i.tstart is not None else 0.0)
     return Manifest(
         product=previous.product,
         strategy=previous.strategy,

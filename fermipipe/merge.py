@@ -3,7 +3,9 @@
 * :func:`image_sum` — pixel sum of counts maps/cubes (primary image) or HEALPix ``SKYMAP``
   tables, streaming: the accumulator plus one memory-mapped input, whatever their number.
   Inputs whose WCS (or HEALPix grid) or EBOUNDS differ from the first are refused. The GTI is
-  the union of the inputs' GTIs; EXPOSURE and ONTIME keywords are summed.
+  the union of the inputs' GTIs; EXPOSURE and ONTIME keywords are summed. Inputs may be
+  compact counts files (:mod:`fermipipe.compact_counts`): their nonzero voxels are
+  scatter-added, no dense copy is made. ``subtract`` takes maps back out (a changed week).
 * :func:`next_level` / :func:`pair_invocation` — one level of a tree reduction with a pairwise
   tool (gtltsum): the caller runs each level's independent pairs in parallel.
 * :func:`event_merge` — event lists concatenated with a GTI union: the native
@@ -27,9 +29,10 @@ import numpy as np
 from astropy.io import fits
 
 from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
+from fermipipe.compact_counts import CompactMap, is_compact, open_compact
 from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fermitools_argv import fermitools_argv
-from fermipipe.fits.gti import find_gti_hdu, read_gti, union, update_gti_hdu
+from fermipipe.fits.gti import Gti, find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text, set_card
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
@@ -44,6 +47,12 @@ _WCS_KEY = re.compile(
 #: The keywords that define a HEALPix grid.
 _HPX_KEYS = ("NSIDE", "ORDERING", "COORDSYS", "INDXSCHM", "FIRSTPIX", "LASTPIX", "NAXIS2")
 _SUMMED_KEYS = ("EXPOSURE", "ONTIME")
+#: The largest magnitude up to which a float type holds every integer (2^(mantissa bits + 1)):
+#: integer counts in a float32 map are exact up to 2^24 = 16,777,216 per pixel, in float64 up
+#: to 2^53. gtbin's count maps are int32 (spec: BITPIX 32), exact to 2^31 − 1 (an int32
+#: overflow is refused); a float map's sum beyond this is rounded, and a subtraction from it
+#: is refused.
+EXACT_INTEGER_LIMIT = {4: 2**24, 8: 2**53}
 
 
 @dataclass
@@ -55,6 +64,9 @@ class MergeInfo:
     left_out: dict[str, str] = field(default_factory=dict)  # file id → reason
     ontime: float | None = None
     exposure: float | None = None
+    #: False when a float image's summed counts went beyond :data:`EXACT_INTEGER_LIMIT`
+    #: (rounded where they are stored); True otherwise (HEALPix tables: None).
+    counts_exact: bool | None = None
 
 
 # ------------------------------------------------------------------------- writing
@@ -163,7 +175,13 @@ class _Reference:
     ebounds: tuple[np.ndarray, ...] | None = None
 
 
-def _reference(template: fits.HDUList, first: Path) -> _Reference:
+def _reference(
+    template: fits.HDUList, first: Path, compact: CompactMap | None = None
+) -> _Reference:
+    if compact is not None:  # the original primary header, its image not expanded
+        ref = _Reference(first, False, _grid_keys(compact.header), compact.dtype)
+        ref.ebounds = _ebounds(template)
+        return ref
     sky = _skymap(template)
     if sky is None and (template[0].data is None or template[0].header.get("NAXIS", 0) < 2):
         raise ToolError(
@@ -225,12 +243,53 @@ def _accumulator(ref: _Reference, pixels: Pixels) -> Pixels:
     return np.array(pixels, dtype=np.float64 if ref.dtype.kind == "f" else np.int64)
 
 
-def _add(acc: Pixels, pixels: Pixels) -> None:
+def _add(acc: Pixels, pixels: Pixels, sign: int = 1) -> None:
     if isinstance(acc, dict):
         for c, column in acc.items():
-            column += pixels[c]  # type: ignore[index]
-    else:
+            if sign > 0:
+                column += pixels[c]  # type: ignore[index]
+            else:
+                column -= pixels[c]  # type: ignore[index]
+    elif sign > 0:
         acc += pixels
+    else:
+        acc -= pixels
+
+
+def _add_input(
+    ref: _Reference, acc: Pixels, hdul: fits.HDUList, compact: CompactMap | None, sign: int = 1
+) -> None:
+    """Add (``sign`` −1: subtract) one checked input into ``acc``: a compact map's nonzero
+    voxels are scatter-added into the flat accumulator (its indices are unique, so the
+    fancy-index ``+=`` is exact), nothing dense is built."""
+    if compact is None:
+        _add(acc, _pixels(ref, hdul), sign)
+        return
+    assert isinstance(acc, np.ndarray)  # _check refused a compact map against a SKYMAP
+    flat = acc.reshape(-1)  # a view: accumulators are C-contiguous
+    if sign > 0:
+        flat[compact.index] += compact.values
+    else:
+        flat[compact.index] -= compact.values
+
+
+def _template(hdul: fits.HDUList, compact: CompactMap | None) -> fits.HDUList:
+    """The product's HDUs, copied from the first input. For a compact input the primary HDU
+    is made as ``hdu.copy()`` makes it (astropy rewrites the structural cards' comments
+    then), over a zero-stride stand-in for the image: the same header, no dense copy."""
+    if compact is None:
+        return fits.HDUList([hdu.copy() for hdu in hdul])
+    stand_in = np.broadcast_to(np.zeros((), compact.dtype), compact.shape)
+    primary = fits.PrimaryHDU(data=stand_in, header=compact.header.copy())
+    return fits.HDUList([primary, *hdul[1:]])
+
+
+def _sparse_accumulator(ref: _Reference, compact: CompactMap) -> np.ndarray:
+    """:func:`_accumulator` for a compact first input (zeros, its voxels scattered in)."""
+    assert ref.dtype is not None
+    acc = np.zeros(compact.shape, np.float64 if ref.dtype.kind == "f" else np.int64)
+    _add_input(ref, acc, fits.HDUList(), compact)
+    return acc
 
 
 def _verified(path: Path) -> Path:
@@ -249,6 +308,16 @@ def _open(path: Path) -> fits.HDUList:
         raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
 
 
+def _load(path: Path) -> tuple[fits.HDUList, CompactMap | None]:
+    """An input's HDUs, and its voxels when it is a compact counts file (whose HDU list is
+    then the original file's: its primary header without data and its extensions). A
+    damaged compact file raises a one-line CompactCountsError naming it."""
+    if is_compact(path):
+        compact = open_compact(path)
+        return compact.hdul, compact
+    return _open(path), None
+
+
 #: Where a partial sum records the inputs it covers (checked when the parts are combined).
 _PART_INPUTS = "__inputs__"
 
@@ -259,21 +328,27 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
 
     :func:`image_sum` with ``partials=`` adds the parts and builds the product; the parts
     run in parallel. Accumulators are int64 (counts: exact in any grouping) or float64.
+    Inputs may be compact counts files (scatter-added).
     """
     if not inputs:
         raise ToolError("image_sum", "a partial sum needs at least one input", str(output))
-    with fits.open(first, memmap=True) as template:
-        ref = _reference(template, Path(first))
+    template, compact = _load(Path(first))
+    with template:
+        ref = _reference(template, Path(first), compact)
     acc: Pixels | None = None
     for path in map(Path, inputs):
         _verified(path)
-        with _open(path) as hdul:
+        hdul, compact = _load(path)
+        with hdul:
             _check(ref, hdul, path)
-            pixels = _pixels(ref, hdul)
             if acc is None:
-                acc = _accumulator(ref, pixels)
+                acc = (
+                    _accumulator(ref, _pixels(ref, hdul))
+                    if compact is None
+                    else _sparse_accumulator(ref, compact)
+                )
             else:
-                _add(acc, pixels)
+                _add_input(ref, acc, hdul, compact)
     arrays = acc if isinstance(acc, dict) else {"image": acc}
     with _atomic(Path(output)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays, **{_PART_INPUTS: np.array([str(p) for p in inputs])})
@@ -307,6 +382,7 @@ def image_sum(
     partials: Sequence[Path] | None = None,
     manifest: Manifest | None = None,
     how: str = "image_sum",
+    subtract: Sequence[Path] = (),
 ) -> MergeInfo:
     """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
 
@@ -316,55 +392,85 @@ def image_sum(
     ONTIME, as are EXPOSURE keywords wherever the first input has them); TSTART/TSTOP become
     min/max with DATE-OBS/DATE-END from the inputs that hold them.
 
+    Any input may be a compact counts file (:mod:`fermipipe.compact_counts`): its nonzero
+    voxels are scatter-added into the sum (no dense array per input) and its original
+    headers read; the product is the one the expanded files give, bit for bit.
+
     With ``partials`` (from :func:`partial_image_sum` over consecutive parts of ``inputs``)
     the pixels are the sum of the parts; headers, GTIs and the summed keywords are still read
     from every input, in order, so the product is the same either way (summed keywords in
     the same order of additions: an incremental merge stays equal to a full one).
     With ``manifest`` the product appears with its manifest cards and sidecar, together
     (:func:`_commit_manifest`).
+
+    ``subtract`` (count maps, dense or compact) takes maps back out of the **first** input,
+    the previous product they were summed into — a changed week: ``inputs=[previous, new
+    week], subtract=[old week]``. Pixels: exact for integer counts (int64 sums; a float map
+    only while every value is an integer within :data:`EXACT_INTEGER_LIMIT`, else refused),
+    and a pixel going negative (a map that was not in the product) is refused. GTI: the
+    subtracted maps' GTIs are cut out of the first input's, then the others' are united in —
+    the GTI a full merge gives when the weeks do not overlap. TSTART/TSTOP: a subtracted map
+    holding the product's first start (last stop) must be replaced by an input starting
+    (stopping) no later (earlier), else the span is unknown and the merge is refused. Summed
+    keywords (EXPOSURE): (sum of inputs) − (sum of subtracted), equal to a full merge's to
+    float64 rounding, not bit for bit.
     """
     left_out = dict(left_out or {})
     if not inputs:
         raise ToolError("image_sum", "no input files to merge", str(output))
     paths = [Path(p) for p in inputs]
+    minus = [Path(p) for p in subtract]
     if not partials:  # with partials, each part verified its inputs
         for path in paths:
             _verified(path)
+    for path in minus:
+        _verified(path)
     first = paths[0]
-    with _open(first) as hdul:
-        template = fits.HDUList([hdu.copy() for hdu in hdul])
-    ref = _reference(template, first)
-    acc = _combine(ref, paths, partials) if partials else _accumulator(ref, _pixels(ref, template))
+    hdul, compact = _load(first)
+    with hdul:
+        template = _template(hdul, compact)
+    ref = _reference(template, first, compact)
+    if partials:
+        acc = _combine(ref, paths, partials)
+    elif compact is not None:
+        acc = _sparse_accumulator(ref, compact)
+    else:
+        acc = _accumulator(ref, _pixels(ref, template))
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
     tstarts: list[tuple[float, str | None]] = []
     tstops: list[tuple[float, str | None]] = []
-
-    def times(hdul: fits.HDUList) -> None:
-        for hdu in hdul:
-            h = hdu.header
-            if isinstance(h.get("TSTART"), int | float):
-                tstarts.append((float(h["TSTART"]), h.get("DATE-OBS")))
-            if isinstance(h.get("TSTOP"), int | float):
-                tstops.append((float(h["TSTOP"]), h.get("DATE-END")))
-
+    first_span: tuple[int, int] = (0, 0)  # how many tstarts/tstops the first input gave
     for index, path in enumerate(paths):
-        hdul = _open(path) if index else template
+        hdul, compact = _load(path) if index else (template, None)
         try:
             if index:
                 _check(ref, hdul, path)
                 if not partials:
-                    _add(acc, _pixels(ref, hdul))
+                    _add_input(ref, acc, hdul, compact)
             gti_hdu = find_gti_hdu(hdul)
             if gti_hdu is not None:
                 gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
             _sum_keys(hdul, sums, counts)
-            times(hdul)
+            _times(hdul, tstarts, tstops)
+            if not index:
+                first_span = (len(tstarts), len(tstops))
         finally:
             if index:
                 hdul.close()
+    # A keyword is a sum only when every input has it: an incremental merge starts from a
+    # previous product whose GTI carries ONTIME while fresh per-file maps may not, and the
+    # union GTI's own ONTIME is then the right value.
+    sums = {k: v for k, v in sums.items() if counts[k] == len(paths)}
+    gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
+    if minus:
+        times_seen = (tstarts, tstops)
+        gti = _subtract(ref, acc, minus, sums, gtis, times_seen, first_span, gti_index, output)
+    else:
+        gti = union(gtis)
 
+    counts_exact: bool | None = None
     if isinstance(acc, dict):
         sky = _skymap(template)
         assert sky is not None
@@ -376,14 +482,12 @@ def image_sum(
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
         if info is not None and (acc.max(initial=0) > info.max or acc.min(initial=0) < info.min):
             raise ToolError("image_sum", f"the summed counts overflow {dtype}", str(output))
+        counts_exact = info is not None or bool(
+            np.abs(acc).max(initial=0) <= EXACT_INTEGER_LIMIT[dtype.itemsize]
+        )
         template[0].data = acc.astype(dtype)
-    gti_index = next((i for i, h in enumerate(template) if h is find_gti_hdu(template)), None)
     if gti_index is not None:
-        template[gti_index] = update_gti_hdu(template[gti_index], union(gtis))
-    # A keyword is a sum only when every input has it: an incremental merge starts from a
-    # previous product whose GTI carries ONTIME while fresh per-file maps may not, and the
-    # union GTI's own ONTIME is then the right value.
-    sums = {k: v for k, v in sums.items() if counts[k] == len(paths)}
+        template[gti_index] = update_gti_hdu(template[gti_index], gti)
     for (i, key), total in sums.items():
         template[i].header[key] = total
     if tstarts or tstops:
@@ -409,7 +513,128 @@ def image_sum(
         _commit_manifest(tmp, Path(output), manifest, how)
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
-    return MergeInfo(Path(output), len(paths), left_out, ontime, exposure)
+    return MergeInfo(Path(output), len(paths), left_out, ontime, exposure, counts_exact)
+
+
+def _times(
+    hdul: fits.HDUList,
+    starts: list[tuple[float, str | None]],
+    stops: list[tuple[float, str | None]],
+) -> None:
+    """Append each HDU's (TSTART, DATE-OBS) and (TSTOP, DATE-END)."""
+    for hdu in hdul:
+        h = hdu.header
+        if isinstance(h.get("TSTART"), int | float):
+            starts.append((float(h["TSTART"]), h.get("DATE-OBS")))
+        if isinstance(h.get("TSTOP"), int | float):
+            stops.append((float(h["TSTOP"]), h.get("DATE-END")))
+
+
+def _exact_counts(ref: _Reference, values: np.ndarray, what: str, path: Path) -> None:
+    """Refuse a subtraction on a float map whose values are not integers within the range
+    where its type holds every integer (:data:`EXACT_INTEGER_LIMIT`)."""
+    assert ref.dtype is not None
+    if ref.dtype.kind != "f":
+        return
+    limit = EXACT_INTEGER_LIMIT[ref.dtype.itemsize]
+    flat = values.reshape(-1)
+    step = 1 << 22  # in chunks: no full-size temporaries
+    for i in range(0, flat.size, step):
+        part = flat[i : i + step]
+        if np.abs(part).max() <= limit and np.array_equal(part, np.floor(part)):
+            continue
+        raise ToolError(
+            "image_sum",
+            f"cannot subtract exactly: {what} holds non-integer counts or counts beyond "
+            f"{limit} (the largest integer {ref.dtype} holds exactly)",
+            str(path),
+        )
+
+
+def _difference(gti: Gti, cut: Gti) -> Gti:
+    """``gti`` without the intervals of ``cut`` (intersection with its complement;
+    zero-length pieces dropped, as Gti.intersect does)."""
+    if not len(cut):
+        return gti
+    starts = np.concatenate([[-np.inf], cut.stop])
+    stops = np.concatenate([cut.start, [np.inf]])
+    return gti.intersect(Gti.from_intervals(starts, stops))
+
+
+def _subtract(
+    ref: _Reference,
+    acc: Pixels,
+    minus: Sequence[Path],
+    sums: dict[tuple[int, str], float],
+    gtis: list[Gti],
+    times: tuple[list[tuple[float, str | None]], list[tuple[float, str | None]]],
+    first_span: tuple[int, int],
+    gti_index: int | None,
+    output: Path,
+) -> Gti:
+    """Take ``minus`` out of the sum (see :func:`image_sum`); return the product's GTI."""
+    if isinstance(acc, dict):
+        raise ToolError("image_sum", "subtract is for counts maps/cubes, not HEALPix tables")
+    _exact_counts(ref, acc, "the sum", output)
+    cut: list[Gti] = []
+    sub_sums: dict[tuple[int, str], float] = {}
+    sub_counts: dict[tuple[int, str], int] = {}
+    sub_starts: list[tuple[float, str | None]] = []
+    sub_stops: list[tuple[float, str | None]] = []
+    for path in minus:
+        hdul, compact = _load(path)
+        with hdul:
+            _check(ref, hdul, path)
+            values = compact.values if compact is not None else np.asarray(_pixels(ref, hdul))
+            _exact_counts(ref, values, "this map", path)
+            _add_input(ref, acc, hdul, compact, sign=-1)
+            touched = acc.reshape(-1)[compact.index] if compact is not None else acc
+            if touched.min(initial=0) < 0:
+                raise ToolError(
+                    "image_sum",
+                    "subtracting it leaves negative counts: it is not part of the first input",
+                    str(path),
+                )
+            gti_hdu = find_gti_hdu(hdul)
+            if gti_hdu is not None:
+                cut.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
+            _sum_keys(hdul, sub_sums, sub_counts)
+            _times(hdul, sub_starts, sub_stops)
+    for key in list(sums):
+        if sub_counts.get(key, 0) != len(minus) and key == (gti_index, "ONTIME"):
+            del sums[key]  # the GTI's ONTIME is then its union's (as for fresh weekly maps)
+        elif sub_counts.get(key, 0) != len(minus):
+            raise ToolError(
+                "image_sum", f"a subtracted map lacks the summed keyword {key[1]}", str(output)
+            )
+        else:
+            sums[key] -= sub_sums[key]
+    tstarts, tstops = times
+    n0, n1 = first_span
+    first_t0 = min((t for t, _ in tstarts[:n0]), default=None)
+    first_t1 = max((t for t, _ in tstops[:n1]), default=None)
+    others_t0 = min((t for t, _ in tstarts[n0:]), default=np.inf)
+    others_t1 = max((t for t, _ in tstops[n1:]), default=-np.inf)
+    for t, _ in sub_starts:
+        if first_t0 is not None and t <= first_t0 and others_t0 > t:
+            raise ToolError(
+                "image_sum",
+                "a subtracted map holds the product's first start and no input replaces it: "
+                "its new TSTART is unknown; merge all inputs instead",
+                str(output),
+            )
+    for t, _ in sub_stops:
+        if first_t1 is not None and t >= first_t1 and others_t1 < t:
+            raise ToolError(
+                "image_sum",
+                "a subtracted map holds the product's last stop and no input replaces it: "
+                "its new TSTOP is unknown; merge all inputs instead",
+                str(output),
+            )
+    _exact_counts(ref, acc, "the result", output)
+    if not gtis:
+        return Gti.empty()
+    return union([_difference(gtis[0], union(cut)), *gtis[1:]])
 
 
 def split_parts(inputs: Sequence[Path], parts: int) -> list[list[Path]]:

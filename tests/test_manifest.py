@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fermipipe.manifest import (
+    IncrementalPlan,
     Manifest,
     ManifestInput,
     header_cards,
@@ -95,3 +96,55 @@ def test_merged_manifest_orders_by_time() -> None:
     ins = _inputs(3)
     m = merged_manifest(_manifest([ins[2], ins[0]]), [ins[1]])
     assert [i.key for i in m.inputs] == ["k0", "k1", "k2"]
+
+
+def _plan(
+    old: Manifest,
+    now: list[ManifestInput],
+    *,
+    replace: bool = False,
+    additive: bool = True,
+    config_hash: str = "c" * 64,
+) -> IncrementalPlan:
+    return plan_incremental(
+        old, now, strategy="image_sum", config_hash=config_hash, additive=additive, replace=replace
+    )
+
+
+def test_incremental_replace_plans_remove_and_add() -> None:
+    old = _manifest(_inputs(4))
+    ins = _inputs(5)
+    w001 = ManifestInput("w001", "lat_photon_weekly_w001_v2.fits", "z" * 16, "k1-new", 1e3, 1999)
+    changed = [ins[0], w001, ins[2], ins[3], ins[4]]
+    assert _plan(old, changed).mode == "full"  # without replace: as before
+    plan = _plan(old, changed, replace=True)
+    assert plan.mode == "incremental"
+    assert [i.key for i in plan.remove] == ["k1"]  # the old key: finds the old map
+    assert [i.key for i in plan.add] == ["k1-new", "k4"]
+    assert "replacing 1 changed" in plan.reason and "adding 1 new" in plan.reason
+    gone = _plan(old, [ins[0], ins[1], ins[3]], replace=True)  # w002 removed
+    assert gone.mode == "incremental" and [i.key for i in gone.remove] == ["k2"]
+    assert gone.add == () and "removing 1" in gone.reason
+    merged = merged_manifest(old, plan.add, plan.remove)
+    assert [i.key for i in merged.inputs] == ["k0", "k1-new", "k2", "k3", "k4"]
+    # the up-to-date, pure-addition and refusal cases do not change with replace
+    assert _plan(old, _inputs(4), replace=True).mode == "up_to_date"
+    added = _plan(old, ins, replace=True)
+    assert added.mode == "incremental" and added.remove == () and len(added.add) == 1
+    assert _plan(old, changed, additive=False, replace=True).mode == "full"
+    assert _plan(old, changed, config_hash="d" * 64, replace=True).mode == "full"
+    lossy = _manifest(_inputs(4), left_out={"w009": "empty"})
+    assert _plan(lossy, changed, replace=True).mode == "full"
+
+
+def test_incremental_replace_needs_a_known_span() -> None:
+    """Removing the first or last input without a replacement leaves the merged time span
+    unknown (image_sum refuses that subtraction): a full merge."""
+    old = _manifest(_inputs(4))
+    ins = _inputs(4)
+    assert _plan(old, ins[1:], replace=True).mode == "full"  # the first week gone
+    assert _plan(old, ins[:3], replace=True).mode == "full"  # the last week gone
+    first_v2 = ManifestInput("w000", "v2", "y" * 16, "k0-new", 0.0, 999)
+    plan = _plan(old, [first_v2, *ins[1:]], replace=True)  # the first week changed
+    assert plan.mode == "incremental" and [i.key for i in plan.remove] == ["k0"]
+    assert _plan(old, [], replace=True).mode == "full"

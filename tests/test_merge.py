@@ -353,3 +353,142 @@ def test_flow_sums_image_parts_as_parallel_tasks(
                 break
             time.sleep(0.2)
     assert names == expected
+
+
+# ------------------------------------------------------- compact inputs and subtract
+
+
+@pytest.fixture(scope="module")
+def weeks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Native gtbin cubes of three consecutive generated weeks, a second version of the
+    middle one (another seed: other events and GTIs in the same week), and their compact
+    forms."""
+    from weekly_cubes import weekly_cube
+
+    from fermipipe.compact_counts import compact
+
+    folder = tmp_path_factory.mktemp("weeks")
+    cubes = {
+        "w0": weekly_cube(folder, 700),
+        "w1": weekly_cube(folder, 701),
+        "w2": weekly_cube(folder, 702),
+        "w1new": weekly_cube(folder, 701, seed=9),
+    }
+    for name, path in list(cubes.items()):
+        cubes[f"{name}c"] = compact(path, folder / f"{name}.compact.fits")
+    return cubes
+
+
+def _bytes_but_checksums(path: Path) -> bytes:
+    """The file's bytes with the CHECKSUM/DATASUM cards blanked (their comments hold the
+    time of writing)."""
+    raw = bytearray(path.read_bytes())
+    with fits.open(path) as hdul:
+        spans = [(hdul.fileinfo(i)["hdrLoc"], hdul.fileinfo(i)["datLoc"]) for i in range(len(hdul))]
+    for start, stop in spans:
+        for at in range(start, stop, 80):
+            if raw[at : at + 8] in (b"CHECKSUM", b"DATASUM "):
+                raw[at : at + 80] = b" " * 80
+    return bytes(raw)
+
+
+def test_compact_inputs_sum_to_the_same_product(weeks: dict[str, Path], tmp_path: Path) -> None:
+    """Compact maps (first, middle, last; alone or in partial sums) give the product the
+    expanded maps give, bit for bit."""
+    dense = merge.image_sum(
+        [weeks["w0"], weeks["w1"], weeks["w2"]], tmp_path / "dense" / "sum.fits"
+    )
+    mixed = merge.image_sum(
+        [weeks["w0c"], weeks["w1"], weeks["w2c"]], tmp_path / "mixed" / "sum.fits"
+    )
+    compact = merge.image_sum(
+        [weeks["w0c"], weeks["w1c"], weeks["w2c"]], tmp_path / "compact" / "sum.fits"
+    )
+    expected = _bytes_but_checksums(dense.output)
+    assert _bytes_but_checksums(mixed.output) == expected
+    assert _bytes_but_checksums(compact.output) == expected
+    fits_equal(compact.output, dense.output)
+    with fits.open(compact.output, checksum=True) as hdul:
+        assert all(h.verify_checksum() == 1 and h.verify_datasum() == 1 for h in hdul)
+        total = sum(int(fits.getdata(weeks[w]).sum()) for w in ("w0", "w1", "w2"))
+        assert int(hdul[0].data.sum()) == total > 10_000
+        assert hdul[0].data.dtype.name == "int32" and compact.counts_exact is True
+    inputs = [weeks["w0c"], weeks["w1"], weeks["w2c"], weeks["w1c"]]
+    partials = _summed_in_parts(inputs, 2, tmp_path)
+    merge.image_sum(inputs, tmp_path / "parts" / "sum4.fits", partials=partials)
+    merge.image_sum([weeks[w] for w in ("w0", "w1", "w2", "w1")], tmp_path / "sum4.fits")
+    assert _bytes_but_checksums(tmp_path / "parts" / "sum4.fits") == _bytes_but_checksums(
+        tmp_path / "sum4.fits"
+    )
+
+
+def test_subtract_replaces_a_changed_week(weeks: dict[str, Path], tmp_path: Path) -> None:
+    """previous product − old week + new week = the full merge with the new week: counts and
+    GTI exactly, EXPOSURE to float64 rounding, time span the same."""
+    previous = merge.image_sum([weeks["w0"], weeks["w1c"], weeks["w2c"]], tmp_path / "prev.fits")
+    full = merge.image_sum([weeks["w0c"], weeks["w1newc"], weeks["w2"]], tmp_path / "full.fits")
+    for old in ("w1", "w1c"):  # the old week dense or compact
+        updated = merge.image_sum(
+            [previous.output, weeks["w1newc"]], tmp_path / f"upd-{old}.fits", subtract=[weeks[old]]
+        )
+        with fits.open(updated.output) as got, fits.open(full.output) as ref:
+            assert np.array_equal(got[0].data, ref[0].data)
+            assert got[0].data.dtype == ref[0].data.dtype
+            assert read_gti(got["GTI"]) == read_gti(ref["GTI"])
+            assert got["GTI"].header["ONTIME"] == ref["GTI"].header["ONTIME"]
+            assert got["GTI"].header["EXPOSURE"] == pytest.approx(
+                ref["GTI"].header["EXPOSURE"], rel=1e-13
+            )
+            for key in ("TSTART", "TSTOP", "DATE-OBS", "DATE-END"):
+                assert got["GTI"].header[key] == ref["GTI"].header[key], key
+        assert updated.counts_exact is True
+    with fits.open(weeks["w1"]) as a, fits.open(weeks["w1new"]) as b:
+        assert not np.array_equal(a[0].data, b[0].data)  # the week did change
+        assert read_gti(a["GTI"]) != read_gti(b["GTI"])
+
+
+def test_subtract_refuses_what_it_cannot_do_exactly(weeks: dict[str, Path], tmp_path: Path) -> None:
+    previous = merge.image_sum([weeks["w0c"], weeks["w1c"]], tmp_path / "prev.fits").output
+    out = tmp_path / "out.fits"
+    with pytest.raises(ToolError, match="negative counts") as err:
+        merge.image_sum([previous], out, subtract=[weeks["w2c"]])  # never summed in
+    assert str(weeks["w2c"]) in str(err.value)
+    with pytest.raises(ToolError, match="first start"):
+        merge.image_sum([previous], out, subtract=[weeks["w0c"]])  # span unknown
+    with pytest.raises(ToolError, match="last stop"):
+        merge.image_sum([previous], out, subtract=[weeks["w1"]])
+    merge.image_sum([previous, weeks["w1new"]], out, subtract=[weeks["w1"]])  # replaced: fine
+    assert out.exists() and list(tmp_path.glob(".*tmp*")) == []
+
+
+def _float_map(path: Path, template: Path, image: np.ndarray) -> Path:
+    with fits.open(template) as hdul:
+        hdul[0].data = image.astype(np.float32)
+        hdul.writeto(path, checksum=True)
+    return path
+
+
+def test_float32_counts_are_exact_up_to_2_to_the_24(weeks: dict[str, Path], tmp_path: Path) -> None:
+    """Integer counts in float32 maps: sums and subtractions exact up to 2^24 per pixel;
+    beyond, a sum is flagged inexact and a subtraction refused."""
+    image = fits.getdata(weeks["w0"]).astype(np.float64)
+    big = image.copy()
+    big.reshape(-1)[123] = 2.0**24 - 2  # the largest counts are exact...
+    a = _float_map(tmp_path / "a.fits", weeks["w0"], big)
+    b = _float_map(tmp_path / "b.fits", weeks["w1"], fits.getdata(weeks["w1"]))
+    c = _float_map(tmp_path / "c.fits", weeks["w2"], fits.getdata(weeks["w2"]))
+    ok = merge.image_sum([a, b, c], tmp_path / "abc.fits")
+    assert ok.counts_exact is True
+    back = merge.image_sum([ok.output], tmp_path / "ac.fits", subtract=[b])  # b: the middle week
+    expected = (big + fits.getdata(weeks["w2"])).astype(np.float32)
+    assert np.array_equal(fits.getdata(back.output), expected)
+    assert fits.getdata(back.output).max() == 2.0**24 - 2 + fits.getdata(weeks["w2"]).flat[123]
+    over = merge.image_sum([a, a], tmp_path / "aa.fits")  # ...their double is not
+    assert over.counts_exact is False
+    with pytest.raises(ToolError, match="16777216"):
+        merge.image_sum([over.output], tmp_path / "x.fits", subtract=[a])
+    half = _float_map(tmp_path / "half.fits", weeks["w1"], fits.getdata(weeks["w1"]) + 0.5)
+    with pytest.raises(ToolError, match="non-integer") as err:
+        merge.image_sum([ok.output], tmp_path / "x.fits", subtract=[half])
+    assert "half.fits" in str(err.value)
+    assert not (tmp_path / "x.fits").exists()
