@@ -110,16 +110,15 @@ def product_cache(cfg: PipelineConfig, plan: Plan, cache: CacheSetup | None) -> 
     )
 
 
-#: Merge strategies whose product is a sum of its inputs, so previous + new = all.
-ADDITIVE = {"image_sum": True, "hierarchical": True, "ftmerge": False}
-
-
 @dataclass(frozen=True)
 class MergeDecision:
     mode: str  # up_to_date, incremental or full
     manifest: Manifest  # of the product this merge leaves
     add: tuple[str, ...]  # file ids to add to the previous product (incremental)
     reason: str
+    #: Inputs of the previous product to take out of it (changed or gone weeks), with the
+    #: keys that find their maps in the store.
+    remove: tuple[ManifestInput, ...] = ()
 
 
 def merge_decision(
@@ -129,12 +128,14 @@ def merge_decision(
     pc: ProductCache,
     hashes: HashIndex,
 ) -> MergeDecision | None:
-    """Up to date, incremental (previous product + new weeks) or full; None: unknown inputs.
+    """Up to date, incremental or full; None: unknown inputs.
 
-    Incremental only for sums (image_sum; gtltsum trees) whose previous product provably
-    covers exactly old inputs: its sidecar manifest lists them by key, it was made by the
-    same merge configuration, left nothing out, and the file on disk still has the sha256
-    the manifest recorded.
+    Up to date when the previous product's sidecar manifest lists exactly the current inputs
+    by key, with the same merge configuration and the same files left out, and the file on
+    disk still has the sha256 the manifest recorded. Incremental for an image_sum (counts
+    are exact in any order): the previous product + the new weeks' maps − the maps of weeks
+    that changed or went away. A gtltsum tree is never incremental here: its nodes are
+    reused instead (:mod:`fermipipe.merge_tree`), so its product equals a full merge's.
     """
     current: list[ManifestInput] = []
     for file_id, _path in sources:
@@ -169,20 +170,34 @@ def merge_decision(
             intact = False
         if not intact:
             previous = None
-    additive = ADDITIVE.get(merge.strategy, False) and not left_out
+    summed = merge.strategy == "image_sum"
     decision = plan_incremental(
         previous,
         current,
         strategy=manifest.strategy,
         config_hash=manifest.config_hash,
-        additive=additive,
+        additive=summed,
+        replace=summed,
     )
     mode = decision.mode
     if mode == "up_to_date" and previous is not None and previous.left_out != manifest.left_out:
         mode = "full"
     by_key = {item.key: item.file_id for item in current}
-    add = tuple(by_key[item.key] for item in decision.add) if mode == "incremental" else ()
-    return MergeDecision(mode, manifest, add, decision.reason)
+    if mode != "incremental":
+        return MergeDecision(mode, manifest, (), decision.reason)
+    add = tuple(by_key[item.key] for item in decision.add)
+    return MergeDecision(mode, manifest, add, decision.reason, decision.remove)
+
+
+def stored_map(pc: ProductCache, item: ManifestInput, name: str | None) -> Path | None:
+    """The per-file map a previous product's input ``item`` was made from, if the store
+    still has it (``name``: its stored file name when known)."""
+    files = get_store(pc.store).lookup(item.key)
+    if not files:
+        return None
+    if name is not None and name in files:
+        return files[name]
+    return next(iter(files.values())) if len(files) == 1 else None
 
 
 def post_cache(inv: Invocation, pc: ProductCache) -> tuple[StepCache | None, bool]:

@@ -1,13 +1,18 @@
 """Per-file spacecraft (FT2) slices of a merged mission file.
 
 A mission FT2 holds ~16 million 30-s rows and grows every week. Giving each weekly chain a
-slice with only the rows of its time range (plus a margin) means no tool scans the multi-GB
-file, and — because a slice's bytes depend only on its own rows — the weekly cache keys stay
-the same when next week's rows are appended to the mission file.
+slice with only the rows its tools can use means no tool scans the multi-GB file, and —
+because a slice's bytes depend only on its own rows — the weekly cache keys stay the same
+when next week's rows are appended to the mission file.
 
-The margin exceeds every look-beyond the tools do (gtltcube keeps rows up to 60 s outside the
-GTI, spec §6.4; gtmktime's row walk needs the first row ending after TSTART and the first
-starting after TSTOP, §4.2), so a tool gives the same output on the slice as on the whole file.
+Which rows: those ending after the events' TSTART − :data:`MARGIN` and starting before
+their TSTOP. Nothing after TSTOP can change a tool's output: gtmktime takes rows up to the
+first one starting after TSTOP (= its tmax, spec §4.2) and a row starting at TSTOP adds
+only that instant, already covered, to a GTI inside [TSTART, TSTOP]; gtltcube adds
+nothing for a row that does not overlap the GTI (f = 0, §6.4). Rows after TSTOP are
+exactly the ones next week's file appends, so leaving them out keeps the last week's
+slice — and every product made from it — the same when the next week arrives. Rows before
+TSTART never change; a margin of them is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from fermipipe.fits.dates import met_to_date
 from fermipipe.fits.table import FitsFile, write_fits
 from fermipipe.plan import FilePlan, Plan, relocate
 
-#: Seconds kept on either side of the events' [TSTART, TSTOP].
+#: Seconds of rows kept before the events' TSTART (none after TSTOP: see above).
 MARGIN = 600.0
 #: A spacecraft file is sliced when it spans more than this many times the events' span.
 SLICE_RATIO = 1.5
@@ -67,7 +72,7 @@ def spacecraft_time_range(path: Path) -> TimeRange:
 
 def wants_slice(events: TimeRange, spacecraft: TimeRange) -> bool:
     """True when the spacecraft file covers much more than the events need."""
-    return spacecraft.span > SLICE_RATIO * (events.span + 2 * MARGIN)
+    return spacecraft.span > SLICE_RATIO * (events.span + MARGIN)
 
 
 def slice_name(ft2: Path, events: TimeRange) -> str:
@@ -76,13 +81,16 @@ def slice_name(ft2: Path, events: TimeRange) -> str:
 
 
 def write_slice(ft2: Path, events: TimeRange, out: Path, *, margin: float = MARGIN) -> Path:
-    """Write the rows of ``ft2`` overlapping [start − margin, stop + margin] to ``out``.
+    """Write the rows of ``ft2`` ending after ``start − margin`` and starting before
+    ``stop`` to ``out`` (see the module docstring).
 
-    The output is a pure function of those rows and the FT2 header: DATE-OBS/DATE-END,
-    TSTART/TSTOP describe the slice, DATE is set to DATE-END and the checksum comments carry
-    no wall-clock time, so slicing again gives the same bytes (and the same cache key).
+    The output is a pure function of those rows and the FT2 headers: in every HDU,
+    DATE-OBS/DATE-END and TSTART/TSTOP describe the slice (a mission file's primary header
+    spans the whole mission, which grows), DATE is set to DATE-END and the checksum
+    comments carry no wall-clock time, so slicing again gives the same bytes (and the same
+    cache key).
     """
-    lo, hi = events.start - margin, events.stop + margin
+    lo, hi = events.start - margin, events.stop
     try:
         fh = FitsFile(ft2)
         table = fh.table("SC_DATA")
@@ -102,7 +110,7 @@ def write_slice(ft2: Path, events: TimeRange, out: Path, *, margin: float = MARG
     if len(rows) == 0:
         raise ToolError(
             "slice",
-            f"no spacecraft rows within {lo:.1f}–{hi:.1f} (the events' time range ± margin)",
+            f"no spacecraft rows within {lo:.1f}–{hi:.1f} (the events' time range)",
             file=str(ft2),
         )
     t0, t1 = float(rows["START"][0]), float(rows["STOP"][-1])
@@ -113,10 +121,10 @@ def write_slice(ft2: Path, events: TimeRange, out: Path, *, margin: float = MARG
         for key, value in (("DATE", date_end), ("DATE-OBS", date_obs), ("DATE-END", date_end)):
             if key in header:
                 header[key] = value
+        for key, value in (("TSTART", t0), ("TSTOP", t1)):
+            if key in header:
+                header[key] = value
         if info.extname.upper() == "SC_DATA":
-            for key, value in (("TSTART", t0), ("TSTOP", t1)):
-                if key in header:
-                    header[key] = value
             specs.append((header, rows))
         else:
             specs.append((header, fh.data_bytes(info.index).tobytes()))
@@ -133,7 +141,7 @@ def slice_plan(plan: Plan, store: ProductStore | None, logger: Any) -> Plan:
 
     When a step's ``scfile`` (a common file, not made by an earlier step) spans much more
     than the file's events (:func:`wants_slice`), the rows of the events'
-    time range ± :data:`MARGIN` are written once to the cache store (keyed
+    time range (see the module docstring) are written once to the cache store (keyed
     by the FT2's content and the range) and the step reads the slice. A slice's bytes depend
     only on its rows, so the weekly cache keys survive next week's rows being appended to
     the mission file. Without a store (cache disabled), slices go to the work folder.
@@ -182,7 +190,7 @@ def make_slice(ft2: Path, events: TimeRange, store: ProductStore | None, folder:
         return write_slice(ft2, events, folder / name)
     key = step_key(
         tool="ft2-slice",
-        tool_version=f"margin-{MARGIN}",
+        tool_version=f"margin-{MARGIN}-to-tstop",
         params={"start": events.start, "stop": events.stop},
         input_hashes={"scfile": store.hashes.hash(ft2)},
         output_names={"slice": name},

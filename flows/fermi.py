@@ -77,6 +77,7 @@ from flows.products import ProductOptions, run_products
 from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import close_staging, node_staging, open_staging
+from flows.streams import MergeStreams
 from flows.task_runners import check_server_for_dask
 
 
@@ -208,17 +209,17 @@ def work_subflow(handle: str) -> State | None:
         work.workers,
         plan.outdir,
     )
-    if cfg.resources.stream_merge and plan.merges:
-        logger.info(
-            "resources.stream_merge: merges start once every file's chain has finished "
-            "(streaming merges during processing are not implemented yet)"
-        )
+    spec = runner.run_spec(run)
+    pc = product_cache(cfg, plan, cache)
+    # Merges fed while the files run (resources.stream_merge), unless they will not run.
+    streams = MergeStreams(
+        plan, spec, pc, streaming=cfg.resources.stream_merge and not choices.skip_merge
+    )
     try:
-        # 1. Every file through its chain of steps.
+        # 1. Every file through its chain of steps; merges start as files finish.
         node = node_staging(cfg, plan, keep, logger)
-        spec = runner.run_spec(run)
         summary.files = process_files(
-            plan, spec, work.workers, cfg, cleanup, cache, node, work.progress
+            plan, spec, work.workers, cfg, cleanup, cache, node, work.progress, streams.files_done
         )
         work.progress.close()
         for f, fp in zip(summary.files, plan.files, strict=True):
@@ -239,9 +240,7 @@ def work_subflow(handle: str) -> State | None:
                    if cache else "")
             )  # fmt: skip
         elif plan.merges or plan.post:
-            opts = ProductOptions(
-                spec, cleanup, choices.skip_post, product_cache(cfg, plan, cache), cfg.on_failure
-            )
+            opts = ProductOptions(spec, cleanup, streams, choices.skip_post, pc, cfg.on_failure)
             products = run_products(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
@@ -254,6 +253,7 @@ def work_subflow(handle: str) -> State | None:
         on_interrupt(exc)  # wherever a SIGTERM lands, the folder goes at once
         raise
     finally:
+        streams.close()
         runner.close_run(run.name)
         shutil.rmtree(run.scratch, ignore_errors=True)
         close_staging(staging, logger)  # kills tools still running, then removes the folder

@@ -13,7 +13,7 @@ Three ways a file's chain is submitted, one step runner behind them all
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -56,16 +56,25 @@ def process_files(
     cache: CacheSetup | None,
     node: NodeStaging | None,
     progress: Progress,
+    on_done: Callable[[Sequence[FileSummary]], None] = lambda _summaries: None,
 ) -> list[FileSummary]:
-    """Every file's summary, in plan order (see the module docstring)."""
+    """Every file's summary, in plan order (see the module docstring). ``on_done`` is
+    called with the summaries of files whose chain is over, as soon as it is (streaming
+    merges): all cache hits at once, then file by file."""
+
+    def done_with(summary: FileSummary) -> None:
+        progress.file_done(summary.status, cached=summary.cached)
+        on_done([summary])
+
     hits = cached_summaries(plan, cache)
     for hit in hits.values():
         progress.file_done(hit.status, cached=True)
+    on_done(list(hits.values()))
     files = tuple(fp for fp in plan.files if fp.file_id not in hits)
     if node is not None:
-        done = process_chains(plan, files, run, cfg, cleanup, cache, node, progress)
+        done = process_chains(plan, files, run, cfg, cleanup, cache, node, done_with)
     else:
-        done = process_steps(files, run, n_workers, cfg, cleanup, cache, progress)
+        done = process_steps(files, run, n_workers, cfg, cleanup, cache, done_with)
     return [hits.get(fp.file_id) or done[fp.file_id] for fp in plan.files]
 
 
@@ -98,7 +107,7 @@ def process_steps(
     cfg: PipelineConfig,
     cleanup: Cleanup,
     cache: CacheSetup | None,
-    progress: Progress,
+    done_with: Callable[[FileSummary], None],
 ) -> dict[str, FileSummary]:
     """Map each step over the files, chaining each file's steps through their futures.
 
@@ -134,9 +143,7 @@ def process_steps(
             for fut in as_completed(last):  # a file's last step is final: so are the others
                 i = index[id(fut)]
                 done[files[i].file_id] = summarize_futures(files[i], [lv[i] for lv in futures])
-                progress.file_done(
-                    done[files[i].file_id].status, cached=done[files[i].file_id].cached
-                )
+                done_with(done[files[i].file_id])
             wait([fut for level in futures for fut in level])
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
@@ -239,7 +246,7 @@ def process_chains(
     cleanup: Cleanup,
     cache: CacheSetup | None,
     node: NodeStaging,
-    progress: Progress,
+    done_with: Callable[[FileSummary], None],
 ) -> dict[str, FileSummary]:
     """One :func:`tasks.chain.run_chain` task per file: each file's steps run together on
     one Dask worker, with the intermediates on that node's RAM disk."""
@@ -292,7 +299,7 @@ def process_chains(
             for fut in as_completed(futures):
                 fp = files[index[id(fut)]]
                 done[fp.file_id] = summarize_chain(fp, fut)
-                progress.file_done(done[fp.file_id].status, cached=done[fp.file_id].cached)
+                done_with(done[fp.file_id])
         except BaseException as exc:
             abort_submitted(exc, pool, run.name, futures)
             raise

@@ -27,12 +27,19 @@ from fermipipe.cleanup import Cleanup, after_merges
 from fermipipe.manifest import Manifest
 from fermipipe.merge_sources import merge_how, merge_sources
 from fermipipe.plan import Invocation, MergePlan, Plan
-from fermipipe.product_cache import ProductCache, merge_decision, post_cache
+from fermipipe.product_cache import (
+    MergeDecision,
+    ProductCache,
+    merge_decision,
+    post_cache,
+    stored_map,
+)
 from fermipipe.quicklook import make_quicklook
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.summary import FileSummary, MergeSummary, inline_png
 from flows.shutdown import on_interrupt
-from tasks.merge import merge_all, merge_pair, merge_part
+from flows.streams import MergeStreams
+from tasks.merge import merge_all, merge_part
 from tasks.post import plane_parallel, quicklook_outputs, run_post, run_post_planes
 
 
@@ -42,6 +49,7 @@ class ProductOptions:
 
     run: runner.RunSpec  # the runner context (picklable: rebuilt on Dask workers)
     cleanup: Cleanup  # the run's cleanup policy (fermipipe.cleanup)
+    streams: MergeStreams  # what streaming merges did while the files ran
     skip_post: bool = False
     cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
     on_failure: str = "stop"  # a merge with no input fails the run unless "skip"
@@ -107,26 +115,22 @@ def run_merge(
         if opts.cache is not None
         else None
     )
+    # The product and its manifest are written together (the product renamed last), so a
+    # kill never leaves one without the other.
+    manifest = decision.manifest if decision is not None else None
     try:
-        todo, out.mode = inputs, "full"
+        out.mode = decision.mode if decision is not None else "full"
         if decision is not None:
-            out.mode = decision.mode
             get_run_logger().info("merge %s: %s (%s)", merge.name, decision.mode, decision.reason)
-            if decision.mode == "incremental":  # previous product + the new inputs only
-                paths = dict(sources)
-                todo = [Path(merge.output), *(paths[i] for i in decision.add)]
-        # The product and its manifest are written together (the product renamed last), so
-        # a kill never leaves one without the other.
-        manifest = decision.manifest if decision is not None else None
         if out.mode == "up_to_date":
             pass  # the product and its manifest already cover exactly these inputs
         elif merge.strategy == "hierarchical":
-            out.cpu_seconds = hierarchical_merge(merge, todo, left_out, opts.run, manifest)
+            out.mode, out.cpu_seconds = tree_merge(merge, sources, left_out, opts, manifest)
         elif merge.strategy == "image_sum":
-            out.cpu_seconds = parallel_image_sum(merge, todo, left_out, opts.run, manifest)
+            out.cpu_seconds = summed_merge(merge, sources, left_out, opts, decision)
         else:
             _info, _wall, out.cpu_seconds = merge_all(
-                merge, todo, left_out, run=opts.run, manifest=manifest
+                merge, inputs, left_out, run=opts.run, manifest=manifest
             )
     except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
         out.status, out.error = "failed", str(exc).splitlines()[0]
@@ -139,6 +143,70 @@ def run_merge(
         else:
             out.quicklook = publish_quicklook(merge.name, merge.output)
     return out
+
+
+def tree_merge(
+    merge: MergePlan,
+    sources: list[tuple[str, Path]],
+    left_out: dict[str, str],
+    opts: ProductOptions,
+    manifest: Manifest | None,
+) -> tuple[str, float]:
+    """A gtltsum tree (fermipipe.merge_tree), finished here where streaming left it;
+    incremental when kept nodes (or the previous product) were reused. (mode, CPU s)."""
+    root, cpu, reused = opts.streams.tree_product(merge, sources)
+    merging.finish(root, merge.output, left_out, len(sources), merge_how(merge), manifest=manifest)
+    if reused:
+        get_run_logger().info("merge %s: %d kept tree node(s) reused", merge.name, reused)
+    return ("incremental" if reused else "full"), cpu
+
+
+def summed_merge(
+    merge: MergePlan,
+    sources: list[tuple[str, Path]],
+    left_out: dict[str, str],
+    opts: ProductOptions,
+    decision: MergeDecision | None,
+) -> float:
+    """An image_sum: the running sum of the maps folded while files ran, plus what it does
+    not hold; incremental: the previous product + the new weeks − the changed or gone ones.
+    Returns CPU seconds."""
+    paths = dict(sources)
+    todo, subtract = [path for _id, path in sources], []
+    if decision is not None and decision.mode == "incremental":
+        assert opts.cache is not None
+        names = {fid: Path(p).name for fid, p in sources}
+        for item in decision.remove:
+            old = stored_map(opts.cache, item, names.get(item.file_id))
+            if old is None:  # the old map is gone from the store: sum every map
+                get_run_logger().info("merge %s: %s's old map is gone: full", merge.name,
+                                      item.file_id)  # fmt: skip
+                break
+            subtract.append(old)
+        else:
+            todo = [Path(merge.output), *(paths[i] for i in decision.add)]
+        if len(subtract) != len(decision.remove):
+            subtract = []
+    handle, running = opts.streams.running_sum(merge, todo)
+    if running is None:
+        if subtract:
+            _info, _wall, cpu = merge_all(merge, todo, left_out, run=opts.run,
+                                          manifest=decision.manifest if decision else None,
+                                          subtract=subtract)  # fmt: skip
+            return cpu
+        return parallel_image_sum(
+            merge, todo, left_out, opts.run, decision.manifest if decision else None
+        )
+    _info, _wall, cpu = merge_all(
+        merge,
+        todo,
+        left_out,
+        run=opts.run,
+        manifest=decision.manifest if decision else None,
+        subtract=subtract,
+        running=handle,
+    )
+    return cpu
 
 
 def publish_quicklook(name: str, product: Path) -> str | None:
@@ -211,37 +279,6 @@ def parallel_image_sum(
         return cpu + sum(part_cpu for _path, part_cpu in done)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def hierarchical_merge(
-    merge: MergePlan,
-    inputs: list[Path],
-    left_out: dict[str, str],
-    run: runner.RunSpec,
-    manifest: Manifest | None = None,
-) -> float:
-    """Tree reduction: each level's independent pairs run in parallel. Returns CPU seconds."""
-    assert merge.tool is not None
-    scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    level, depth, cpu = list(inputs), 1, 0.0
-    while len(level) > 1:
-        jobs, level = merging.next_level(level, scratch, merge.name, depth)
-        futures = merge_pair.map(
-            jobs,
-            tool=unmapped(merge.tool),
-            engine=unmapped(merge.engine),
-            step=unmapped(f"merge:{merge.name}"),
-            timeout=unmapped(merge.timeout),
-            run=unmapped(run),
-        )
-        cpu += sum(result.cpu_seconds for result in futures.result())  # raises on failure
-        depth += 1
-    merging.finish(
-        level[0], merge.output, left_out, len(inputs), merge_how(merge), manifest=manifest
-    )
-    shutil.rmtree(scratch, ignore_errors=True)
-    return cpu
 
 
 def run_post_step(

@@ -1,6 +1,6 @@
 """Merges fed while the files are processed (``resources.stream_merge``, default on).
 
-As each file's chain finishes, :meth:`MergeStreams.file_done` hands its products to the
+As each file's chain finishes, :meth:`MergeStreams.files_done` hands its products to the
 merges, which start working at once instead of after the last file:
 
 * a **hierarchical** merge (gtltsum) runs its fixed tree (:mod:`fermipipe.merge_tree`) node
@@ -8,7 +8,7 @@ merges, which start working at once instead of after the last file:
   in plan order — are all done; complete nodes of 8 or more weeks are kept in the cache
   store, so a rerun recomputes only the nodes on a changed week's path;
 * an **image_sum** merge folds each weekly counts map into a running sum as a ``fold`` task
-  (:mod:`fermipipe.running_sum`: whole counts, exact in any order), so the weekly maps can go.
+  (:class:`fermipipe.merge.RunningSum`: whole counts, exact in any order), so the weekly maps can go.
 
 What is left — the right edge of a tree, maps not folded — is done by the products stage
 (flows/products.py), which finishes every merge the same way with or without streaming.
@@ -16,6 +16,8 @@ What is left — the right edge of a tree, maps not folded — is done by the pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +27,13 @@ from prefect.logging import get_run_logger
 
 from fermipipe import runner
 from fermipipe.caching import get_store
-from fermipipe.manifest import read_manifest
+from fermipipe.manifest import Manifest, read_manifest
+from fermipipe.merge import NotWholeCounts, PairJob, RunningSum
 from fermipipe.merge_tree import Node, NodeJob, TreeMerge, node_key, root
 from fermipipe.plan import MergePlan, Plan
 from fermipipe.product_cache import ProductCache
-from fermipipe.running_sum import NotWholeCounts, RunningSum
 from fermipipe.summary import FileSummary
-from flows.prefect_compat import InProcess
-from tasks.merge import fold_map, merge_pair
-
-#: Running sums the fold tasks add to, by handle (they live in this process: counts maps
-#: summed in memory, never a file per week).
-RUNNING: InProcess[RunningSum] = InProcess("running sum")
+from tasks.merge import RUNNING, fold_map, merge_pair
 
 
 @dataclass
@@ -82,28 +79,33 @@ class MergeStreams:
         }  # fmt: skip
         self.sums = {m.name: SumStream(m, skip=self._held(m)) for m in plan.merges
                      if m.strategy == "image_sum"}  # fmt: skip
-        self._registered: list[Any] = []
+        self._exits = ExitStack()  # the running sums' handles
 
     # ----------------------------------------------------------------- feeding
 
-    def file_done(self, summary: FileSummary) -> None:
-        """A file's chain is over (ok, empty or failed): feed the merges what they can take."""
-        i = self.position.get(summary.file_id)
-        if i is None or self.summaries[i] is not None:
-            return
-        self.summaries[i] = summary
+    def files_done(self, summaries: Sequence[FileSummary]) -> None:
+        """Files whose chains are over (ok, empty or failed): feed the merges what they can
+        take, then launch what became possible (once for a batch: cache hits come at once,
+        so a kept tree node above them is found before anything below it is merged)."""
+        for summary in summaries:
+            i = self.position.get(summary.file_id)
+            if i is None or self.summaries[i] is not None:
+                continue
+            self.summaries[i] = summary
+            if self.streaming:
+                for stream in self.sums.values():
+                    self._fold(stream, summary)
         if not self.streaming:
             return
-        for stream in self.sums.values():
-            self._fold(stream, summary)
         while self.prefix < len(self.summaries) and self.summaries[self.prefix] is not None:
             done = self.summaries[self.prefix]
             assert done is not None
             for stream in self.trees.values():
                 self._add_leaf(stream, done)
             self.prefix += 1
+        final = self.prefix == len(self.summaries)  # every file is done: the whole tree
         for stream in self.trees.values():
-            self._launch(stream, stream.tree.due())
+            self._launch(stream, stream.tree.due(final=final))
 
     def _product(self, merge: MergePlan, summary: FileSummary) -> Path | None:
         if summary.status != "ok":
@@ -134,7 +136,7 @@ class MergeStreams:
             stream.futures[job.node] = merge_pair.with_options(
                 task_run_name=f"merge:{merge.name}[{job.node.label()}]"
             ).submit(
-                job,
+                PairJob(job.left, job.right, job.output, job.node.label()),
                 tool=merge.tool,
                 engine=merge.engine,
                 step=f"merge:{merge.name}",
@@ -155,17 +157,18 @@ class MergeStreams:
                 get_run_logger().info("merge %s: not streamed (%s)", stream.merge.name, exc)
                 stream.handle = ""  # never again: the merge reads every map at the end
                 return
-            ctx = RUNNING.passing(stream.running)
-            stream.handle = ctx.__enter__()
-            self._registered.append(ctx)
+            stream.handle = self._exits.enter_context(RUNNING.passing(stream.running))
         future = fold_map.submit(stream.handle, path, merge=stream.merge.name, run=self.run)
         stream.folds.append((summary.file_id, path, future))
 
     # ------------------------------------------------------------------ finishing
 
-    def tree_product(self, merge: MergePlan, leaves: list[tuple[str, Path]]) -> Path:
+    def tree_product(
+        self, merge: MergePlan, leaves: list[tuple[str, Path]]
+    ) -> tuple[Path, float, int]:
         """Finish a hierarchical merge's tree over ``leaves`` (file id, path, in plan order):
-        launch what streaming did not, wait for every node, return the root's file."""
+        launch what streaming did not, wait for every node. Returns the root's file, the
+        merges' CPU seconds and how many kept nodes were reused."""
         stream = self.trees[merge.name]
         tree = stream.tree
         known = len(tree.leaves)
@@ -174,39 +177,36 @@ class MergeStreams:
         for file_id, path in leaves[known:]:
             tree.add_leaf(path, self._leaf_key(merge, file_id))
         self._launch(stream, tree.due(final=True))
-        for future in stream.futures.values():
-            future.result()  # raises the first failed pair
-        return tree.root_path()
+        cpu = sum(future.result().cpu_seconds for future in stream.futures.values())
+        return tree.root_path(), cpu, len(tree.reused)
 
-    def folded(self, merge: MergePlan) -> tuple[RunningSum | None, list[tuple[str, Path]]]:
-        """A streamed image_sum's running sum and the (file id, map) it holds, once every
-        fold is done (None: nothing folded, or a fold failed: the maps are read again)."""
+    def running_sum(self, merge: MergePlan, inputs: list[Path]) -> tuple[str | None, Any]:
+        """The handle and running sum of an image_sum whose folds all succeeded and whose
+        maps are all among ``inputs`` (else (None, None): the maps are read again)."""
         stream = self.sums[merge.name]
-        done: list[tuple[str, Path]] = []
-        ok = True
-        for file_id, path, future in stream.folds:
-            state = future.wait() or future.state
-            if future.state.is_completed():
-                done.append((file_id, path))
-            else:
-                ok = False
+        if stream.running is None or not stream.handle:
+            return None, None
+        for _file_id, path, future in stream.folds:
+            future.wait()
+            if not future.state.is_completed():
                 exc = future.state.result(raise_on_failure=False)
                 if not isinstance(exc, NotWholeCounts):
                     get_run_logger().warning("merge %s: fold of %s: %s", merge.name, path, exc)
-            del state
-        if not ok or stream.running is None:
-            return None, []
-        return stream.running, done
+                return None, None
+        if not {str(p) for p in stream.running.paths} <= {str(p) for p in inputs}:
+            return None, None
+        return stream.handle, stream.running
 
     def close(self) -> None:
-        """Release the running sums (their memory) and their handles."""
-        for ctx in self._registered:
-            ctx.__exit__(None, None, None)
-        self._registered.clear()
+        """Wait for what streaming launched (a run that does not merge still lets it end
+        before its folders go), then release the running sums and their handles."""
+        launched = [f for s in self.trees.values() for f in s.futures.values()]
+        launched += [f for s in self.sums.values() for _id, _p, f in s.folds]
+        for future in launched:
+            future.wait()
+        self._exits.close()
         for stream in self.sums.values():
-            if stream.running is not None:
-                stream.running.release()
-                stream.running = None
+            stream.running = None
 
     # ------------------------------------------------------------------ reuse
 
@@ -217,7 +217,7 @@ class MergeStreams:
             return None, None
         config = self.pc.merge_hashes[merge.name]
         store = get_store(self.pc.store)
-        previous = read_manifest(merge.output, check_product=True)
+        previous = self._previous(merge)
         held: str | None = None
         if previous is not None and previous.config_hash == config and previous.inputs:
             keys = [item.key for item in previous.inputs]
@@ -226,7 +226,7 @@ class MergeStreams:
         def reuse(key: str) -> Path | None:
             if key == held:
                 return merge.output
-            files = store.lookup(f"tree-{key}")
+            files = store.lookup(key)
             return next(iter(files.values()), None) if files else None
 
         return config, reuse
@@ -236,7 +236,7 @@ class MergeStreams:
         add only the others)."""
         if self.pc is None:
             return frozenset()
-        previous = read_manifest(merge.output, check_product=True)
+        previous = self._previous(merge)
         if previous is None or previous.config_hash != self.pc.merge_hashes[merge.name]:
             return frozenset()
         keys = {item.key for item in previous.inputs}
@@ -245,3 +245,15 @@ class MergeStreams:
             for file_id, facts in self.pc.files.items()
             if facts.keys.get(merge.output_name) in keys
         )
+
+    def _previous(self, merge: MergePlan) -> Manifest | None:
+        """The previous product's manifest when the product is intact (hash index)."""
+        assert self.pc is not None
+        previous = read_manifest(merge.output)
+        try:
+            ok = previous is not None and previous.product_sha256 == get_store(
+                self.pc.store
+            ).hashes.hash(merge.output)
+        except OSError:
+            ok = False
+        return previous if ok else None

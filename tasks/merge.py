@@ -12,10 +12,16 @@ from prefect.logging import get_run_logger
 
 from fermipipe import merge as merging
 from fermipipe import runner
+from fermipipe.caching import get_store
 from fermipipe.manifest import Manifest
-from fermipipe.merge import MergeInfo, PairJob
+from fermipipe.merge import MergeInfo, PairJob, RunningSum
 from fermipipe.plan import Invocation, MergePlan
 from fermipipe.runner import StepFailedError, StepResult
+from flows.prefect_compat import InProcess
+
+#: Running sums the fold tasks add to, by handle: they live in the flow's process (counts
+#: summed in memory, never a file per week).
+RUNNING: InProcess[RunningSum] = InProcess("running sum")
 
 
 @task(name="merge", task_run_name="merge-{plan.name}", cache_policy=NO_CACHE)
@@ -27,13 +33,17 @@ def merge_all(
     run: runner.RunSpec | str,
     partials: list[Path] | None = None,
     manifest: Manifest | None = None,
+    subtract: list[Path] | None = None,
+    running: str | None = None,
 ) -> tuple[MergeInfo, float, float]:
     """image_sum or event concatenation of ``inputs`` into ``plan.output``.
 
     Returns the merge info with wall and CPU seconds. Holds one concurrency slot: the merge
     competes with the tools for the machine like any of them. ``partials``: the image sum's
-    pixels, already summed in parts by :func:`merge_part` tasks. ``manifest``: written with
-    the product (both appear together or not at all).
+    pixels, already summed in parts by :func:`merge_part` tasks; ``running``: the handle of
+    a running sum (:data:`RUNNING`) holding some inputs' pixels; ``subtract``: maps taken
+    out of the first input (the previous product). ``manifest``: written with the product
+    (both appear together or not at all).
     """
     logger = get_run_logger()
     ctx = runner.get_run(run)
@@ -42,7 +52,13 @@ def merge_all(
         t0, c0 = time.perf_counter(), time.thread_time()
         if plan.strategy == "image_sum":
             info = merging.image_sum(
-                inputs, plan.output, left_out=left_out, partials=partials, manifest=manifest
+                inputs,
+                plan.output,
+                left_out=left_out,
+                partials=partials,
+                manifest=manifest,
+                subtract=subtract or (),
+                presummed=RUNNING.get(running) if running else None,
             )
         elif merging.use_ftmerge(plan.engine):
             info = _ftmerge(plan, inputs, left_out, run, manifest)
@@ -125,8 +141,10 @@ def merge_pair(
     step: str,
     timeout: float | None,
     run: runner.RunSpec | str,
+    keep: tuple[str, str] | None = None,
 ) -> StepResult:
-    """One pairwise merge of a tree level (e.g. gtltsum infile1 infile2 → outfile)."""
+    """One pairwise merge of a tree (e.g. gtltsum infile1 infile2 → outfile); with
+    ``keep`` = (store root, node key), the product is also kept in the cache store."""
     ctx = runner.get_run(run)
     inv = merging.pair_invocation(job, tool, engine, step=step, timeout=timeout)  # type: ignore[arg-type]
     result = runner.run_invocation(
@@ -140,4 +158,15 @@ def merge_pair(
     )
     if result.status != "ok":  # an empty pairwise merge is a failed merge
         raise StepFailedError(result)
+    if keep is not None:
+        store, key = keep
+        get_store(store).put(key, {job.output.name: job.output}, link=True, meta={"step": step})
     return result
+
+
+@task(name="fold", task_run_name="fold-{merge}", cache_policy=NO_CACHE)
+def fold_map(handle: str, path: Path, *, merge: str, run: runner.RunSpec | str) -> None:
+    """Add one counts map to a running sum of this process (:data:`RUNNING`), holding a
+    concurrency slot like the tools (it reads a file and adds it)."""
+    with runner.get_run(run).pool.slot(f"merge:{merge}", priority=(float("inf"), 0)):
+        RUNNING.get(handle).add(path)

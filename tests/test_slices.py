@@ -43,11 +43,38 @@ def test_slice_bytes_do_not_depend_on_rows_added_later(tmp_path: Path) -> None:
     with fits.open(b, checksum=True) as hdul:
         rows = hdul["SC_DATA"].data
         everything = fits.getdata(long, "SC_DATA")
-        lo, hi = events.start - MARGIN, events.stop + MARGIN
+        lo, hi = events.start - MARGIN, events.stop
         expected = everything[(everything["STOP"] > lo) & (everything["START"] < hi)]
         assert 0 < len(rows) == len(expected) < len(everything)
         assert rows.tobytes() == expected.tobytes()
         assert hdul["SC_DATA"].header["TSTART"] == rows["START"][0]
+
+
+def test_the_last_weeks_slice_does_not_change_when_the_next_week_arrives(
+    tmp_path: Path,
+) -> None:
+    """The mission file as it is after week N (N last), then with week N+1 appended — and,
+    as a real merged FT2 has, a primary header whose TSTART/TSTOP span the whole file."""
+    ft2s = sorted(SAMPLE.glob("lat_spacecraft_weekly_w*_p310_v001.fits"))
+    last = sorted(SAMPLE.glob("lat_photon_weekly_w*_p305_v001.fits"))[1]
+    events = event_time_range(last)
+    slices = []
+    for label, parts in (("before", ft2s[:2]), ("after", ft2s)):
+        (tmp_path / label).mkdir()
+        mission = mission_ft2(parts, tmp_path / label / "mission.fits")
+        span = spacecraft_time_range(mission)
+        with fits.open(mission, mode="update") as hdul:
+            hdul[0].header["TSTART"], hdul[0].header["TSTOP"] = span.start, span.stop
+        assert span.stop > events.stop or label == "before"
+        slices.append(
+            write_slice(mission, events, tmp_path / label / "s" / slice_name(mission, events))
+        )
+    assert slices[0].read_bytes() == slices[1].read_bytes()
+    with fits.open(slices[1]) as hdul:
+        rows = hdul["SC_DATA"].data
+        assert rows["START"].max() < events.stop  # nothing of the next week
+        assert hdul[0].header["TSTART"] == rows["START"][0]  # the slice's span, every HDU
+        assert hdul[0].header["TSTOP"] == rows["STOP"][-1]
 
 
 def test_tools_give_the_same_products_on_a_slice(shared_data: Path, tmp_path: Path) -> None:
