@@ -7,13 +7,16 @@
 Issue #13's benchmark, every figure measured in one run:
 
 1. ``--weeks`` N + 1 weeks are generated with ``python -m fermipipe.synth`` (``--events``
-   each, whole weeks; untimed, ``--workers`` generators at once). The N+1-th is held back.
+   each, whole weeks; untimed, ``--workers`` generators at once, while the Prefect server
+   starts). The N+1-th is held back.
    The spacecraft data are one mission FT2 (the weeks' SC_DATA rows in one file, its
    TSTART/TSTOP/DATE-OBS/DATE-END spanning them all, as a merged FSSC file has), as
    configs/mission.yaml expects (``common_files.scfile``; the pipeline slices it per week).
 2. The yardstick: ``fitscopy 'week.fits[EVENTS][<filter>]'`` on each of the N weeks, one
    after the other, where the filter is the string native gtselect builds for the mission's
    gtselect parameters (benchmarks/native.py's yardstick, its ``run_once``).
+   Before it (not with --quick), one untimed native gtltcube compiles the numba kernels
+   into their on-disk cache if they are not there yet: a one-off cost of an installation.
 3. The pipeline: ``python flows/fermi.py CONFIG --summary-json …`` (the real CLI, a child
    process) with a config made from configs/mission.yaml — its steps and merges unchanged
    (gtselect → gtmktime → gtbin CCUBE 3600×1800 0.1° AIT × 24 LOG bins and gtltcube
@@ -33,6 +36,9 @@ Issue #13's benchmark, every figure measured in one run:
 
 All runs use one ``prefect server`` started here on loopback (deployments/localserver.py, as
 benchmarks/scaling.py does): not in the pipeline's process tree, and not started per run.
+Children run from compiled byte code kept in ~/.cache/fermipipe-benchmarks/pycache
+(``PYTHONPYCACHEPREFIX``; the environment's PYTHONDONTWRITEBYTECODE would make every process
+compile Prefect again), as an installed package does.
 
 Reported: task-seconds per week by step (from the summaries: the per-file steps' and the
 merges' wall seconds), the flow's wall (the summary's, without the process start-up), the
@@ -81,6 +87,12 @@ MISSION_CONFIG = REPO / "configs" / "mission.yaml"
 MISSION_WEEKS = 934  # the ~934 weekly files of the mission (issue #13)
 FIRST_WEEK = 500
 MISSION_FT2 = "lat_spacecraft_mission.fits"
+#: The children's byte-code cache (PYTHONPYCACHEPREFIX), kept between runs.
+PYCACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "fermipipe-benchmarks"
+    / "pycache"
+)
 RSS_INTERVAL = 0.2
 DISK_INTERVAL = 0.5
 CHAIN_STEPS = ("select", "mktime", "ccube", "ltcube")  # configs/mission.yaml's step names
@@ -333,7 +345,7 @@ class Run:
     name: str
     summary: dict[str, Any]
     process_wall: float
-    peaks: Peaks | None = None
+    peaks: Peaks
 
     @property
     def flow_wall(self) -> float:
@@ -368,8 +380,8 @@ class Run:
         return {k: Path(v) for k, v in self.summary["outputs"]["merged"].items()}
 
 
-def run_pipeline(config: Path, name: str, env: dict[str, str], roots: Sequence[Path] | None) -> Run:
-    """``python flows/fermi.py CONFIG --summary-json``; with ``roots``, sampled."""
+def run_pipeline(config: Path, name: str, env: dict[str, str], roots: Sequence[Path]) -> Run:
+    """``python flows/fermi.py CONFIG --summary-json``, its tree's RSS and ``roots`` sampled."""
     summary = config.with_name(f"{name}.summary.json")
     log = config.with_name(f"{name}.log")
     t0 = time.perf_counter()
@@ -378,7 +390,7 @@ def run_pipeline(config: Path, name: str, env: dict[str, str], roots: Sequence[P
             [PY, str(REPO / "flows" / "fermi.py"), str(config), "--summary-json", str(summary)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        with sampling(proc.pid, roots or []) if roots is not None else _no_sampling() as peaks:
+        with sampling(proc.pid, roots) as peaks:
             code = proc.wait()
     wall = time.perf_counter() - t0
     if code != 0 or not summary.exists():
@@ -393,11 +405,6 @@ def file_id_of(run: Run, ft1: Path) -> str:
     if len(ids) != 1:
         raise SystemExit(f"run {run.name}: {ft1.name} is not one of its files")
     return ids[0]
-
-
-@contextlib.contextmanager
-def _no_sampling() -> Iterator[None]:
-    yield None
 
 
 def data_digests(path: Path) -> list[str]:
@@ -484,7 +491,6 @@ class Report:
         return bool(inc) and inc.keys() == full.keys() and all(inc[k] == full[k] for k in inc)
 
     def targets(self) -> list[dict[str, Any]]:
-        assert self.first.peaks is not None
         disk_limit = self.products_bytes + TARGET_DISK_INPUT_SHARE * self.input_bytes
         inc_limit = TARGET_INCREMENTAL_WEEKS * self.chain_per_week + self.final_write_seconds
         rows = [
@@ -503,7 +509,6 @@ class Report:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        assert self.first.peaks is not None and self.incremental.peaks is not None
         scale = MISSION_WEEKS / self.weeks
         return {
             "weeks": self.weeks,
@@ -689,7 +694,7 @@ def benchmark(args: argparse.Namespace, root: Path, shm: Path) -> Report:
             f"incremental run: flow wall {incremental.flow_wall:.1f} s, process "
             f"{incremental.process_wall:.1f} s"
         )
-        fresh = run_pipeline(full_config, "full", env, None)
+        fresh = run_pipeline(full_config, "full", env, full.disk_roots)
         say(f"full rerun: flow wall {fresh.flow_wall:.1f} s, process {fresh.process_wall:.1f} s")
 
     write_s = write_yardstick(merged_bytes, inc.products)
@@ -745,11 +750,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         shm_parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else root
         shm = Path(tempfile.mkdtemp(prefix="fermipipe-mission-bench-", dir=shm_parent))
-        # Children run as in an installation, byte code cached (benchmarks/native.py says
-        # why), in one private cache all of them share: the server's start compiles Prefect
-        # for the runs; nothing is written into the repository or the venv.
+        # Children run as in an installation, from compiled byte code (benchmarks/native.py
+        # says why), kept in one cache all of them share across benchmark runs (compiling
+        # Prefect alone takes ~20 s of a busy machine); nothing goes into the repository
+        # or the venv.
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+        os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         stack.callback(shutil.rmtree, shm, True)
         report = benchmark(args, root, shm)
         print()
