@@ -30,7 +30,8 @@ Issue #13's benchmark, every figure measured in one run:
    once, every 0.5 s): sampled peaks, so a peak shorter than the interval can be missed.
 4. Week N+1 is added (its FT1 into the input folder, the mission FT2 rewritten with its
    rows) and the same config run again: the summary must show only week N+1's steps run.
-5. A full run over the N+1 weeks in a fresh cache and products folder; the data of its
+5. A full run over the N+1 weeks in a fresh cache and products folder (the first store is
+   measured, then removed to make room, unless --keep); the data of its
    merged counts cube and livetime cube (every HDU's data bytes) must equal the incremental
    run's exactly.
 
@@ -95,7 +96,6 @@ PYCACHE = (
 )
 RSS_INTERVAL = 0.2
 DISK_INTERVAL = 0.5
-CHAIN_STEPS = ("select", "mktime", "ccube", "ltcube")  # configs/mission.yaml's step names
 #: ``--quick`` only: a 1° CCUBE grid instead of 0.1° (same 24 LOG energy bins).
 QUICK_GRID = {"nxpix": "360", "nypix": "180", "binsz": "1"}
 
@@ -132,7 +132,7 @@ def start_generators(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for chunk in chunks
     ]
 
@@ -177,6 +177,8 @@ def gtselect_filter(config: dict[str, Any], ft1: Path) -> str:
     params = dict(word.split("=", 1) for word in command.split()[1:])
     params.update(infile=str(ft1), outfile="unused.fits")
     p = resolve(gtselect.PARAMS, params, tool="gtselect")
+    # The tool's own cut builder (private helpers: no public entry gives the string without
+    # running the selection).
     return gtselect.build_cuts([gtselect._scan_input(str(ft1), "EVENTS")], p).filter
 
 
@@ -439,6 +441,7 @@ class Report:
     incremental: Run
     full: Run
     store_bytes: int
+    store_after_bytes: int  # after the incremental run
     products_bytes: int
     merged_bytes: int
     final_write_seconds: float
@@ -530,6 +533,7 @@ class Report:
             "peak_disk_bytes": self.first.peaks.disk,
             "samples": {"rss": self.first.peaks.rss_samples, "disk": self.first.peaks.disk_samples},
             "store_bytes": self.store_bytes,
+            "store_bytes_after_incremental": self.store_after_bytes,
             "products_bytes": self.products_bytes,
             "merged_bytes": self.merged_bytes,
             "final_write_seconds": self.final_write_seconds,
@@ -547,7 +551,7 @@ class Report:
                 "seconds_by_step": {
                     **self.incremental.step_seconds(),
                     **self.incremental.merge_seconds(),
-                },  # fmt: skip
+                },
                 "task_seconds": self.incremental_seconds,
                 "flow_wall": self.incremental.flow_wall,
                 "process_wall": self.incremental.process_wall,
@@ -592,7 +596,8 @@ class Report:
             f"peak disk (work areas + cache store + products) {d['peak_disk_bytes'] / gb:.2f} GB "
             f"(sampled every {DISK_INTERVAL} s, {d['samples']['disk']} samples)",
             f"final: store {self.store_bytes / gb:.2f} GB, products folder "
-            f"{self.products_bytes / gb:.2f} GB (merged products {self.merged_bytes / gb:.2f} GB)",
+            f"{self.products_bytes / gb:.2f} GB (merged products {self.merged_bytes / gb:.2f} GB); "
+            f"the store after the incremental run: {self.store_after_bytes / gb:.2f} GB",
             "",
             f"EXTRAPOLATION to {MISSION_WEEKS} weeks ({x['note']}; not measured): "
             f"task-seconds {x['task_seconds']:,.0f}, flow wall at {self.workers} workers "
@@ -608,7 +613,8 @@ class Report:
             + ", ".join(f"{k} {v:.2f}" for k, v in inc["seconds_by_step"].items())
             + "), "
             f"flow wall {inc['flow_wall']:.1f} s (process {inc['process_wall']:.1f} s); "
-            f"merges {inc['merge_modes']}",
+            f"merges {inc['merge_modes']}; peak RSS {inc['peak_rss_bytes'] / gb:.2f} GB, peak "
+            f"disk {inc['peak_disk_bytes'] / gb:.2f} GB",
             f"  only week {self.new_week}'s steps ran: {'yes' if self.only_new_week_ran else 'NO'} "
             f"({inc['files_cached']} of {inc['files_total']} files fully cached; steps run: "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in inc["ran"].items())
@@ -694,6 +700,9 @@ def benchmark(args: argparse.Namespace, root: Path, shm: Path) -> Report:
             f"incremental run: flow wall {incremental.flow_wall:.1f} s, process "
             f"{incremental.process_wall:.1f} s"
         )
+        store_after_bytes = allocated_bytes([inc.cache])
+        if not args.keep:  # measured: room for the full rerun's store (~0.6 GB a week)
+            shutil.rmtree(inc.cache)
         fresh = run_pipeline(full_config, "full", env, full.disk_roots)
         say(f"full rerun: flow wall {fresh.flow_wall:.1f} s, process {fresh.process_wall:.1f} s")
 
@@ -713,6 +722,7 @@ def benchmark(args: argparse.Namespace, root: Path, shm: Path) -> Report:
         incremental=incremental,
         full=fresh,
         store_bytes=store_bytes,
+        store_after_bytes=store_after_bytes,
         products_bytes=products_bytes,
         merged_bytes=merged_bytes,
         final_write_seconds=write_s,

@@ -60,6 +60,7 @@ def test_report_has_every_figure(
     assert d["samples"]["rss"] > 0 and d["samples"]["disk"] > 0
     assert d["peak_rss_bytes"] > 20e6
     assert d["peak_disk_bytes"] >= d["store_bytes"] > 0
+    assert d["store_bytes_after_incremental"] >= d["store_bytes"]
     assert d["products_bytes"] >= d["merged_bytes"] > 0
     x = d["extrapolated_934"]
     assert x["task_seconds"] == pytest.approx(d["task_seconds"] * 934 / 2)
