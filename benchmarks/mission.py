@@ -35,7 +35,7 @@ Issue #13's benchmark, every figure measured in one run:
    merged counts cube and livetime cube (every HDU's data bytes) must equal the incremental
    run's exactly.
 
-All runs use one ``prefect server`` started here on loopback (deployments/localserver.py, as
+All runs use one ``prefect server`` started here on loopback (tests/server_processes.py, as
 benchmarks/scaling.py does): not in the pipeline's process tree, and not started per run.
 Children run from compiled byte code kept in ~/.cache/fermipipe-benchmarks/pycache
 (``PYTHONPYCACHEPREFIX``; the environment's PYTHONDONTWRITEBYTECODE would make every process
@@ -74,11 +74,12 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # server helpers
 
 import native  # noqa: E402  (benchmarks/native.py: the fitscopy yardstick)
+import server_processes as localserver  # noqa: E402
 from exposure import yardstick as write_yardstick  # noqa: E402  (numpy write of N bytes)
 
-from deployments import localserver  # noqa: E402
 from fermipipe.fits.dates import met_to_date  # noqa: E402
 from fermipipe.fits.table import FitsFile, write_fits  # noqa: E402
 

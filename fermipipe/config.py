@@ -241,8 +241,8 @@ class Resources(_Strict):
     ram_disk: RamDisk = Field(default_factory=RamDisk)
     timeout: float | None = Field(default=None, gt=0)
     ltcube_cache: LtcubeCache = Field(default_factory=LtcubeCache)
-    #: Merge while files are processed (the existing runner's key). Accepted; merges start
-    #: once every file's chain has finished (the run says so once when this is true).
+    #: Merge while files are processed (the existing runner's key): counts maps folded into
+    #: running sums, gtltsum tree nodes launched as their weeks finish (flows/streams.py).
     stream_merge: bool = True
     #: Give each week only its slice of a mission-long spacecraft file (default true).
     slice_scfile: bool = True

@@ -95,12 +95,6 @@ def test_incremental_products_equal_a_full_rerun(
     assert d["products_equal"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every week reruns: a week's slice of the mission FT2 keeps the mission file's "
-    "primary TSTART/TSTOP (fermipipe/slices.py write_slice), so appending a week changes "
-    "every slice; and week N's slice also gains the margin's rows of week N+1",
-)
 def test_incremental_runs_only_the_new_week(
     quick: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
 ) -> None:
