@@ -45,7 +45,9 @@ __all__ = [
     "HduSpec",
     "RawTable",
     "TruncatedTableError",
+    "data_size",
     "dtype_from_header",
+    "header_at",
     "open_table",
     "read_hdus",
     "tform_dtype",
@@ -142,7 +144,8 @@ class HduInfo:
         return str(self.header.get("XTENSION", "")).strip().upper() == "BINTABLE"
 
 
-def _data_size(header: Header | fits.Header) -> int:
+def data_size(header: Header | fits.Header) -> int:
+    """Bytes of an HDU's data (rows + heap, or image), without the block padding."""
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0:
         return 0
@@ -155,40 +158,57 @@ def _data_size(header: Header | fits.Header) -> int:
     return bitpix // 8 * gcount * (pcount + size)
 
 
+def header_at(
+    reader: Callable[[int, int], bytes], offset: int, first: bool
+) -> tuple[Header, int] | None:
+    """The header whose first block is at ``offset`` and the offset after its END block.
+
+    ``reader(offset, n)`` returns up to ``n`` bytes (fewer only at the end of the file). None
+    where no further HDU starts: the end of the file, trailing zero padding, or trailing bytes
+    that are not an extension (ignored, as astropy does). ``first``: the primary header, which
+    must hold SIMPLE.
+    """
+    start = offset
+    chunks: list[bytes] = []
+    found_end = False
+    while not found_end:
+        block = reader(offset, BLOCK)
+        if len(block) < BLOCK:
+            if not chunks and not block.strip(b"\0 "):
+                return None  # trailing zero padding after the last HDU
+            raise ValueError(f"truncated FITS header at byte {offset}")
+        if not chunks and not first and not block.startswith(b"XTENSION"):
+            return None
+        offset += BLOCK
+        chunks.append(block)
+        for i in range(0, BLOCK, 80):
+            if block[i : i + 8] == b"END     ":
+                found_end = True
+                break
+    raw = b"".join(chunks)
+    try:
+        header = Header.fromstring(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"cannot parse FITS header at byte {start}: {exc}") from None
+    if first and "SIMPLE" not in header:
+        raise ValueError("not a FITS file (no SIMPLE keyword)")
+    return header, offset
+
+
 def _parse_headers(buf: memoryview | bytes, total: int, reader: Any) -> list[HduInfo]:
     """Walk the file: header blocks up to END, then skip the padded data."""
     hdus: list[HduInfo] = []
     offset = 0
     while offset < total:
-        start = offset
-        chunks: list[bytes] = []
-        found_end = False
-        while not found_end:
-            block = reader(offset, BLOCK)
-            if len(block) < BLOCK:
-                if not chunks and not block.strip(b"\0 "):
-                    return hdus  # trailing zero padding after the last HDU
-                raise ValueError(f"truncated FITS header at byte {offset}")
-            if not chunks and hdus and not block.startswith(b"XTENSION"):
-                return hdus  # trailing bytes that are not an extension: ignored (as astropy)
-            offset += BLOCK
-            chunks.append(block)
-            for i in range(0, BLOCK, 80):
-                if block[i : i + 8] == b"END     ":
-                    found_end = True
-                    break
-        raw = b"".join(chunks)
-        try:
-            header = Header.fromstring(raw.decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"cannot parse FITS header at byte {start}: {exc}") from None
-        if not hdus and "SIMPLE" not in header:
-            raise ValueError("not a FITS file (no SIMPLE keyword)")
-        size = _data_size(header)
-        hdus.append(HduInfo(len(hdus), header, start, offset, size))
-        if offset + size > total:
+        found = header_at(reader, offset, not hdus)
+        if found is None:
+            return hdus
+        header, data_offset = found
+        size = data_size(header)
+        hdus.append(HduInfo(len(hdus), header, offset, data_offset, size))
+        if data_offset + size > total:
             raise ValueError(f"FITS data of HDU {len(hdus) - 1} runs past the end of the file")
-        offset += -(-size // BLOCK) * BLOCK  # a missing final padding is tolerated
+        offset = data_offset + -(-size // BLOCK) * BLOCK  # a missing final padding is tolerated
     return hdus
 
 
@@ -592,8 +612,8 @@ def _write_hdu(
             raise ValueError(f"{nbytes} data bytes is not a whole number of {naxis1}-byte rows")
         if naxis1 or nbytes:
             set_card(header, "NAXIS2", nbytes // naxis1 if naxis1 else 0)
-    elif nbytes != _data_size(header):
-        raise ValueError(f"data has {nbytes} bytes but the header describes {_data_size(header)}")
+    elif nbytes != data_size(header):
+        raise ValueError(f"data has {nbytes} bytes but the header describes {data_size(header)}")
     if checksum:
         set_card(header, "DATASUM", str(datasum), replace_comment=True,
                  comment=f"data unit checksum updated {stamp}")  # fmt: skip

@@ -23,15 +23,20 @@ multiply-add), which is what the C++ loop does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti, read_gti
 from fermipipe.fits.header import Header
+from fermipipe.fits.table import HduInfo, TruncatedTableError, dtype_from_header
 from fermipipe.irf.aeff import EffectiveArea
+
+if TYPE_CHECKING:
+    from fermipipe.fits.stream import FitsStream
 
 __all__ = [
     "LivetimeCubeData",
@@ -43,6 +48,7 @@ __all__ = [
 ]
 
 TOOL = "gtexpcube2"
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,60 +75,98 @@ class LivetimeCubeData:
 
 
 def read_livetime_cube(path: str, table: str = "EXPOSURE") -> LivetimeCubeData:
-    """Read the exposure table ``table``, WEIGHTED_EXPOSURE (if present) and the GTI."""
-    from fermipipe.fits.table import FitsFile
+    """Read the exposure table ``table``, WEIGHTED_EXPOSURE (if present) and the GTI.
 
+    The file is read front to back (:class:`~fermipipe.fits.stream.FitsStream`) and only the
+    COSBINS columns are kept, as float32: a gzipped cube is never decompressed whole into
+    memory (that, plus its parsed columns, was most of a HEALPix run's peak memory).
+    """
+    import zlib
+
+    from fermipipe.fits.stream import FitsStream
+
+    exp_info = None
+    exposure = weighted = None
+    gti = None
+    seen: set[str] = set()  # the first HDU of each name is the one read (as FitsFile.hdu)
     try:
-        ff = FitsFile(path)
-    except (OSError, ValueError) as exc:
+        with FitsStream(path) as fs:
+            for info in fs.hdus():
+                name = info.extname.upper()
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name == table.upper():
+                    exp_info = info
+                    exposure = _cosbins(fs, info, table, path)
+                elif name == "WEIGHTED_EXPOSURE":
+                    weighted = _optional(lambda i=info: fs.column(i, "COSBINS", np.float32))
+                    weighted = None if weighted is None else weighted.reshape(len(weighted), -1)
+                elif name == "GTI":
+                    rows = _optional(lambda i=info: fs.table(i))
+                    gti = None if rows is None else read_gti(rows, tool=TOOL, file=path)
+    except ToolError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise ToolError(TOOL, f"cannot read livetime cube ({exc})", path) from None
-    with ff:
-        try:
-            exp = ff.table(table)
-        except (KeyError, ValueError):
-            raise ToolError(TOOL, f"no {table} table in the livetime cube", path) from None
-        h = exp.header
-        missing = [k for k in ("NSIDE", "NBRBINS", "TSTART", "TSTOP") if k not in h]
-        if missing or not exp.has_column("COSBINS"):
-            what = ", ".join(missing) or "COSBINS"
-            raise ToolError(TOOL, f"{table} is not a livetime cube table (no {what})", path)
-        nbins = int(h["NBRBINS"])
-        phibins = int(h.get("PHIBINS", 0) or 0)
-        exposure = np.asarray(exp.column("COSBINS"), dtype=np.float32).reshape(exp.nrows, -1)
-        if exposure.shape[1] != nbins * (1 + phibins):
-            raise ToolError(
-                TOOL,
-                f"{table}: COSBINS has {exposure.shape[1]} entries, expected "
-                f"NBRBINS x (1 + PHIBINS) = {nbins * (1 + phibins)}",
-                path,
-            )
-        weighted = None
-        try:
-            wtab = ff.table("WEIGHTED_EXPOSURE")
-            weighted = np.asarray(wtab.column("COSBINS"), dtype=np.float32).reshape(wtab.nrows, -1)
-        except (KeyError, ValueError):
-            weighted = None
-        try:
-            gti = read_gti(ff.table("GTI"), tool=TOOL, file=path)
-        except (KeyError, ValueError):
-            raise ToolError(TOOL, "no GTI extension in the livetime cube", path) from None
-        ordering = str(h.get("ORDERING", "NESTED")).strip().upper()
-        return LivetimeCubeData(
-            path=path,
-            header=h.copy() if isinstance(h, Header) else Header(list(h.cards)),
-            nside=int(h["NSIDE"]),
-            nest=ordering.startswith("NEST"),
-            nbins=nbins,
-            cosmin=float(h.get("COSMIN", 0.0) or 0.0),
-            sqrt_weight=str(h.get("THETABIN", "SQRT(1-COSTHETA)"))
-            .strip()
-            .upper()
-            .startswith("SQRT"),
-            phibins=phibins,
-            exposure=exposure,
-            weighted=weighted,
-            gti=gti,
+    if exp_info is None or exposure is None:
+        raise ToolError(TOOL, f"no {table} table in the livetime cube", path)
+    if gti is None:
+        raise ToolError(TOOL, "no GTI extension in the livetime cube", path)
+    h = exp_info.header
+    ordering = str(h.get("ORDERING", "NESTED")).strip().upper()
+    return LivetimeCubeData(
+        path=path,
+        header=h,
+        nside=int(h["NSIDE"]),
+        nest=ordering.startswith("NEST"),
+        nbins=int(h["NBRBINS"]),
+        cosmin=float(h.get("COSMIN", 0.0) or 0.0),
+        sqrt_weight=str(h.get("THETABIN", "SQRT(1-COSTHETA)")).strip().upper().startswith("SQRT"),
+        phibins=int(h.get("PHIBINS", 0) or 0),
+        exposure=exposure,
+        weighted=weighted,
+        gti=gti,
+    )
+
+
+def _optional(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when the HDU is not a table of the expected kind (a file cut
+    short inside it is still an error)."""
+    try:
+        return read()
+    except TruncatedTableError:
+        raise
+    except (KeyError, ValueError):
+        return None
+
+
+def _cosbins(fs: FitsStream, info: HduInfo, table: str, path: str) -> np.ndarray | None:
+    """The COSBINS column of the exposure table as (rows, entries) float32, checked against
+    NSIDE/NBRBINS/PHIBINS; None when the HDU is not a binary table."""
+    if not info.is_bintable:
+        return None
+    h = info.header
+    missing = [k for k in ("NSIDE", "NBRBINS", "TSTART", "TSTOP") if k not in h]
+    try:
+        has_cosbins = "COSBINS" in {n.upper() for n in dtype_from_header(h).names or ()}
+    except (KeyError, ValueError):
+        return None
+    if missing or not has_cosbins:
+        what = ", ".join(missing) or "COSBINS"
+        raise ToolError(TOOL, f"{table} is not a livetime cube table (no {what})", path)
+    nbins = int(h["NBRBINS"])
+    phibins = int(h.get("PHIBINS", 0) or 0)
+    exposure = fs.column(info, "COSBINS", np.float32)
+    exposure = exposure.reshape(len(exposure), -1)
+    if exposure.shape[1] != nbins * (1 + phibins):
+        raise ToolError(
+            TOOL,
+            f"{table}: COSBINS has {exposure.shape[1]} entries, expected "
+            f"NBRBINS x (1 + PHIBINS) = {nbins * (1 + phibins)}",
+            path,
         )
+    return exposure
 
 
 def cos_bin_centres(nbins: int, cosmin: float = 0.0, sqrt_weight: bool = True) -> np.ndarray:
