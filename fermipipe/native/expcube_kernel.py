@@ -219,19 +219,9 @@ def _ordered_sum_block(cells: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ordered_sum(cells: np.ndarray, table: np.ndarray, workers: int = 2) -> np.ndarray:
-    """Σ_e cells[:, e]·table[e, :] in double, e in order, every product rounded first.
-
-    Rows are independent, so halves of them run in two threads (numpy releases the GIL).
-    """
-    if workers < 2 or cells.shape[0] < 4096:
-        return _ordered_sum_block(cells, table)
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = np.array_split(np.arange(cells.shape[0]), workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        blocks = list(pool.map(lambda r: _ordered_sum_block(cells[r], table), parts))
-    return np.concatenate(blocks)
+#: Cells per work unit of :func:`cell_exposures`: its temporaries (a few (block, nE) double
+#: arrays per thread) stay around a megabyte while the Python overhead stays negligible.
+BLOCK_CELLS = 2048
 
 
 def cell_exposures(
@@ -242,9 +232,16 @@ def cell_exposures(
     *,
     ignorephi: bool = False,
     cos_limits: tuple[float, float] = (-1.0, 1.0),
+    workers: int = 2,
 ) -> np.ndarray:
     """Exposure (cm² s) of livetime-cube pixels ``cells`` at ``energies``: (ncells, nE)
-    float32, summed over the event types ``aeffs`` in order (spec §14.3)."""
+    float32, summed over the event types ``aeffs`` in order (spec §14.3).
+
+    Computed in blocks of cells written into the result, so that the only full-size array is
+    the float32 result (the sums in double exist one block at a time). Blocks are independent
+    and run in ``workers`` threads (numpy releases the GIL); every element goes through the
+    same operations in the same order as a whole-array computation.
+    """
     energies = np.asarray(energies, dtype=np.float64)
     costh = cos_bin_centres(cube.nbins, cube.cosmin, cube.sqrt_weight)
     n = cube.nbins
@@ -255,15 +252,15 @@ def cell_exposures(
         last = n * (1 + cube.phibins)
     else:
         first, last, phi, phi_arg = 0, n, None, None
-    live = cube.exposure[cells, first:last]
-    weighted = cube.weighted[cells, first:last] if cube.weighted is not None else None
     eff = aeffs[0].efficiency if aeffs else None
     if eff is not None:
         f1, f2 = eff.factors(energies)
     else:
         f1, f2 = np.ones(energies.size), np.zeros(energies.size)
-    use_w = (f2 != 0) & (weighted is not None)
-    out = np.zeros((cells.size, energies.size), dtype=np.float32)
+    use_w = (f2 != 0) & (cube.weighted is not None)
+    any_w = bool(np.any(use_w))
+    f2w = f2[use_w]
+    tables = []
     for aeff in aeffs:
         if phi is not None:
             if phi_arg is None:
@@ -273,14 +270,36 @@ def cell_exposures(
                 table = _aeff_table(aeff, energies, costh, phi_arg, cos_limits)
         else:
             table = _aeff_table(aeff, energies, costh, None, cos_limits)
-        value = f1[None, :] * _ordered_sum(live, table)
-        if np.any(use_w):
-            assert weighted is not None
-            s2 = _ordered_sum(weighted, table[:, use_w])
-            value[:, use_w] += f2[use_w][None, :] * s2
-        if np.any(value < 0):
-            raise ToolError(TOOL, "negative exposure (ExposureCube::value: exposure < 0)")
-        out = (out.astype(np.float64) + value).astype(np.float32)
+        tables.append((table, np.ascontiguousarray(table[:, use_w]) if any_w else None))
+    out = np.zeros((cells.size, energies.size), dtype=np.float32)
+
+    def block(r0: int) -> None:
+        sub = cells[r0 : r0 + BLOCK_CELLS]
+        live = cube.exposure[sub, first:last]
+        weighted = cube.weighted[sub, first:last] if any_w and cube.weighted is not None else None
+        acc = out[r0 : r0 + BLOCK_CELLS]
+        for table, table_w in tables:
+            value = _ordered_sum_block(live, table)
+            value *= f1  # = f1·S1 (the product is commutative, bit for bit)
+            if weighted is not None and table_w is not None:
+                s2 = _ordered_sum_block(weighted, table_w)
+                s2 *= f2w
+                value[:, use_w] += s2
+            if np.any(value < 0):
+                raise ToolError(TOOL, "negative exposure (ExposureCube::value: exposure < 0)")
+            value += acc  # float32 + double: the float32 is widened exactly
+            acc[...] = value  # rounded to float32 once per type, as in the C++ accumulation
+
+    starts = range(0, cells.size, BLOCK_CELLS)
+    if workers > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(block, starts):
+                pass
+    else:
+        for r0 in starts:
+            block(r0)
     return out
 
 
@@ -289,6 +308,7 @@ def distinct_cells(cell_of_pixel: np.ndarray, npix: int) -> tuple[np.ndarray, np
     used = np.zeros(npix, dtype=bool)
     used[cell_of_pixel] = True
     cells = np.flatnonzero(used)
-    lookup = np.zeros(npix, dtype=np.int64)
+    # int32 where it fits: the index has one entry per output pixel (6.5 M on the mission grid)
+    lookup = np.zeros(npix, dtype=np.int32 if cells.size < 2**31 else np.int64)
     lookup[cells] = np.arange(cells.size)
     return cells, lookup[cell_of_pixel]

@@ -38,6 +38,7 @@ __all__ = [
     "WcsGeometry",
     "equatorial_from_lonlat",
     "gal_to_equ_matrix",
+    "healpix_cells",
     "healpix_directions",
     "livetime_cells",
     "wcs_cells",
@@ -252,14 +253,37 @@ def wcs_cells(
     return cells, valid
 
 
-def healpix_directions(nside: int, nest: bool, galactic: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(RA, Dec) of every HEALPix pixel centre of the output map, in pixel order."""
+def healpix_directions(
+    nside: int, nest: bool, galactic: bool, start: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(RA, Dec) of the HEALPix pixel centres ``start`` … ``stop``−1 of the output map (all
+    pixels by default), in pixel order."""
     lib = _healpix_lib()
-    pixels = np.arange(12 * nside * nside, dtype=np.int64)
+    npix = 12 * nside * nside
+    pixels = np.arange(start, npix if stop is None else stop, dtype=np.int64)
     theta, phi = (lib._pix2ang_nest if nest else lib._pix2ang_ring)(nside, pixels)
     lon = phi * ASTRO_R2D
     lat = (ASTRO_PIOVER2 - theta) * ASTRO_R2D
     return equatorial_from_lonlat(lon * SKYDIR_D2R, lat * SKYDIR_D2R, galactic)
+
+
+#: Pixels per step of :func:`healpix_cells` (~10 double temporaries of this size at a time).
+HPX_CHUNK = 1 << 15
+
+
+def healpix_cells(
+    nside: int, nest: bool, galactic: bool, cube_nside: int, cube_nest: bool
+) -> np.ndarray:
+    """Livetime-cube cell of every output HEALPix pixel, in pixel order, computed in chunks
+    of pixels (element-wise, so the same numbers as all at once, without the full-size
+    direction temporaries)."""
+    npix = 12 * nside * nside
+    out = np.empty(npix, dtype=np.int64)
+    for start in range(0, npix, HPX_CHUNK):
+        stop = min(start + HPX_CHUNK, npix)
+        ra, dec = healpix_directions(nside, nest, galactic, start, stop)
+        out[start:stop] = livetime_cells(ra, dec, cube_nside, cube_nest)
+    return out
 
 
 def livetime_cells(ra: np.ndarray, dec: np.ndarray, nside: int, nest: bool) -> np.ndarray:

@@ -57,8 +57,7 @@ from fermipipe.native.expcube_kernel import (
 )
 from fermipipe.native.expcube_sky import (
     WcsGeometry,
-    healpix_directions,
-    livetime_cells,
+    healpix_cells,
     wcs_cells,
 )
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
@@ -590,11 +589,11 @@ def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Ite
             yield plane
 
 
-def _hpx_rows(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 14) -> Iterator[bytes]:
+def _hpx_rows(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 12) -> Iterator[np.ndarray]:
     """The HPXEXPOSURES rows (big-endian doubles, one per energy) in chunks of pixels: the
     table is streamed to the writer, never held whole (its bytes are the same)."""
     for start in range(0, index.size, chunk):
-        yield values[index[start : start + chunk]].astype(">f8").tobytes()
+        yield values[index[start : start + chunk]].astype(">f8")
 
 
 def run(params: Mapping[str, Any]) -> ToolOutcome:
@@ -636,9 +635,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         cell_of, valid = wcs_cells(wgeom, cube.nside, cube.nest)
     else:
         hgeom = hpx_geometry(p, cmap)
-        ra, dec = healpix_directions(hgeom.nside, hgeom.nest, hgeom.galactic)
-        cell_of = livetime_cells(ra, dec, cube.nside, cube.nest)
-        del ra, dec
+        cell_of = healpix_cells(hgeom.nside, hgeom.nest, hgeom.galactic, cube.nside, cube.nest)
     cells, index = distinct_cells(cell_of, cube.exposure.shape[0])
     del cell_of
     values = cell_exposures(
