@@ -646,27 +646,31 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         ignorephi=bool(p["ignorephi"]),
         cos_limits=cos_theta_limits(float(p["thmin"]), float(p["thmax"])),
     )
+    # Only the header and the GTI of the cube are needed from here on: its tables go before
+    # the output is written (they are a third of a HEALPix run's peak memory).
+    cube_header, cube_gti = cube.header, cube.gti
+    del cube
     if cmap is not None:
         src_cuts = cmap_cuts or []
     else:
         # The cube's EXPOSURE DSS, its TIME/TABLE cut bound to the GTI already read.
-        src_cuts = read_dss(cube.header, gti=cube.gti, tool=TOOL, file=infile)
+        src_cuts = read_dss(cube_header, gti=cube_gti, tool=TOOL, file=infile)
     cuts = output_cuts(src_cuts, choice, str(p["irfs"]).strip().upper() != "CALDB")
     hdus: list[Any] = []
     if kind == "WCS":
         primary = wcs_primary_header(wgeom, energies)
-        _copy_time_keywords(primary, cube.header)
+        _copy_time_keywords(primary, cube_header)
         write_dss(primary, cuts)
         hdus.append((primary, _wcs_planes(values, index, valid)))
         npix = wgeom.nx * wgeom.ny
     else:
         primary, table = hpx_headers(hgeom, len(energies))
-        _copy_time_keywords(primary, cube.header)
+        _copy_time_keywords(primary, cube_header)
         write_dss(primary, cuts)
         hdus += [(primary, None), (table, _hpx_rows(values, index))]
         npix = 12 * hgeom.nside**2
     hdus.append(energies_hdu(energies))
-    hdus.append(gti_extension(cube.gti))
+    hdus.append(gti_extension(cube_gti))
     written = write_tool_output(TOOL, out, hdus, add_filename=False)
     return ToolOutcome(
         outputs=[str(written)],
