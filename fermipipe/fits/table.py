@@ -5,7 +5,8 @@ astropy import: it costs more than a whole gtmktime run); the rows of a BINTABLE
 as a numpy *structured, big-endian* memmap of the file — no copy, no scaling, no byte swapping
 until a caller converts a column. :meth:`RawTable.read_chunks` streams the rows with ordinary
 reads instead, so a pass over a large table does not keep the file's pages resident.
-Gzipped files are decompressed into memory once (Python's gzip module).
+Gzipped files are decompressed into memory once (Python's gzip module); a reader that needs
+only some columns of a large file reads it front to back with :mod:`fermipipe.fits.stream`.
 
 Writing: :func:`write_fits` takes headers and raw row bytes (e.g. ``table.rows[mask]``),
 writes header blocks + data + zero padding, fixes NAXIS2, sets primary FILENAME and
