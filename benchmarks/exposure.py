@@ -154,7 +154,8 @@ def main() -> int:
     print()
     print(f"targets: mission >= 100x ({REAL_MISSION_S / mission[1]:.0f}x), "
           f"healpix >= 20x ({REAL_HPX_S / hpx[1]:.0f}x), "
-          f"mission peak RSS <= 2x output ({mission[2] / mission[3]:.2f}x)")  # fmt: skip
+          f"peak RSS <= 2x output: mission {mission[2] / mission[3]:.2f}x, "
+          f"healpix {hpx[2] / hpx[3]:.2f}x")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if tmp is not None:
         tmp.cleanup()

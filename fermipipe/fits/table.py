@@ -5,7 +5,8 @@ astropy import: it costs more than a whole gtmktime run); the rows of a BINTABLE
 as a numpy *structured, big-endian* memmap of the file — no copy, no scaling, no byte swapping
 until a caller converts a column. :meth:`RawTable.read_chunks` streams the rows with ordinary
 reads instead, so a pass over a large table does not keep the file's pages resident.
-Gzipped files are decompressed into memory once (Python's gzip module).
+Gzipped files are decompressed into memory once (Python's gzip module); a reader that needs
+only some columns of a large file reads it front to back with :mod:`fermipipe.fits.stream`.
 
 Writing: :func:`write_fits` takes headers and raw row bytes (e.g. ``table.rows[mask]``),
 writes header blocks + data + zero padding, fixes NAXIS2, sets primary FILENAME and
@@ -45,7 +46,9 @@ __all__ = [
     "HduSpec",
     "RawTable",
     "TruncatedTableError",
+    "data_size",
     "dtype_from_header",
+    "header_at",
     "open_table",
     "read_hdus",
     "tform_dtype",
@@ -138,7 +141,8 @@ class HduInfo:
         return str(self.header.get("XTENSION", "")).strip().upper() == "BINTABLE"
 
 
-def _data_size(header: Header | fits.Header) -> int:
+def data_size(header: Header | fits.Header) -> int:
+    """Bytes of an HDU's data (rows + heap, or image), without the block padding."""
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0:
         return 0
@@ -151,40 +155,57 @@ def _data_size(header: Header | fits.Header) -> int:
     return bitpix // 8 * gcount * (pcount + size)
 
 
+def header_at(
+    reader: Callable[[int, int], bytes], offset: int, first: bool
+) -> tuple[Header, int] | None:
+    """The header whose first block is at ``offset`` and the offset after its END block.
+
+    ``reader(offset, n)`` returns up to ``n`` bytes (fewer only at the end of the file). None
+    where no further HDU starts: the end of the file, trailing zero padding, or trailing bytes
+    that are not an extension (ignored, as astropy does). ``first``: the primary header, which
+    must hold SIMPLE.
+    """
+    start = offset
+    chunks: list[bytes] = []
+    found_end = False
+    while not found_end:
+        block = reader(offset, BLOCK)
+        if len(block) < BLOCK:
+            if not chunks and not block.strip(b"\0 "):
+                return None  # trailing zero padding after the last HDU
+            raise ValueError(f"truncated FITS header at byte {offset}")
+        if not chunks and not first and not block.startswith(b"XTENSION"):
+            return None
+        offset += BLOCK
+        chunks.append(block)
+        for i in range(0, BLOCK, 80):
+            if block[i : i + 8] == b"END     ":
+                found_end = True
+                break
+    raw = b"".join(chunks)
+    try:
+        header = Header.fromstring(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"cannot parse FITS header at byte {start}: {exc}") from None
+    if first and "SIMPLE" not in header:
+        raise ValueError("not a FITS file (no SIMPLE keyword)")
+    return header, offset
+
+
 def _parse_headers(buf: memoryview | bytes, total: int, reader: Any) -> list[HduInfo]:
     """Walk the file: header blocks up to END, then skip the padded data."""
     hdus: list[HduInfo] = []
     offset = 0
     while offset < total:
-        start = offset
-        chunks: list[bytes] = []
-        found_end = False
-        while not found_end:
-            block = reader(offset, BLOCK)
-            if len(block) < BLOCK:
-                if not chunks and not block.strip(b"\0 "):
-                    return hdus  # trailing zero padding after the last HDU
-                raise ValueError(f"truncated FITS header at byte {offset}")
-            if not chunks and hdus and not block.startswith(b"XTENSION"):
-                return hdus  # trailing bytes that are not an extension: ignored (as astropy)
-            offset += BLOCK
-            chunks.append(block)
-            for i in range(0, BLOCK, 80):
-                if block[i : i + 8] == b"END     ":
-                    found_end = True
-                    break
-        raw = b"".join(chunks)
-        try:
-            header = Header.fromstring(raw.decode("ascii"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"cannot parse FITS header at byte {start}: {exc}") from None
-        if not hdus and "SIMPLE" not in header:
-            raise ValueError("not a FITS file (no SIMPLE keyword)")
-        size = _data_size(header)
-        hdus.append(HduInfo(len(hdus), header, start, offset, size))
-        if offset + size > total:
+        found = header_at(reader, offset, not hdus)
+        if found is None:
+            return hdus
+        header, data_offset = found
+        size = data_size(header)
+        hdus.append(HduInfo(len(hdus), header, offset, data_offset, size))
+        if data_offset + size > total:
             raise ValueError(f"FITS data of HDU {len(hdus) - 1} runs past the end of the file")
-        offset += -(-size // BLOCK) * BLOCK  # a missing final padding is tolerated
+        offset = data_offset + -(-size // BLOCK) * BLOCK  # a missing final padding is tolerated
     return hdus
 
 
@@ -588,8 +609,8 @@ def _write_hdu(
             raise ValueError(f"{nbytes} data bytes is not a whole number of {naxis1}-byte rows")
         if naxis1 or nbytes:
             set_card(header, "NAXIS2", nbytes // naxis1 if naxis1 else 0)
-    elif nbytes != _data_size(header):
-        raise ValueError(f"data has {nbytes} bytes but the header describes {_data_size(header)}")
+    elif nbytes != data_size(header):
+        raise ValueError(f"data has {nbytes} bytes but the header describes {data_size(header)}")
     if checksum:
         set_card(header, "DATASUM", str(datasum), replace_comment=True,
                  comment=f"data unit checksum updated {stamp}")  # fmt: skip

@@ -23,15 +23,20 @@ multiply-add), which is what the C++ loop does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti, read_gti
 from fermipipe.fits.header import Header
+from fermipipe.fits.table import HduInfo, TruncatedTableError, dtype_from_header
 from fermipipe.irf.aeff import EffectiveArea
+
+if TYPE_CHECKING:
+    from fermipipe.fits.stream import FitsStream
 
 __all__ = [
     "LivetimeCubeData",
@@ -43,6 +48,7 @@ __all__ = [
 ]
 
 TOOL = "gtexpcube2"
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,60 +69,98 @@ class LivetimeCubeData:
 
 
 def read_livetime_cube(path: str, table: str = "EXPOSURE") -> LivetimeCubeData:
-    """Read the exposure table ``table``, WEIGHTED_EXPOSURE (if present) and the GTI."""
-    from fermipipe.fits.table import FitsFile
+    """Read the exposure table ``table``, WEIGHTED_EXPOSURE (if present) and the GTI.
 
+    The file is read front to back (:class:`~fermipipe.fits.stream.FitsStream`) and only the
+    COSBINS columns are kept, as float32: a gzipped cube is never decompressed whole into
+    memory (that, plus its parsed columns, was most of a HEALPix run's peak memory).
+    """
+    import zlib
+
+    from fermipipe.fits.stream import FitsStream
+
+    exp_info = None
+    exposure = weighted = None
+    gti = None
+    seen: set[str] = set()  # the first HDU of each name is the one read (as FitsFile.hdu)
     try:
-        ff = FitsFile(path)
-    except (OSError, ValueError) as exc:
+        with FitsStream(path) as fs:
+            for info in fs.hdus():
+                name = info.extname.upper()
+                if name in seen:
+                    continue
+                seen.add(name)
+                if name == table.upper():
+                    exp_info = info
+                    exposure = _cosbins(fs, info, table, path)
+                elif name == "WEIGHTED_EXPOSURE":
+                    weighted = _optional(lambda i=info: fs.column(i, "COSBINS", np.float32))
+                    weighted = None if weighted is None else weighted.reshape(len(weighted), -1)
+                elif name == "GTI":
+                    rows = _optional(lambda i=info: fs.table(i))
+                    gti = None if rows is None else read_gti(rows, tool=TOOL, file=path)
+    except ToolError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise ToolError(TOOL, f"cannot read livetime cube ({exc})", path) from None
-    with ff:
-        try:
-            exp = ff.table(table)
-        except (KeyError, ValueError):
-            raise ToolError(TOOL, f"no {table} table in the livetime cube", path) from None
-        h = exp.header
-        missing = [k for k in ("NSIDE", "NBRBINS", "TSTART", "TSTOP") if k not in h]
-        if missing or not exp.has_column("COSBINS"):
-            what = ", ".join(missing) or "COSBINS"
-            raise ToolError(TOOL, f"{table} is not a livetime cube table (no {what})", path)
-        nbins = int(h["NBRBINS"])
-        phibins = int(h.get("PHIBINS", 0) or 0)
-        exposure = np.asarray(exp.column("COSBINS"), dtype=np.float32).reshape(exp.nrows, -1)
-        if exposure.shape[1] != nbins * (1 + phibins):
-            raise ToolError(
-                TOOL,
-                f"{table}: COSBINS has {exposure.shape[1]} entries, expected "
-                f"NBRBINS x (1 + PHIBINS) = {nbins * (1 + phibins)}",
-                path,
-            )
-        weighted = None
-        try:
-            wtab = ff.table("WEIGHTED_EXPOSURE")
-            weighted = np.asarray(wtab.column("COSBINS"), dtype=np.float32).reshape(wtab.nrows, -1)
-        except (KeyError, ValueError):
-            weighted = None
-        try:
-            gti = read_gti(ff.table("GTI"), tool=TOOL, file=path)
-        except (KeyError, ValueError):
-            raise ToolError(TOOL, "no GTI extension in the livetime cube", path) from None
-        ordering = str(h.get("ORDERING", "NESTED")).strip().upper()
-        return LivetimeCubeData(
-            path=path,
-            header=h.copy() if isinstance(h, Header) else Header(list(h.cards)),
-            nside=int(h["NSIDE"]),
-            nest=ordering.startswith("NEST"),
-            nbins=nbins,
-            cosmin=float(h.get("COSMIN", 0.0) or 0.0),
-            sqrt_weight=str(h.get("THETABIN", "SQRT(1-COSTHETA)"))
-            .strip()
-            .upper()
-            .startswith("SQRT"),
-            phibins=phibins,
-            exposure=exposure,
-            weighted=weighted,
-            gti=gti,
+    if exp_info is None or exposure is None:
+        raise ToolError(TOOL, f"no {table} table in the livetime cube", path)
+    if gti is None:
+        raise ToolError(TOOL, "no GTI extension in the livetime cube", path)
+    h = exp_info.header
+    ordering = str(h.get("ORDERING", "NESTED")).strip().upper()
+    return LivetimeCubeData(
+        path=path,
+        header=h,
+        nside=int(h["NSIDE"]),
+        nest=ordering.startswith("NEST"),
+        nbins=int(h["NBRBINS"]),
+        cosmin=float(h.get("COSMIN", 0.0) or 0.0),
+        sqrt_weight=str(h.get("THETABIN", "SQRT(1-COSTHETA)")).strip().upper().startswith("SQRT"),
+        phibins=int(h.get("PHIBINS", 0) or 0),
+        exposure=exposure,
+        weighted=weighted,
+        gti=gti,
+    )
+
+
+def _optional(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when the HDU is not a table of the expected kind (a file cut
+    short inside it is still an error)."""
+    try:
+        return read()
+    except TruncatedTableError:
+        raise
+    except (KeyError, ValueError):
+        return None
+
+
+def _cosbins(fs: FitsStream, info: HduInfo, table: str, path: str) -> np.ndarray | None:
+    """The COSBINS column of the exposure table as (rows, entries) float32, checked against
+    NSIDE/NBRBINS/PHIBINS; None when the HDU is not a binary table."""
+    if not info.is_bintable:
+        return None
+    h = info.header
+    missing = [k for k in ("NSIDE", "NBRBINS", "TSTART", "TSTOP") if k not in h]
+    try:
+        has_cosbins = "COSBINS" in {n.upper() for n in dtype_from_header(h).names or ()}
+    except (KeyError, ValueError):
+        return None
+    if missing or not has_cosbins:
+        what = ", ".join(missing) or "COSBINS"
+        raise ToolError(TOOL, f"{table} is not a livetime cube table (no {what})", path)
+    nbins = int(h["NBRBINS"])
+    phibins = int(h.get("PHIBINS", 0) or 0)
+    exposure = fs.column(info, "COSBINS", np.float32)
+    exposure = exposure.reshape(len(exposure), -1)
+    if exposure.shape[1] != nbins * (1 + phibins):
+        raise ToolError(
+            TOOL,
+            f"{table}: COSBINS has {exposure.shape[1]} entries, expected "
+            f"NBRBINS x (1 + PHIBINS) = {nbins * (1 + phibins)}",
+            path,
         )
+    return exposure
 
 
 def cos_bin_centres(nbins: int, cosmin: float = 0.0, sqrt_weight: bool = True) -> np.ndarray:
@@ -169,19 +213,9 @@ def _ordered_sum_block(cells: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ordered_sum(cells: np.ndarray, table: np.ndarray, workers: int = 2) -> np.ndarray:
-    """Σ_e cells[:, e]·table[e, :] in double, e in order, every product rounded first.
-
-    Rows are independent, so halves of them run in two threads (numpy releases the GIL).
-    """
-    if workers < 2 or cells.shape[0] < 4096:
-        return _ordered_sum_block(cells, table)
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = np.array_split(np.arange(cells.shape[0]), workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        blocks = list(pool.map(lambda r: _ordered_sum_block(cells[r], table), parts))
-    return np.concatenate(blocks)
+#: Cells per work unit of :func:`cell_exposures`: its temporaries (a few (block, nE) double
+#: arrays per thread) stay around a megabyte while the Python overhead stays negligible.
+BLOCK_CELLS = 2048
 
 
 def cell_exposures(
@@ -192,9 +226,16 @@ def cell_exposures(
     *,
     ignorephi: bool = False,
     cos_limits: tuple[float, float] = (-1.0, 1.0),
+    workers: int = 2,
 ) -> np.ndarray:
     """Exposure (cm² s) of livetime-cube pixels ``cells`` at ``energies``: (ncells, nE)
-    float32, summed over the event types ``aeffs`` in order (spec §14.3)."""
+    float32, summed over the event types ``aeffs`` in order (spec §14.3).
+
+    Computed in blocks of cells written into the result, so that the only full-size array is
+    the float32 result (the sums in double exist one block at a time). Blocks are independent
+    and run in ``workers`` threads (numpy releases the GIL); every element goes through the
+    same operations in the same order as a whole-array computation.
+    """
     energies = np.asarray(energies, dtype=np.float64)
     costh = cos_bin_centres(cube.nbins, cube.cosmin, cube.sqrt_weight)
     n = cube.nbins
@@ -205,15 +246,15 @@ def cell_exposures(
         last = n * (1 + cube.phibins)
     else:
         first, last, phi, phi_arg = 0, n, None, None
-    live = cube.exposure[cells, first:last]
-    weighted = cube.weighted[cells, first:last] if cube.weighted is not None else None
     eff = aeffs[0].efficiency if aeffs else None
     if eff is not None:
         f1, f2 = eff.factors(energies)
     else:
         f1, f2 = np.ones(energies.size), np.zeros(energies.size)
-    use_w = (f2 != 0) & (weighted is not None)
-    out = np.zeros((cells.size, energies.size), dtype=np.float32)
+    use_w = (f2 != 0) & (cube.weighted is not None)
+    any_w = bool(np.any(use_w))
+    f2w = f2[use_w]
+    tables = []
     for aeff in aeffs:
         if phi is not None:
             if phi_arg is None:
@@ -223,14 +264,36 @@ def cell_exposures(
                 table = _aeff_table(aeff, energies, costh, phi_arg, cos_limits)
         else:
             table = _aeff_table(aeff, energies, costh, None, cos_limits)
-        value = f1[None, :] * _ordered_sum(live, table)
-        if np.any(use_w):
-            assert weighted is not None
-            s2 = _ordered_sum(weighted, table[:, use_w])
-            value[:, use_w] += f2[use_w][None, :] * s2
-        if np.any(value < 0):
-            raise ToolError(TOOL, "negative exposure (ExposureCube::value: exposure < 0)")
-        out = (out.astype(np.float64) + value).astype(np.float32)
+        tables.append((table, np.ascontiguousarray(table[:, use_w]) if any_w else None))
+    out = np.zeros((cells.size, energies.size), dtype=np.float32)
+
+    def block(r0: int) -> None:
+        sub = cells[r0 : r0 + BLOCK_CELLS]
+        live = cube.exposure[sub, first:last]
+        weighted = cube.weighted[sub, first:last] if any_w and cube.weighted is not None else None
+        acc = out[r0 : r0 + BLOCK_CELLS]
+        for table, table_w in tables:
+            value = _ordered_sum_block(live, table)
+            value *= f1  # = f1·S1 (the product is commutative, bit for bit)
+            if weighted is not None and table_w is not None:
+                s2 = _ordered_sum_block(weighted, table_w)
+                s2 *= f2w
+                value[:, use_w] += s2
+            if np.any(value < 0):
+                raise ToolError(TOOL, "negative exposure (ExposureCube::value: exposure < 0)")
+            value += acc  # float32 + double: the float32 is widened exactly
+            acc[...] = value  # rounded to float32 once per type, as in the C++ accumulation
+
+    starts = range(0, cells.size, BLOCK_CELLS)
+    if workers > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(block, starts):
+                pass
+    else:
+        for r0 in starts:
+            block(r0)
     return out
 
 
@@ -239,6 +302,7 @@ def distinct_cells(cell_of_pixel: np.ndarray, npix: int) -> tuple[np.ndarray, np
     used = np.zeros(npix, dtype=bool)
     used[cell_of_pixel] = True
     cells = np.flatnonzero(used)
-    lookup = np.zeros(npix, dtype=np.int64)
+    # int32 where it fits: the index has one entry per output pixel (6.5 M on the mission grid)
+    lookup = np.zeros(npix, dtype=np.int32 if cells.size < 2**31 else np.int64)
     lookup[cells] = np.arange(cells.size)
     return cells, lookup[cell_of_pixel]

@@ -38,6 +38,7 @@ __all__ = [
     "WcsGeometry",
     "equatorial_from_lonlat",
     "gal_to_equ_matrix",
+    "healpix_cells",
     "healpix_directions",
     "livetime_cells",
     "wcs_cells",
@@ -214,8 +215,9 @@ def wcs_directions(geom: WcsGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return _wcs_world(geom, _make_wcsprm(geom), 0, geom.ny)
 
 
-#: Pixels per work unit of :func:`wcs_cells` (bounds the temporaries to ~100 MB per worker).
-CHUNK_PIXELS = 1 << 20
+#: Pixels per work unit of :func:`wcs_cells` (bounds the temporaries to ~25 MB per worker;
+#: 4× more cost 100 MB more peak memory on the mission grid for no speed).
+CHUNK_PIXELS = 1 << 18
 
 
 def wcs_cells(
@@ -232,11 +234,12 @@ def wcs_cells(
     _healpix_lib()  # load the extensions once, before any thread needs them
     _wcsprm_class()
     rows = max(1, CHUNK_PIXELS // max(1, geom.nx))
+    cell_type = _cell_type(nside)
     blocks = [(j, min(j + rows, geom.ny)) for j in range(0, geom.ny, rows)]
 
     def work(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         ra, dec, valid = _wcs_world(geom, _make_wcsprm(geom), *block)
-        return livetime_cells(ra, dec, nside, nest), valid
+        return livetime_cells(ra, dec, nside, nest).astype(cell_type), valid
 
     if workers > 1 and len(blocks) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -248,14 +251,43 @@ def wcs_cells(
     return cells, valid
 
 
-def healpix_directions(nside: int, nest: bool, galactic: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(RA, Dec) of every HEALPix pixel centre of the output map, in pixel order."""
+def healpix_directions(
+    nside: int, nest: bool, galactic: bool, start: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(RA, Dec) of the HEALPix pixel centres ``start`` … ``stop``−1 of the output map (all
+    pixels by default), in pixel order."""
     lib = _healpix_lib()
-    pixels = np.arange(12 * nside * nside, dtype=np.int64)
+    npix = 12 * nside * nside
+    pixels = np.arange(start, npix if stop is None else stop, dtype=np.int64)
     theta, phi = (lib._pix2ang_nest if nest else lib._pix2ang_ring)(nside, pixels)
     lon = phi * ASTRO_R2D
     lat = (ASTRO_PIOVER2 - theta) * ASTRO_R2D
     return equatorial_from_lonlat(lon * SKYDIR_D2R, lat * SKYDIR_D2R, galactic)
+
+
+#: Pixels per step of :func:`healpix_cells` (~10 double temporaries of this size at a time).
+HPX_CHUNK = 1 << 15
+
+
+def healpix_cells(
+    nside: int, nest: bool, galactic: bool, cube_nside: int, cube_nest: bool
+) -> np.ndarray:
+    """Livetime-cube cell of every output HEALPix pixel, in pixel order, computed in chunks
+    of pixels (element-wise, so the same numbers as all at once, without the full-size
+    direction temporaries)."""
+    npix = 12 * nside * nside
+    out = np.empty(npix, dtype=_cell_type(cube_nside))
+    for start in range(0, npix, HPX_CHUNK):
+        stop = min(start + HPX_CHUNK, npix)
+        ra, dec = healpix_directions(nside, nest, galactic, start, stop)
+        out[start:stop] = livetime_cells(ra, dec, cube_nside, cube_nest)
+    return out
+
+
+def _cell_type(nside: int) -> type:
+    """int32 for the cells of a cube of that NSIDE when they fit (halves the per-pixel
+    arrays: 6.5 M pixels on the mission grid)."""
+    return np.int32 if 12 * nside * nside < 2**31 else np.int64
 
 
 def livetime_cells(ra: np.ndarray, dec: np.ndarray, nside: int, nest: bool) -> np.ndarray:

@@ -57,8 +57,7 @@ from fermipipe.native.expcube_kernel import (
 )
 from fermipipe.native.expcube_sky import (
     WcsGeometry,
-    healpix_directions,
-    livetime_cells,
+    healpix_cells,
     wcs_cells,
 )
 from fermipipe.native.output_file import refuse_existing_output, write_tool_output
@@ -566,35 +565,52 @@ def gti_extension(gti: Gti) -> tuple[Header, np.ndarray]:
 # ---------------------------------------------------------------------- run
 
 
-def _wcs_planes(values: np.ndarray, index: np.ndarray, valid: np.ndarray) -> Iterator[np.ndarray]:
-    """The image planes one at a time (big-endian float32), 0 where wcslib has no sky.
+def _wcs_table_index(index: np.ndarray, valid: np.ndarray, ncells: int) -> np.ndarray:
+    """Per image pixel, its column in the table of :func:`_wcs_planes`: the pixel's cell, or
+    ``ncells`` (the column of zeros) where wcslib has no sky."""
+    full = np.full(valid.size, ncells, dtype=np.int32 if ncells < 2**31 else np.int64)
+    full[valid] = index
+    return full
 
-    Streamed to the writer so that the cube is never held whole: per plane, one gather from
-    a (planes, cells + 1) big-endian table whose extra column is the 0 of unmapped pixels.
-    The next plane is gathered in a helper thread while the writer writes and checksums the
-    current one (both release the GIL).
+
+def _wcs_planes(values: np.ndarray, full: np.ndarray, piece: int = 1 << 20) -> Iterator[np.ndarray]:
+    """The image planes in order, in pieces of ``piece`` pixels (big-endian float32), 0
+    where wcslib has no sky.
+
+    Streamed to the writer so that the cube is never held whole: per piece, one gather from
+    a (planes, cells + 1) big-endian table whose extra column is the 0 of unmapped pixels
+    (``full``: :func:`_wcs_table_index`). The next piece is gathered in a helper thread while
+    the writer writes and checksums the current one (both release the GIL). Pieces rather
+    than whole planes: about three are alive at a time (being gathered, being written, just
+    written), 3 × 4 MiB instead of 3 × 25 MiB on the mission grid.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     ncells = values.shape[0]
     table = np.zeros((values.shape[1], ncells + 1), dtype=">f4")
     table[:, :ncells] = values.T
-    full = np.full(valid.size, ncells, dtype=np.int32 if ncells < 2**31 else np.int64)
-    full[valid] = index
+    jobs = [(k, s) for k in range(values.shape[1]) for s in range(0, full.size, piece)]
+
+    def gather(job: tuple[int, int]) -> np.ndarray:
+        k, start = job
+        return table[k].take(full[start : start + piece])
+
+    if not jobs:
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(table[0].take, full)
-        for k in range(values.shape[1]):
-            plane = pending.result()
-            if k + 1 < values.shape[1]:
-                pending = pool.submit(table[k + 1].take, full)
-            yield plane
+        pending = pool.submit(gather, jobs[0])
+        for i in range(len(jobs)):
+            part = pending.result()
+            if i + 1 < len(jobs):
+                pending = pool.submit(gather, jobs[i + 1])
+            yield part
 
 
-def _hpx_rows(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 14) -> Iterator[bytes]:
+def _hpx_rows(values: np.ndarray, index: np.ndarray, chunk: int = 1 << 12) -> Iterator[np.ndarray]:
     """The HPXEXPOSURES rows (big-endian doubles, one per energy) in chunks of pixels: the
     table is streamed to the writer, never held whole (its bytes are the same)."""
     for start in range(0, index.size, chunk):
-        yield values[index[start : start + chunk]].astype(">f8").tobytes()
+        yield values[index[start : start + chunk]].astype(">f8")
 
 
 def run(params: Mapping[str, Any]) -> ToolOutcome:
@@ -636,9 +652,7 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         cell_of, valid = wcs_cells(wgeom, cube.nside, cube.nest)
     else:
         hgeom = hpx_geometry(p, cmap)
-        ra, dec = healpix_directions(hgeom.nside, hgeom.nest, hgeom.galactic)
-        cell_of = livetime_cells(ra, dec, cube.nside, cube.nest)
-        del ra, dec
+        cell_of = healpix_cells(hgeom.nside, hgeom.nest, hgeom.galactic, cube.nside, cube.nest)
     cells, index = distinct_cells(cell_of, cube.exposure.shape[0])
     del cell_of
     values = cell_exposures(
@@ -649,27 +663,35 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
         ignorephi=bool(p["ignorephi"]),
         cos_limits=cos_theta_limits(float(p["thmin"]), float(p["thmax"])),
     )
+    # Only the header and the GTI of the cube are needed from here on: its tables go before
+    # the output is written (they are a third of a HEALPix run's peak memory).
+    cube_header, cube_gti = cube.header, cube.gti
+    del cube
     if cmap is not None:
         src_cuts = cmap_cuts or []
     else:
         # The cube's EXPOSURE DSS, its TIME/TABLE cut bound to the GTI already read.
-        src_cuts = read_dss(cube.header, gti=cube.gti, tool=TOOL, file=infile)
+        src_cuts = read_dss(cube_header, gti=cube_gti, tool=TOOL, file=infile)
     cuts = output_cuts(src_cuts, choice, str(p["irfs"]).strip().upper() != "CALDB")
     hdus: list[Any] = []
     if kind == "WCS":
         primary = wcs_primary_header(wgeom, energies)
-        _copy_time_keywords(primary, cube.header)
+        _copy_time_keywords(primary, cube_header)
         write_dss(primary, cuts)
-        hdus.append((primary, _wcs_planes(values, index, valid)))
+        # The per-pixel index in its final form; the pixel → cell index and the mask go.
+        full = _wcs_table_index(index, valid, cells.size)
+        del index, valid
+        hdus.append((primary, _wcs_planes(values, full)))
+        del full
         npix = wgeom.nx * wgeom.ny
     else:
         primary, table = hpx_headers(hgeom, len(energies))
-        _copy_time_keywords(primary, cube.header)
+        _copy_time_keywords(primary, cube_header)
         write_dss(primary, cuts)
         hdus += [(primary, None), (table, _hpx_rows(values, index))]
         npix = 12 * hgeom.nside**2
     hdus.append(energies_hdu(energies))
-    hdus.append(gti_extension(cube.gti))
+    hdus.append(gti_extension(cube_gti))
     written = write_tool_output(TOOL, out, hdus, add_filename=False)
     return ToolOutcome(
         outputs=[str(written)],
