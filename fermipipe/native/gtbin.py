@@ -316,10 +316,11 @@ def bin_sky(
 def bin_sky_sparse(
     events: Sequence[EventFile], p: Mapping[str, Any], grid: SkyGrid, ebinner: Binner | None
 ) -> SparseImage:
-    """The counts cube of :func:`bin_sky` as its nonzero voxels, never built dense."""
-    ne = 1 if ebinner is None else len(ebinner)
+    """The counts of :func:`bin_sky` as their nonzero voxels, never built dense; shaped as
+    the image is written: (ny, nx) for CMAP, (ne, ny, nx) for CCUBE."""
+    shape = (grid.ny, grid.nx) if ebinner is None else (len(ebinner), grid.ny, grid.nx)
     parts = list(_sky_flat_indices(events, p, grid, ebinner))
-    return SparseImage.from_flat(parts, (ne, grid.ny, grid.nx))
+    return SparseImage.from_flat(parts, shape)
 
 
 def _sky_flat_indices(
