@@ -126,6 +126,39 @@ def test_direct_compact_is_compact_of_the_dense_product(
     assert cm.index.size == np.count_nonzero(image)
 
 
+def test_data_warnings_are_the_dense_paths(
+    week: tuple[Path, Path], tmp_path: Path, pinned_clock: None
+) -> None:
+    """Damaged inputs (NaN energies, an FT2 covering 2 h of the week, a second event file
+    with 0 rows, given as an ``@`` list): the same warnings and the same bytes."""
+    ft1, ft2 = week
+    nan, empty, cut = tmp_path / "nan.fits", tmp_path / "empty.fits", tmp_path / "ft2_2h.fits"
+    with fits.open(ft1) as h:
+        h["EVENTS"].data["ENERGY"][[3, 10, 11]] = np.nan
+        h.writeto(nan)
+        h["EVENTS"].data = h["EVENTS"].data[:0]
+        h.writeto(empty)
+    with fits.open(ft2) as h:
+        rows = h["SC_DATA"].data
+        h["SC_DATA"].data = rows[rows["STOP"] <= rows["START"][0] + 7200]
+        h.writeto(cut)
+    listing = tmp_path / "events.txt"
+    listing.write_text(f"{nan}\n{empty}\n")
+    damaged = (Path(f"@{listing}"), cut)
+    params = CASES["CCUBE GAL AIT 1deg 24 LOG"]
+    dense, direct = tmp_path / "d" / "cc.fits", tmp_path / "c" / "cc.fits"
+    dense_outcome = _run(damaged, dense, params)
+    direct_outcome = _run(damaged, direct, params, outform="compact")
+    assert len(dense_outcome.warnings) == 3, dense_outcome.warnings  # NaN, cover, 0 rows
+    assert direct_outcome.warnings == dense_outcome.warnings
+    assert direct_outcome.n_rows == dense_outcome.n_rows > 1000
+    assert direct_outcome.messages == [
+        m.replace(str(dense), str(direct)) for m in dense_outcome.messages
+    ]
+    assert filecmp.cmp(compact(dense, tmp_path / "compacted.fits"), direct, shallow=False)
+    assert filecmp.cmp(expand(direct, tmp_path / "x" / "cc.fits"), dense, shallow=False)
+
+
 def test_direct_compact_never_writes_the_dense_image(
     week: tuple[Path, Path], tmp_path: Path
 ) -> None:
