@@ -48,8 +48,10 @@ __all__ = [
     "TruncatedTableError",
     "data_size",
     "dtype_from_header",
+    "extension_bytes",
     "header_at",
     "open_table",
+    "primary_header_bytes",
     "read_hdus",
     "tform_dtype",
     "write_fits",
@@ -575,6 +577,23 @@ def _header_bytes(header: Header) -> bytes:
     return header.tobytes()
 
 
+def _reserve_checksum_cards(header: Header, stamp: str) -> None:
+    """CHECKSUM/DATASUM placeholders (kept in place if present, else appended)."""
+    set_card(header, "CHECKSUM", "0000000000000000", f"HDU checksum updated {stamp}")
+    set_card(header, "DATASUM", "0", f"data unit checksum updated {stamp}")
+
+
+def _seal_checksum_cards(header: Header, datasum: int, stamp: str) -> None:
+    """The final DATASUM and CHECKSUM of an HDU whose data unit sums to ``datasum``."""
+    set_card(header, "DATASUM", str(datasum), replace_comment=True,
+             comment=f"data unit checksum updated {stamp}")  # fmt: skip
+    set_card(header, "CHECKSUM", "0000000000000000", replace_comment=True,
+             comment=f"HDU checksum updated {stamp}")  # fmt: skip
+    hsum = checksum_words(_header_bytes(header), datasum)
+    set_card(header, "CHECKSUM", encode_checksum(hsum), replace_comment=True,
+             comment=f"HDU checksum updated {stamp}")  # fmt: skip
+
+
 def _write_hdu(
     f: BinaryIO,
     header: Header,
@@ -589,8 +608,7 @@ def _write_hdu(
     stamp = stamp or _now_iso()
     if checksum:
         # Reserve the cards now so the header size is final before the data is written.
-        set_card(header, "CHECKSUM", "0000000000000000", f"HDU checksum updated {stamp}")
-        set_card(header, "DATASUM", "0", f"data unit checksum updated {stamp}")
+        _reserve_checksum_cards(header, stamp)
     head_pos = f.tell()
     head = _header_bytes(header)
     f.write(head)
@@ -612,13 +630,7 @@ def _write_hdu(
     elif nbytes != data_size(header):
         raise ValueError(f"data has {nbytes} bytes but the header describes {data_size(header)}")
     if checksum:
-        set_card(header, "DATASUM", str(datasum), replace_comment=True,
-                 comment=f"data unit checksum updated {stamp}")  # fmt: skip
-        set_card(header, "CHECKSUM", "0000000000000000", replace_comment=True,
-                 comment=f"HDU checksum updated {stamp}")  # fmt: skip
-        hsum = checksum_words(_header_bytes(header), datasum)
-        set_card(header, "CHECKSUM", encode_checksum(hsum), replace_comment=True,
-                 comment=f"HDU checksum updated {stamp}")  # fmt: skip
+        _seal_checksum_cards(header, datasum, stamp)
     final = _header_bytes(header)
     if len(final) != len(head):
         raise AssertionError("header size changed while writing")  # cards were reserved
@@ -657,22 +669,62 @@ def write_fits(
         raise ValueError("write_fits needs at least a primary HDU")
     with atomic_output(final) as tmp, open(tmp, "wb") as f:
         for i, spec in enumerate(hdus):
-            if isinstance(spec, tuple):
-                header, data = spec
-                header = as_header(header).copy()
-            else:
-                header, data = _astropy_hdu_parts(spec, first=(i == 0))
-            if i == 0:
-                if "SIMPLE" not in header:
-                    raise ValueError("the first HDU header must start with SIMPLE")
-                if add_filename:
-                    set_filename(header, filename or final.name)
-            elif "XTENSION" not in header:
-                raise ValueError(f"HDU {i} header has no XTENSION")
-            is_rows = str(header.get("XTENSION", "")).strip().upper() == "BINTABLE"
-            if is_rows and int(header.get("PCOUNT", 0)) and isinstance(data, np.ndarray):
-                is_rows = False  # raw data with a heap: write as given
+            header, data, is_rows = _prepared(i, spec, filename or final.name, add_filename)
             _write_hdu(
                 f, header, data, checksum=checksum, is_table_rows=is_rows, stamp=checksum_stamp
             )
     return final
+
+
+def _prepared(
+    index: int, spec: HduSpec, filename: str, add_filename: bool
+) -> tuple[Header, Any, bool]:
+    """HDU ``index`` of :func:`write_fits` as (header copy with FILENAME, data, table rows?)."""
+    if isinstance(spec, tuple):
+        header, data = spec
+        header = as_header(header).copy()
+    else:
+        header, data = _astropy_hdu_parts(spec, first=(index == 0))
+    if index == 0:
+        if "SIMPLE" not in header:
+            raise ValueError("the first HDU header must start with SIMPLE")
+        if add_filename:
+            set_filename(header, filename)
+    elif "XTENSION" not in header:
+        raise ValueError(f"HDU {index} header has no XTENSION")
+    is_rows = str(header.get("XTENSION", "")).strip().upper() == "BINTABLE"
+    if is_rows and int(header.get("PCOUNT", 0)) and isinstance(data, np.ndarray):
+        is_rows = False  # raw data with a heap: write as given
+    return header, data, is_rows
+
+
+def extension_bytes(
+    hdus: Sequence[HduSpec], *, checksum: bool = True, checksum_stamp: str | None = None
+) -> bytes:
+    """The bytes :func:`write_fits` writes for ``hdus`` placed after a primary HDU, in memory
+    (same code): for writers that put these extensions into another container."""
+    out = io.BytesIO()
+    for spec in hdus:
+        header, data, is_rows = _prepared(1, spec, "", False)
+        _write_hdu(
+            out, header, data, checksum=checksum, is_table_rows=is_rows, stamp=checksum_stamp
+        )
+    return out.getvalue()
+
+
+def primary_header_bytes(
+    header: Header | fits.Header,
+    datasum: int,
+    *,
+    filename: str,
+    checksum_stamp: str | None = None,
+    add_filename: bool = True,
+) -> bytes:
+    """The primary header :func:`write_fits` writes (FILENAME, CHECKSUM/DATASUM) for an image
+    whose data unit has the FITS checksum ``datasum``, without the data: for writers that
+    store the image in another form (:mod:`fermipipe.compact_write`)."""
+    prepared, _, _ = _prepared(0, (header, None), filename, add_filename)
+    stamp = checksum_stamp or _now_iso()
+    _reserve_checksum_cards(prepared, stamp)
+    _seal_checksum_cards(prepared, datasum, stamp)
+    return _header_bytes(prepared)

@@ -25,6 +25,14 @@ Choices where the spec is uncertain (documented, tested):
   columns, like gtbin, so ``galrot`` does not apply there.
 * ``tbinalg=SNR`` is not implemented (its C++ binner is itself unfinished): ToolError.
 * HEALPIX ``HPX_REG`` is written after INDXSCHM (no reference with a region exists).
+
+Native-only ``outform=compact`` (CMAP/CCUBE only; default ``fits``): ``outfile`` is written
+in the lossless compact form of :mod:`fermipipe.compact_counts` — exactly the file
+``compact()`` makes from the ``outform=fits`` product of the same run, whose FILENAME is
+``outfile``'s base name — without ever building the dense image: each chunk's flat voxel
+indices are kept and counted at the end (memory O(events), not O(voxels)), and
+:mod:`fermipipe.compact_write` writes the form. ``expand()`` gives the dense product back
+byte for byte.
 """
 
 from __future__ import annotations
@@ -32,13 +40,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 
+from fermipipe.compact_write import SparseImage, write_compact_fits
 from fermipipe.errors import ToolError
 from fermipipe.fits.gti import Gti
 from fermipipe.fits.table import write_fits
@@ -107,6 +116,8 @@ PARAMS: list[ParamSpec] = [
     *STANDARD_PARAMS,
     # Native-only: galactic rotation for CMAP/CCUBE coordsys=GAL (see module docstring).
     ParamSpec("galrot", "str", "current", choices=("current", "pre2016")),
+    # Native-only, hidden: CMAP/CCUBE written in the compact form (see module docstring).
+    ParamSpec("outform", "str", "fits", choices=("fits", "compact")),
 ]
 
 # ------------------------------------------------------------------------------ binners
@@ -296,8 +307,28 @@ def bin_sky(
 ) -> np.ndarray:
     """Counts cube (ne, ny, nx) int32 for CMAP (ne = 1) / CCUBE."""
     ne = 1 if ebinner is None else len(ebinner)
+    counts = np.zeros(ne * grid.nx * grid.ny, dtype=np.int32)  # the image is int32 (BITPIX 32)
+    for flat in _sky_flat_indices(events, p, grid, ebinner):
+        accumulate(counts, flat)
+    return counts.reshape(ne, grid.ny, grid.nx)
+
+
+def bin_sky_sparse(
+    events: Sequence[EventFile], p: Mapping[str, Any], grid: SkyGrid, ebinner: Binner | None
+) -> SparseImage:
+    """The counts of :func:`bin_sky` as their nonzero voxels, never built dense; shaped as
+    the image is written: (ny, nx) for CMAP, (ne, ny, nx) for CCUBE."""
+    shape = (grid.ny, grid.nx) if ebinner is None else (len(ebinner), grid.ny, grid.nx)
+    parts = list(_sky_flat_indices(events, p, grid, ebinner))
+    return SparseImage.from_flat(parts, shape)
+
+
+def _sky_flat_indices(
+    events: Sequence[EventFile], p: Mapping[str, Any], grid: SkyGrid, ebinner: Binner | None
+) -> Iterator[np.ndarray]:
+    """Per chunk of events, the flat voxel index (energy bin · npix + pixel) of every event
+    that falls in the cube; aborts on events that cannot be projected."""
     npix = grid.nx * grid.ny
-    counts = np.zeros(ne * npix, dtype=np.int32)  # the image is int32 (BITPIX 32)
     if grid.proj not in FAST:
         grid.wcs()  # validate the projection before reading any event
     for ev in events:
@@ -324,11 +355,9 @@ def bin_sky(
                 )
             if ebinner is not None:
                 eidx = ebinner.index(ev.column(p["efield"], start, stop))
-                flat = flat_index(eidx, flat, npix)
+                yield flat_index(eidx, flat, npix)
             else:
-                flat = flat[flat >= 0]
-            accumulate(counts, flat)
-    return counts.reshape(ne, grid.ny, grid.nx)
+                yield flat[flat >= 0]
 
 
 # ------------------------------------------------------------------------------ HEALPix
@@ -515,9 +544,15 @@ def _set_sky_keys(header: CardList, grid: SkyGrid) -> None:
 
 
 def make_sky(
-    p: Mapping[str, Any], events: Sequence[EventFile], gti: Gti, sc: Spacecraft | None
+    p: Mapping[str, Any],
+    events: Sequence[EventFile],
+    gti: Gti,
+    sc: Spacecraft | None,
+    *,
+    sparse: bool = False,
 ) -> tuple[list[Hdu], list[str], int]:
-    """CMAP (primary image + GTI) or CCUBE (primary cube + EBOUNDS + GTI)."""
+    """CMAP (primary image + GTI) or CCUBE (primary cube + EBOUNDS + GTI); ``sparse``: the
+    image as a :class:`SparseImage` (for ``outform=compact``), never built dense."""
     cube = p["algorithm"] == "CCUBE"
     _need(p, "nxpix", "nypix", "binsz", "xref", "yref")
     if p["nxpix"] < 1 or p["nypix"] < 1 or not p["binsz"] > 0:
@@ -533,13 +568,17 @@ def make_sky(
     harvest = harvest_inputs(events, ("PRIMARY", "GTI", "EVENTS"))
     messages: list[str] = []
     _time_keywords(harvest, gti, sc, None, messages)
-    counts = bin_sky(events, p, grid, ebinner)
-
     primary = CardList(tpl.CCUBE_PRIMARY if cube else tpl.CMAP_PRIMARY)
     _set_sky_keys(primary, grid)
-    total = int(counts.sum(dtype=np.int64))
-    counts.byteswap(inplace=True)  # to big-endian in place: no second map-sized array
-    hdus = [Hdu(primary, counts.view(counts.dtype.newbyteorder(">")))]
+    if sparse:
+        image = bin_sky_sparse(events, p, grid, ebinner)
+        total = image.total
+        hdus = [Hdu(primary, image)]
+    else:
+        counts = bin_sky(events, p, grid, ebinner)
+        total = int(counts.sum(dtype=np.int64))
+        counts.byteswap(inplace=True)  # to big-endian in place: no second map-sized array
+        hdus = [Hdu(primary, counts.view(counts.dtype.newbyteorder(">")))]
     if cube:
         assert ebinner is not None
         primary.set_int("NAXIS3", len(ebinner))
@@ -782,13 +821,14 @@ def write_output(path: str, hdus: Sequence[Hdu]) -> None:
     """Write atomically (temporary file renamed on success) with FILENAME and checksums.
 
     fits.table.write_fits streams the data (no file-sized copy) and computes CHECKSUM/DATASUM
-    while writing; the template card images are kept byte for byte.
+    while writing; the template card images are kept byte for byte. A :class:`SparseImage`
+    primary is written in the compact form of that same file (FILENAME = ``path``'s name).
     """
-    write_fits(
-        path,
-        [(fits.Header.fromstring(h.header.tobytes().decode("ascii")), h.data) for h in hdus],
-        filename=os.path.basename(path),
-    )
+    specs = [(fits.Header.fromstring(h.header.tobytes().decode("ascii")), h.data) for h in hdus]
+    if isinstance(hdus[0].data, SparseImage):
+        write_compact_fits(path, specs, filename=os.path.basename(path))
+    else:
+        write_fits(path, specs, filename=os.path.basename(path))
 
 
 def _nonfinite(ev: EventFile, p: Mapping[str, Any]) -> NonFiniteTally:
@@ -807,6 +847,11 @@ def _nonfinite(ev: EventFile, p: Mapping[str, Any]) -> NonFiniteTally:
 def run(params: Mapping[str, Any]) -> ToolOutcome:
     """gtbin with Fermitools-style parameters (see PARAMS); returns the output file."""
     p = resolve(PARAMS, params, tool=TOOL)
+    compact = p["outform"] == "compact"
+    if compact and p["algorithm"] not in ("CMAP", "CCUBE"):
+        raise ToolError(
+            TOOL, f"outform=compact is for algorithm=CMAP or CCUBE, not {p['algorithm']}"
+        )
     outfile = p["outfile"]
     refuse_existing_output(TOOL, outfile, p["clobber"])
     evfiles = expand_file_list(p["evfile"], "evfile")
@@ -815,7 +860,10 @@ def run(params: Mapping[str, Any]) -> ToolOutcome:
     gti = input_gti(events)
     sc = read_spacecraft(scfiles, p["sctable"]) if scfiles else None
     nonfinite = [_nonfinite(ev, p) for ev in events]
-    hdus, messages, total = _MAKERS[p["algorithm"]](p, events, gti, sc)
+    if compact:
+        hdus, messages, total = make_sky(p, events, gti, sc, sparse=True)
+    else:
+        hdus, messages, total = _MAKERS[p["algorithm"]](p, events, gti, sc)
     if sc is not None:
         messages = sc.messages + messages
     write_output(outfile, hdus)

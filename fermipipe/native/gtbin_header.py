@@ -26,11 +26,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
 
 from fermipipe.fits.keywords import ascii_text, cfitsio_double
+
+if TYPE_CHECKING:
+    from fermipipe.compact_write import SparseImage
 
 HARVESTED_KEYS: tuple[str, ...] = (
     "TELESCOP", "INSTRUME", "CHANTYPE", "DATE", "DATE-OBS", "DATE-END", "OBJECT", "TIMESYS",
@@ -231,10 +235,11 @@ class Harvest:
 
 @dataclass
 class Hdu:
-    """One output HDU: its header and its data (a big-endian array), None for no data."""
+    """One output HDU: its header and its data (a big-endian array, or the nonzero voxels of
+    a counts image written in the compact form), None for no data."""
 
     header: CardList
-    data: np.ndarray | None = None
+    data: np.ndarray | SparseImage | None = None
 
 
 def table_bytes(
