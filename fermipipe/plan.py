@@ -803,6 +803,24 @@ def _parse_words(tool: str, words: list[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _compact_counts(inv: Invocation, compactable: set[str]) -> Invocation:
+    """A native gtbin counts map (CMAP/CCUBE) that only an image_sum reads is written as a
+    compact counts file (gtbin ``outform=compact``, fermipipe.compact_counts): the same
+    map, expandable to the same bytes, ~150× smaller than the dense weekly cube and never
+    built dense in memory. Kept outputs and maps other steps read stay dense FITS."""
+    params = {k.lower(): v for k, v in inv.params.items()}
+    if (
+        inv.engine != "native"
+        or inv.tool != "gtbin"
+        or params.get("algorithm", "").upper() not in ("CMAP", "CCUBE")
+        or "outform" in params
+        or not inv.outputs
+        or not set(inv.outputs) <= compactable
+    ):
+        return inv
+    return replace(inv, params={**inv.params, "outform": "compact"})
+
+
 def _select(cfg: PipelineConfig, only: list[str] | None) -> tuple[set[str], set[str], set[str]]:
     steps = [s.name for s in cfg.steps]
     merges = [m.name for m in cfg.merging]
@@ -851,6 +869,17 @@ def build_plan(
     merged_outputs = {m.output_name for m in cfg.merging}
     cleanup_of = {out for s in cfg.steps for out in s.cleanup_outputs}
     keep_of = {out for s in cfg.steps for out in s.keep_outputs}
+    # Counts maps that only an image_sum reads: a native gtbin writes them compact.
+    read_by_steps = {
+        name
+        for s in cfg.steps
+        for text in (s.command or "", *s.params.values(), *s.inputs.values())
+        if isinstance(text, str)
+        for name in placeholders(text)
+    }
+    compactable = (
+        {m.output_name for m in cfg.merging if m.strategy == "image_sum"} - keep_of - read_by_steps
+    )
     common = {k: str(v) for k, v in cfg.common_files.items()}
     common_roles = dict(cfg.common_files)
     dirs = {"output_dir": str(outdir), "config_dir": str(cfg.base_dir)}
@@ -925,6 +954,7 @@ def build_plan(
                 timeout=step.timeout or cfg.resources.timeout,
                 max_parallel=step.max_parallel,
             )
+            inv = _compact_counts(inv, compactable)
             engines[step.name] = inv.engine
             values.update({k: str(v) for k, v in outputs.items()})
             roles.update(outputs)
