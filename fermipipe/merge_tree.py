@@ -181,7 +181,7 @@ class TreeMerge:
                 self.reused.append(node)
         jobs: list[NodeJob] = []
         suffix = "".join(self.leaves[0].suffixes[-1:]) or ".fits"
-        for node in reversed(candidates):  # bottom up
+        for node in sorted(candidates):  # bottom up, each level in order
             if node in self.paths or self._under_reused(node, n):
                 continue
             left, right = (self.path(c, n) for c in node.children())
