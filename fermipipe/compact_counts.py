@@ -270,9 +270,28 @@ def compact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     crc = zlib.crc32(extensions, zlib.crc32(pad, crc))
     index = np.concatenate(index_parts) if index_parts else np.empty(0, np.int64)
     values = np.concatenate(value_parts) if value_parts else np.empty(0, dtype)
+    write_form(dest, head, index, values, dtype, nvox, layout.size, crc, len(hdul), extensions)
+    return dest
+
+
+def write_form(
+    dest: Path,
+    head: bytes,
+    index: np.ndarray,
+    values: np.ndarray,
+    dtype: np.dtype[Any],
+    nvox: int,
+    size: int,
+    crc: int,
+    nhdu: int,
+    extensions: bytes,
+) -> None:
+    """The compact file (FPCVERS 1) of an original with primary header ``head`` (bytes),
+    nonzero voxels ``index``/``values`` of an image of ``nvox`` voxels of ``dtype``, ``size``
+    bytes, CRC-32 ``crc``, ``nhdu`` HDUs and extensions ``extensions`` (bytes) — the one
+    writer of the form (:func:`compact`; gtbin's direct writer, fermipipe.compact_write)."""
     vformat, vtype = _value_format(values, dtype)
     iformat = "J" if nvox < 2**31 else "K"
-
     primary = fits.PrimaryHDU()
     primary.header[MARKER] = (FORM, "fermipipe compact counts map (lossless)")
     primary.header["FPCVERS"] = (VERSION, "version of the compact form")
@@ -286,9 +305,9 @@ def compact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
         name="VOXELS",
     )
     vh = voxels.header
-    vh["ORIGSIZE"] = (layout.size, "[byte] size of the original file")
+    vh["ORIGSIZE"] = (size, "[byte] size of the original file")
     vh["ORIGCRC"] = (crc, "CRC-32 of the original file")
-    vh["ORIGHDU"] = (len(hdul), "HDUs in the original file")
+    vh["ORIGHDU"] = (nhdu, "HDUs in the original file")
     head_hdu = fits.BinTableHDU.from_columns(
         # bytes (B), not characters (A): astropy would turn the trailing blanks into NULs
         [fits.Column("HEADER", f"{len(head)}B", array=np.frombuffer(head, np.uint8)[None, :])],
@@ -297,7 +316,6 @@ def compact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     with _writing(dest) as tmp, open(tmp, "wb") as out:
         fits.HDUList([primary, voxels, head_hdu]).writeto(out, checksum=True)
         out.write(extensions)
-    return dest
 
 
 @dataclass

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from fermipipe.compact_counts import FORM, MARKER, VERSION, _value_format
+from fermipipe.compact_counts import write_form
 from fermipipe.fits.table import BLOCK, HduSpec, extension_bytes, primary_header_bytes
-from fermipipe.fits.writing import atomic_output, checksum_words
+from fermipipe.fits.writing import checksum_words
 
 __all__ = ["SparseImage", "write_compact_fits"]
 
@@ -139,48 +139,8 @@ def write_compact_fits(
         crc = zlib.crc32(chunk, crc)
     crc = zlib.crc32(extensions, zlib.crc32(pad, crc))
     size = len(head) + data_bytes + len(pad) + len(extensions)
-    write_form(final, head, image, size, crc, len(hdus), extensions)
+    write_form(
+        final, head, image.index, image.values, _BIG, image.nvox, size, crc, len(hdus),
+        extensions,
+    )  # fmt: skip
     return final
-
-
-def write_form(
-    dest: Path,
-    head: bytes,
-    image: SparseImage,
-    size: int,
-    crc: int,
-    nhdu: int,
-    extensions: bytes,
-) -> None:
-    """The compact file (FPCVERS 1) of an original with primary header ``head`` (bytes),
-    image ``image``, ``size`` bytes, CRC-32 ``crc``, ``nhdu`` HDUs, extensions
-    ``extensions`` (bytes): the same astropy calls as :func:`fermipipe.compact_counts.compact`
-    makes, so the same bytes (tests/test_gtbin_compact.py holds the two to it)."""
-    vformat, vtype = _value_format(image.values, _BIG)
-    iformat = "J" if image.nvox < 2**31 else "K"
-    primary = fits.PrimaryHDU()
-    primary.header[MARKER] = (FORM, "fermipipe compact counts map (lossless)")
-    primary.header["FPCVERS"] = (VERSION, "version of the compact form")
-    primary.header.add_comment("Expand with fermipipe.compact_counts.expand: the original")
-    primary.header.add_comment("file, byte for byte. VOXELS: flat C-order INDEX, VALUE.")
-    voxels = fits.BinTableHDU.from_columns(
-        [
-            fits.Column(
-                "INDEX", iformat, array=image.index.astype(">i4" if iformat == "J" else ">i8")
-            ),
-            fits.Column("VALUE", vformat, array=image.values.astype(vtype)),
-        ],
-        name="VOXELS",
-    )
-    vh = voxels.header
-    vh["ORIGSIZE"] = (size, "[byte] size of the original file")
-    vh["ORIGCRC"] = (crc, "CRC-32 of the original file")
-    vh["ORIGHDU"] = (nhdu, "HDUs in the original file")
-    head_hdu = fits.BinTableHDU.from_columns(
-        # bytes (B), not characters (A): astropy would turn the trailing blanks into NULs
-        [fits.Column("HEADER", f"{len(head)}B", array=np.frombuffer(head, np.uint8)[None, :])],
-        name="PRIMARY_HEADER",
-    )
-    with atomic_output(dest) as tmp, open(tmp, "wb") as out:
-        fits.HDUList([primary, voxels, head_hdu]).writeto(out, checksum=True)
-        out.write(extensions)

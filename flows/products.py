@@ -187,24 +187,12 @@ def summed_merge(
             todo = [Path(merge.output), *(paths[i] for i in decision.add)]
         if len(subtract) != len(decision.remove):
             subtract = []
-    handle, running = opts.streams.running_sum(merge, todo)
-    if running is None:
-        if subtract:
-            _info, _wall, cpu = merge_all(merge, todo, left_out, run=opts.run,
-                                          manifest=decision.manifest if decision else None,
-                                          subtract=subtract)  # fmt: skip
-            return cpu
-        return parallel_image_sum(
-            merge, todo, left_out, opts.run, decision.manifest if decision else None
-        )
+    handle = opts.streams.running_sum(merge, todo)
+    manifest = decision.manifest if decision is not None else None
+    if handle is None and not subtract:  # nothing streamed: parallel partial sums
+        return parallel_image_sum(merge, todo, left_out, opts.run, manifest)
     _info, _wall, cpu = merge_all(
-        merge,
-        todo,
-        left_out,
-        run=opts.run,
-        manifest=decision.manifest if decision else None,
-        subtract=subtract,
-        running=handle,
+        merge, todo, left_out, run=opts.run, manifest=manifest, subtract=subtract, running=handle
     )
     return cpu
 

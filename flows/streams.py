@@ -41,6 +41,7 @@ class TreeStream:
     merge: MergePlan
     tree: TreeMerge
     futures: dict[Node, PrefectFuture[Any]] = field(default_factory=dict)
+    positions: list[int] = field(default_factory=list)  # each leaf's file, in the plan
 
 
 @dataclass
@@ -124,6 +125,7 @@ class MergeStreams:
         path = self._product(stream.merge, summary)
         if path is not None:
             stream.tree.add_leaf(path, self._leaf_key(stream.merge, summary.file_id))
+            stream.positions.append(self.position[summary.file_id])
 
     def _launch(self, stream: TreeStream, jobs: list[NodeJob]) -> None:
         merge = stream.merge
@@ -133,6 +135,8 @@ class MergeStreams:
         for job in jobs:
             waits = [stream.futures[c] for c in job.node.children() if c in stream.futures]
             keep = (self.pc.store, job.key) if job.keep and job.key and self.pc else None
+            last = job.node.stop(len(stream.tree.leaves)) - 1
+            position = stream.positions[last] if last < len(stream.positions) else float("inf")
             stream.futures[job.node] = merge_pair.with_options(
                 task_run_name=f"merge:{merge.name}[{job.node.label()}]"
             ).submit(
@@ -143,6 +147,7 @@ class MergeStreams:
                 timeout=merge.timeout,
                 run=self.run,
                 keep=keep,
+                priority=(position, 1),
                 wait_for=waits,
             )
 
@@ -158,7 +163,10 @@ class MergeStreams:
                 stream.handle = ""  # never again: the merge reads every map at the end
                 return
             stream.handle = self._exits.enter_context(RUNNING.passing(stream.running))
-        future = fold_map.submit(stream.handle, path, merge=stream.merge.name, run=self.run)
+        position = self.position[summary.file_id]
+        future = fold_map.submit(
+            stream.handle, path, merge=stream.merge.name, run=self.run, priority=(position, 1)
+        )
         stream.folds.append((summary.file_id, path, future))
 
     # ------------------------------------------------------------------ finishing
@@ -176,26 +184,27 @@ class MergeStreams:
             raise RuntimeError(f"merge {merge.name}: streamed leaves differ from the inputs")
         for file_id, path in leaves[known:]:
             tree.add_leaf(path, self._leaf_key(merge, file_id))
+            stream.positions.append(self.position[file_id])
         self._launch(stream, tree.due(final=True))
         cpu = sum(future.result().cpu_seconds for future in stream.futures.values())
         return tree.root_path(), cpu, len(tree.reused)
 
-    def running_sum(self, merge: MergePlan, inputs: list[Path]) -> tuple[str | None, Any]:
-        """The handle and running sum of an image_sum whose folds all succeeded and whose
-        maps are all among ``inputs`` (else (None, None): the maps are read again)."""
+    def running_sum(self, merge: MergePlan, inputs: list[Path]) -> str | None:
+        """The handle of an image_sum's running sum (tasks.merge.RUNNING) when every fold
+        succeeded and its maps are all among ``inputs`` (else None: the maps are read)."""
         stream = self.sums[merge.name]
         if stream.running is None or not stream.handle:
-            return None, None
+            return None
         for _file_id, path, future in stream.folds:
             future.wait()
             if not future.state.is_completed():
                 exc = future.state.result(raise_on_failure=False)
                 if not isinstance(exc, NotWholeCounts):
                     get_run_logger().warning("merge %s: fold of %s: %s", merge.name, path, exc)
-                return None, None
+                return None
         if not {str(p) for p in stream.running.paths} <= {str(p) for p in inputs}:
-            return None, None
-        return stream.handle, stream.running
+            return None
+        return stream.handle
 
     def close(self) -> None:
         """Wait for what streaming launched (a run that does not merge still lets it end

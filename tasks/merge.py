@@ -142,9 +142,12 @@ def merge_pair(
     timeout: float | None,
     run: runner.RunSpec | str,
     keep: tuple[str, str] | None = None,
+    priority: tuple[float, int] = (float("inf"), 0),
 ) -> StepResult:
     """One pairwise merge of a tree (e.g. gtltsum infile1 infile2 → outfile); with
-    ``keep`` = (store root, node key), the product is also kept in the cache store."""
+    ``keep`` = (store root, node key), the product is also kept in the cache store.
+    ``priority``: its place among the tools waiting for a slot (streamed: right after the
+    steps of its last week, so merging keeps pace with processing)."""
     ctx = runner.get_run(run)
     inv = merging.pair_invocation(job, tool, engine, step=step, timeout=timeout)  # type: ignore[arg-type]
     result = runner.run_invocation(
@@ -153,7 +156,7 @@ def merge_pair(
         logger=get_run_logger(),
         scratch=ctx.scratch,
         pool=ctx.pool,
-        priority=(float("inf"), 0),
+        priority=priority,
         env=ctx.env,
     )
     if result.status != "ok":  # an empty pairwise merge is a failed merge
@@ -165,8 +168,11 @@ def merge_pair(
 
 
 @task(name="fold", task_run_name="fold-{merge}", cache_policy=NO_CACHE)
-def fold_map(handle: str, path: Path, *, merge: str, run: runner.RunSpec | str) -> None:
+def fold_map(
+    handle: str, path: Path, *, merge: str, run: runner.RunSpec | str, priority: tuple[float, int]
+) -> None:
     """Add one counts map to a running sum of this process (:data:`RUNNING`), holding a
-    concurrency slot like the tools (it reads a file and adds it)."""
-    with runner.get_run(run).pool.slot(f"merge:{merge}", priority=(float("inf"), 0)):
+    concurrency slot like the tools (it reads a file and adds it), right after its week's
+    steps in ``priority``."""
+    with runner.get_run(run).pool.slot(f"merge:{merge}", priority=priority):
         RUNNING.get(handle).add(path)
