@@ -4,16 +4,17 @@
 
 The pipeline, as the flow below runs it::
 
-    config ─► plan (files × steps → commands)
+    config ─► plan (files × steps → commands, in the run's work area; built once)
                 │
-    work subflow: staging area (RAM disk or disk) created and checked
+    work subflow: staging area (RAM disk or disk) created; cache decisions; cleanup policy
     ┆ file 1 ─► step 1 ─► step 2 ─► … ─┐   each file's chain runs on its own: a step starts
     ┆ file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as that file's previous step is done
     ┆ …                                │   (no barrier between steps); a failing file never
     ┆ file N ─► step 1 ─► step 2 ─► … ─┘   stops the others
-    ┆           │
+    ┆           │   streaming merges: as files finish, counts maps are folded into running
+    ┆           │   sums and gtltsum tree nodes start (flows/streams.py)
     ┆           ▼  every file done (merging waits for failures unless on_failure: skip)
-    ┆ merges ─► post-processing ─► staging area removed (always: finally)
+    ┆ merges finished ─► post-processing ─► staging area removed (always: finally)
                 │
                 ▼
     summary: per-step table + artifacts + --summary-json; the run ends Failed if anything
