@@ -112,6 +112,9 @@ class NodeJob:
     output: Path
     key: str | None
     keep: bool
+    #: The merges it reads (its children, or a one-child child's child): it must wait for
+    #: those launched before it.
+    after: tuple[Node, ...] = ()
 
 
 class TreeMerge:
@@ -189,7 +192,14 @@ class TreeMerge:
                 continue
             output = self.scratch / f"{self.name}-{node.label()}{suffix}"
             self.paths[node] = output
-            jobs.append(NodeJob(node, left, right, output, self._key(node, n), stored(node, n)))
+            after = tuple(
+                below
+                for c in node.children()
+                if (below := same_as(c, n)).level > 0 and below not in self.reused
+            )
+            jobs.append(
+                NodeJob(node, left, right, output, self._key(node, n), stored(node, n), after)
+            )
         return jobs
 
     def _under_reused(self, node: Node, n: int) -> bool:

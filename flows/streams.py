@@ -133,9 +133,10 @@ class MergeStreams:
         if jobs:
             jobs[0].output.parent.mkdir(parents=True, exist_ok=True)
         for job in jobs:
-            waits = [stream.futures[c] for c in job.node.children() if c in stream.futures]
+            n = len(stream.tree.leaves)
+            waits = [stream.futures[c] for c in job.after if c in stream.futures]
             keep = (self.pc.store, job.key) if job.keep and job.key and self.pc else None
-            last = job.node.stop(len(stream.tree.leaves)) - 1
+            last = job.node.stop(n) - 1
             position = stream.positions[last] if last < len(stream.positions) else float("inf")
             stream.futures[job.node] = merge_pair.with_options(
                 task_run_name=f"merge:{merge.name}[{job.node.label()}]"

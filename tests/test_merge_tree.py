@@ -11,13 +11,17 @@ from fermipipe.merge_tree import BATCH, Node, NodeJob, TreeMerge, depth, merges,
 
 
 def run_tree(tree: TreeMerge, jobs: list[NodeJob], done: dict[Path, tuple[str, ...]]) -> None:
-    """'Merge' each job: its output holds the leaves of its two inputs, in order."""
+    """'Merge' each job: its output holds the leaves of its two inputs, in order. A job may
+    read only leaves and the outputs of the merges it says it waits for (``after``)."""
     for job in jobs:
         assert job.left in done and job.right in done, "a job before its inputs"
+        waited = {leaf for leaf in tree.leaves} | {tree.paths[a] for a in job.after}
+        waited |= {tree.paths[r] for r in tree.reused}
+        assert {job.left, job.right} <= waited, f"{job.node} reads a merge it does not wait for"
         done[job.output] = done[job.left] + done[job.right]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 16, 23, 40])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 16, 23, 24, 40])
 def test_the_tree_is_the_level_by_level_pairwise_reduction(n: int, tmp_path: Path) -> None:
     leaves = [tmp_path / f"w{i}.fits" for i in range(n)]
     # The pairs a level-by-level reduction (fermipipe.merge.next_level) makes…
@@ -39,8 +43,8 @@ def test_the_tree_is_the_level_by_level_pairwise_reduction(n: int, tmp_path: Pat
     assert root(n).level == (depth(n) if n > 1 else 0)
 
 
-def test_streaming_launches_only_complete_nodes_then_finishes(tmp_path: Path) -> None:
-    n = 13
+@pytest.mark.parametrize("n", [13, 24])
+def test_streaming_launches_only_complete_nodes_then_finishes(n: int, tmp_path: Path) -> None:
     leaves = [tmp_path / f"w{i}.fits" for i in range(n)]
     tree = TreeMerge("lt", tmp_path)
     done = {leaf: (leaf.name,) for leaf in leaves}
@@ -51,13 +55,15 @@ def test_streaming_launches_only_complete_nodes_then_finishes(tmp_path: Path) ->
         assert all(j.node.complete(len(tree.leaves)) for j in jobs)
         launched += [j.node for j in jobs]
         run_tree(tree, jobs, done)
-    # Every complete node was merged while streaming: 6 pairs, 3 quads, 1 octet.
-    assert sorted((nd.level, nd.index) for nd in launched) == sorted(
-        [(1, i) for i in range(6)] + [(2, i) for i in range(3)] + [(3, 0)]
-    )
-    final = tree.due(final=True)  # the right edge: (w12 goes up unchanged) L2-1∪… , root
+    # Every complete node was merged while streaming, the right edge at the end.
+    assert sorted(launched) == sorted(nd for nd in merges(n) if nd.complete(n))
+    if n == 13:  # 6 pairs, 3 quads, 1 octet; then L3-1 (w8..w12) and the root
+        assert len(launched) == 10
+    final = tree.due(final=True)
     run_tree(tree, final, done)
-    assert {j.node for j in final} == {Node(3, 1), Node(4, 0)}
+    assert {j.node for j in final} == {nd for nd in merges(n) if not nd.complete(n)}
+    if n == 24:  # the root reads L3-2 (16..23) through L4-1, a node with one child
+        assert final[-1].node == Node(5, 0) and Node(3, 2) in final[-1].after
     assert done[tree.root_path()] == tuple(leaf.name for leaf in leaves)
 
 
