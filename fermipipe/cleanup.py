@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fermipipe.cache import sha256_file
+from fermipipe.caching import get_store
 from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import FilePlan, Plan
 from fermipipe.summary import FileSummary
@@ -37,6 +38,8 @@ class Cleanup:
     needed: dict[str, frozenset[str]] = field(default_factory=dict)
     #: file_id → (input, its copy in the work area) when inputs are staged (RAM disk).
     stage: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: The cache store's root: a kept product stored there is linked out, not copied.
+    store: str | None = None
 
     def after_step(self, file_id: str, k: int) -> tuple[str, ...]:
         steps = self.drops.get(file_id, ())
@@ -50,6 +53,7 @@ def cleanup_policy(
     stored: Iterable[str] = (),
     cached_files: Iterable[str] = (),
     stage_inputs: bool = False,
+    store: str | None = None,
 ) -> Cleanup:
     """The run's policy. ``stored``: output placeholders kept in the cache store;
     ``cached_files``: files whose steps use the store (their stored outputs need no
@@ -68,7 +72,7 @@ def cleanup_policy(
         if stage_inputs and Path(fp.input) in map(Path, first):
             copy = plan.workdir / fp.file_id / "input" / Path(fp.input).name
             stage[fp.file_id] = (str(fp.input), str(copy))
-    return Cleanup(keep, drops, needed, stage)
+    return Cleanup(keep, drops, needed, stage, store)
 
 
 def _read_after_chain(fp: FilePlan, merged: set[str], stored: set[str]) -> set[str]:
@@ -127,7 +131,11 @@ def after_merges(plan: Plan, files: Iterable[FileSummary], policy: Cleanup) -> N
         now = {Path(p).name: Path(p) for r in by_id[fp.file_id].steps for p in r.outputs.values()}
         for planned, dest in fp.keep:
             src = now.get(Path(planned).name, Path(planned))
-            if src.exists() and src != Path(dest) and not same_file(src, Path(dest)):
+            if not src.exists() or src == Path(dest) or same_file(src, Path(dest)):
+                continue
+            if policy.store is not None and src.is_relative_to(policy.store):
+                get_store(policy.store).materialise(src, Path(dest))  # a hard link, checked
+            else:
                 atomic_copy(src, dest)
     if policy.keep:
         return

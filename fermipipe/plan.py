@@ -876,6 +876,7 @@ def build_plan(
         for text in (s.command or "", *s.params.values(), *s.inputs.values())
         if isinstance(text, str)
         for name in placeholders(text)
+        if name not in s.outputs  # a step's own output is written, not read
     }
     compactable = (
         {m.output_name for m in cfg.merging if m.strategy == "image_sum"} - keep_of - read_by_steps

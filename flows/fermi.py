@@ -195,6 +195,7 @@ def work_subflow(handle: str) -> State | None:
             stored=stored_outputs(cfg) if cache else (),
             cached_files=[f for f, steps in cache.steps.items() if steps] if cache else (),
             stage_inputs=staging.choice.on_ram_disk,
+            store=str(cache.store.root) if cache else None,
         )
         # Temporaries of writers killed mid-write (a merge, a kept copy) are removed.
         for folder in {plan.outdir, *(m.output.parent for m in plan.merges)}:

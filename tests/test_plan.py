@@ -569,6 +569,31 @@ def test_mission_dry_run_without_fermitools(data: Path, name: str, shared_data: 
         assert any(line.startswith(f"[native] {tool} ") for line in text.splitlines()), tool
 
 
+@pytest.mark.parametrize("name", ["mission.yaml", "mission-structured.yaml"])
+def test_weekly_counts_maps_only_a_sum_reads_are_written_compact(
+    data: Path, name: str, shared_data: Path
+) -> None:
+    raw = mission(data, name)
+    raw["caldb"] = str(shared_data.parent / "caldb")
+
+    def gtbin_params(config: dict[str, Any]) -> list[dict[str, str]]:
+        plan = build_plan(parse_config(config, data, root=data))
+        return [inv.params for fp in plan.files for inv in fp.chain if inv.tool == "gtbin"]
+
+    # Native gtbin, its cube read only by the image_sum: compact (outform is native-only).
+    assert [p.get("outform") for p in gtbin_params(raw)] == ["compact"] * len(WEEKS)
+    # Kept for the user, it stays a plain FITS cube.
+    kept = yaml.safe_load(yaml.safe_dump(raw))
+    next(s for s in kept["steps"] if s["name"] == "ccube")["keep"] = True
+    assert all("outform" not in p for p in gtbin_params(kept))
+    # Read by another step, likewise.
+    read = yaml.safe_load(yaml.safe_dump(raw))
+    read["steps"].append(
+        {"name": "peek", "command": "cp {chunk_ccube} {peek}", "outputs": {"peek": "{stem}_p.fits"}}
+    )
+    assert all("outform" not in p for p in gtbin_params(read))
+
+
 def test_both_mission_configs_plan_the_same_commands(data: Path, tmp_path: Path) -> None:
     install = fermitools_layout(tmp_path / "env", ALL_TOOLS)
     a = build_plan(parse_config(mission(data, "mission.yaml"), data, root=data), fermitools=install)
