@@ -17,9 +17,11 @@ the same config may have made the entry meanwhile.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,12 +126,20 @@ def open_cache(
     if not cfg.resources.ltcube_cache.enabled:
         setup.no_reuse = frozenset({"gtltcube"})
     kept = stored_outputs(cfg)
-    for fp in plan.files:
+
+    def keys_of(fp: FilePlan) -> list[str] | OSError:
         try:
-            keys = chain_keys(fp, setup.hashes, setup.version_of)
+            return chain_keys(fp, setup.hashes, setup.version_of)
         except OSError as exc:  # e.g. --steps leaves out the step making an input
+            return exc
+
+    # A first run hashes every input (GBs): hashlib releases the GIL, so threads share it.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        all_keys = list(pool.map(keys_of, plan.files))
+    for fp, keys in zip(plan.files, all_keys, strict=True):
+        if isinstance(keys, OSError):
             setup.steps[fp.file_id] = None
-            setup.problems.append(f"{fp.file_id}: not cached ({exc})")
+            setup.problems.append(f"{fp.file_id}: not cached ({keys})")
             continue
         setup.steps[fp.file_id] = decide(fp, keys, kept, setup.store, plan.workdir)
     return setup

@@ -346,22 +346,23 @@ class CompactMap:
         return out.reshape(self.shape)
 
 
-def open_compact(path: str | os.PathLike[str]) -> CompactMap:
+def open_compact(path: str | os.PathLike[str], *, voxels: bool = True) -> CompactMap:
     """Read a compact counts file, checking it whole (size, DATASUMs, rows, header).
 
-    A truncated or damaged file raises :class:`CompactCountsError` naming it.
-    """
+    A truncated or damaged file raises :class:`CompactCountsError` naming it. Without
+    ``voxels`` only the headers and extensions are read (``index``/``values`` empty): for a
+    map whose voxels were already read and checked (a merge's running sum)."""
     path = Path(path)
     if not is_compact(path):
         raise CompactCountsError("not a compact counts file (no FPCOMPAC = 'SPARSE')", path)
     with _open_fits(path, memmap=False) as hdul:
         try:
-            return _read_compact(path, hdul)
+            return _read_compact(path, hdul, voxels)
         except (KeyError, IndexError, ValueError, TypeError, OSError, EOFError) as exc:
             raise CompactCountsError(f"damaged compact file: {exc}", path) from None
 
 
-def _read_compact(path: Path, hdul: fits.HDUList) -> CompactMap:
+def _read_compact(path: Path, hdul: fits.HDUList, with_voxels: bool = True) -> CompactMap:
     version = hdul[0].header.get("FPCVERS")
     if version != VERSION:
         raise CompactCountsError(f"compact form version {version!r}, expected {VERSION}", path)
@@ -375,7 +376,7 @@ def _read_compact(path: Path, hdul: fits.HDUList) -> CompactMap:
         raise CompactCountsError("no VOXELS and PRIMARY_HEADER tables in HDUs 1 and 2", path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for hdu in (voxels, head_hdu):
+        for hdu in (voxels, head_hdu) if with_voxels else (head_hdu,):
             if hdu.verify_datasum() != 1:
                 raise CompactCountsError(f"{hdu.name} data do not match their DATASUM", path)
     header_bytes = np.asarray(head_hdu.data).tobytes()
@@ -386,8 +387,11 @@ def _read_compact(path: Path, hdul: fits.HDUList) -> CompactMap:
         raise CompactCountsError(f"its stored primary header is damaged ({problem})", path)
     shape = _shape(header)
     dtype = _image_dtype(header).newbyteorder("=")
-    index = np.asarray(voxels.data["INDEX"], dtype=np.int64)
-    values = np.asarray(voxels.data["VALUE"]).astype(dtype)
+    if with_voxels:
+        index = np.asarray(voxels.data["INDEX"], dtype=np.int64)
+        values = np.asarray(voxels.data["VALUE"]).astype(dtype)
+    else:
+        index, values = np.empty(0, np.int64), np.empty(0, dtype)
     nvox = int(np.prod(shape))
     if index.size and (index[0] < 0 or index[-1] >= nvox or np.any(np.diff(index) <= 0)):
         raise CompactCountsError("VOXELS INDEX not increasing within the image", path)

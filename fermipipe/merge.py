@@ -309,12 +309,13 @@ def _open(path: Path) -> fits.HDUList:
         raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
 
 
-def _load(path: Path) -> tuple[fits.HDUList, CompactMap | None]:
+def _load(path: Path, voxels: bool = True) -> tuple[fits.HDUList, CompactMap | None]:
     """An input's HDUs, and its voxels when it is a compact counts file (whose HDU list is
-    then the original file's: its primary header without data and its extensions). A
-    damaged compact file raises a one-line CompactCountsError naming it."""
+    then the original file's: its primary header without data and its extensions; without
+    ``voxels``, for a map already summed, its headers only). A damaged compact file raises
+    a one-line CompactCountsError naming it."""
     if is_compact(path):
-        compact = open_compact(path)
+        compact = open_compact(path, voxels=voxels)
         return compact.hdul, compact
     return _open(path), None
 
@@ -478,11 +479,11 @@ def image_sum(
     for path in minus:
         _verified(path)
     first = paths[0]
-    hdul, compact = _load(first)
+    done = _presummed_of(presummed, paths, output)  # their pixels are summed: headers only
+    hdul, compact = _load(first, voxels=str(first) not in done)
     with hdul:
         template = _template(hdul, compact)
     ref = _reference(template, first, compact)
-    done = _presummed_of(presummed, paths, output)
     if partials:
         acc = _combine(ref, paths, partials)
     elif presummed is not None and presummed.pixels is not None:
@@ -500,7 +501,7 @@ def image_sum(
     tstops: list[tuple[float, str | None]] = []
     first_span: tuple[int, int] = (0, 0)  # how many tstarts/tstops the first input gave
     for index, path in enumerate(paths):
-        hdul, compact = _load(path) if index else (template, None)
+        hdul, compact = _load(path, voxels=str(path) not in done) if index else (template, None)
         try:
             if index:
                 _check(ref, hdul, path)
