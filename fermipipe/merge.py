@@ -566,9 +566,11 @@ def image_sum(
     annotate(template, left_out, len(paths), "image_sum")
     if "FILENAME" in template[0].header:
         template[0].header["FILENAME"] = ascii_text(Path(output).name)
+    if manifest is not None:  # before the first write: no rewrite to make room for them
+        _stamp_header(template[0].header, manifest, how)
     with _atomic(Path(output)) as tmp:
         template.writeto(tmp, checksum=True, overwrite=True)
-        _commit_manifest(tmp, Path(output), manifest, how)
+        _commit_manifest(tmp, Path(output), manifest, how, stamped=True)
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
     return MergeInfo(Path(output), len(paths), left_out, ontime, exposure, counts_exact)
@@ -851,42 +853,51 @@ _OWN_KEYS = (
 def _stamp_cards(path: Path, manifest: Manifest, how: str) -> None:
     """The manifest's cards into the primary header of the (temporary) file ``path``."""
     with fits.open(path, mode="update") as hdul:
-        header = hdul[0].header
-        for key in _OWN_KEYS:
-            header.remove(key, ignore_missing=True, remove_all=True)
-        own = [
-            i
-            for i, card in enumerate(header.cards)
-            if card.keyword == "HISTORY" and str(card.value).startswith("fermipipe ")
-        ]
-        for i in reversed(own):
-            del header[i]
-        # Every fermipipe HISTORY line fits one card (72 characters), so that removing
-        # the lines starting with "fermipipe " removes them whole (a longer value would
-        # continue on cards that do not); the sidecar has the full text.
-        header["NMERGED"] = (len(manifest.inputs), "number of files merged by fermipipe")
-        header["NLEFTOUT"] = (len(manifest.left_out), "input files left out of this merge")
-        header.add_history(f"fermipipe {how} of {len(manifest.inputs)} files"[:72])
-        for key, value, comment in header_cards(manifest):
-            if key == "HISTORY":
-                header.add_history(str(value)[:72])
-            else:  # a long value (a product's long name) leaves less room for the
-                # comment: cut it as cfitsio does, not with astropy's VerifyWarning
-                set_card(header, key, value, comment, replace_comment=True)
+        _stamp_header(hdul[0].header, manifest, how)
 
 
-def _commit_manifest(tmp: Path, product: Path, manifest: Manifest | None, how: str) -> None:
+def _stamp_header(header: fits.Header, manifest: Manifest, how: str) -> None:
+    """The manifest's cards into ``header`` (a product's primary header)."""
+    for key in _OWN_KEYS:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    own = [
+        i
+        for i, card in enumerate(header.cards)
+        if card.keyword == "HISTORY" and str(card.value).startswith("fermipipe ")
+    ]
+    for i in reversed(own):
+        del header[i]
+    # Every fermipipe HISTORY line fits one card (72 characters), so that removing
+    # the lines starting with "fermipipe " removes them whole (a longer value would
+    # continue on cards that do not); the sidecar has the full text.
+    header["NMERGED"] = (len(manifest.inputs), "number of files merged by fermipipe")
+    header["NLEFTOUT"] = (len(manifest.left_out), "input files left out of this merge")
+    header.add_history(f"fermipipe {how} of {len(manifest.inputs)} files"[:72])
+    for key, value, comment in header_cards(manifest):
+        if key == "HISTORY":
+            header.add_history(str(value)[:72])
+        else:  # a long value (a product's long name) leaves less room for the
+            # comment: cut it as cfitsio does, not with astropy's VerifyWarning
+            set_card(header, key, value, comment, replace_comment=True)
+
+
+def _commit_manifest(
+    tmp: Path, product: Path, manifest: Manifest | None, how: str, stamped: bool = False
+) -> None:
     """Before the finished temporary ``tmp`` is renamed to ``product``: stamp the manifest
     into it and put its sidecar in place (written under a temporary name and renamed).
 
-    The product's rename comes last and is the commit point: a reader never sees the new
+    ``stamped``: the cards are already in the header it was written with (a big image is
+    then not rewritten to make room for them). The product's rename comes last and is the
+    commit point: a reader never sees the new
     product without its cards and sidecar. A crash just before it leaves at most a sidecar
     whose ``product_sha256`` is not the product's — stale, and read as absent
     (``read_manifest(..., check_product=True)``; the incremental merge checks it too).
     """
     if manifest is None:
         return
-    _stamp_cards(tmp, manifest, how)
+    if not stamped:
+        _stamp_cards(tmp, manifest, how)
     manifest.product_sha256 = sha256_file(tmp)
     write_manifest(product, manifest)
 

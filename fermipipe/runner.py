@@ -529,13 +529,16 @@ def run_invocation(
     pool: SlotPool | None = None,
     priority: Any = 0,
     env: Mapping[str, str] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> StepResult:
     """Run ``inv`` once and report what happened; never raises for a tool's failure.
 
     ``scratch`` is where the private working directory (with its PFILES) is made (default:
     the system temp dir); ``log_path`` receives the output lines (appended, so one file's
-    steps share one log); ``pool`` caps concurrency. RunnerShutdown is raised only when the
-    run is being torn down before the tool started.
+    steps share one log); ``pool`` caps concurrency; ``prepare`` runs once the slot is
+    granted, just before the tool (staging its input: only the tools running hold a
+    staged copy). RunnerShutdown is raised only when the run is being torn down before
+    the tool started.
     """
     command = inv.render()
     if _SHUTDOWN.is_set():
@@ -543,9 +546,17 @@ def run_invocation(
     # The slot is held only while the tool itself runs: preparing its folder and environment
     # before, and checking outputs, logging and cleaning after, happen outside it, so a
     # finished tool's slot goes to the next one at once.
-    slot: Slot = (
+    granted: Slot = (
         (lambda: pool.slot(inv.step, priority)) if pool is not None else contextlib.nullcontext
     )
+
+    @contextlib.contextmanager
+    def slot() -> Iterator[None]:
+        with granted():
+            if prepare is not None:
+                prepare()
+            yield
+
     for path in inv.outputs.values():  # tools write into folders, they do not make them
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     log_file: IO[str] | None = None

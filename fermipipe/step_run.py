@@ -125,9 +125,13 @@ def _execute(
 ) -> StepResult:
     ctx = runner.get_run(run)
     staged: Path | None = None
+    copy: Callable[[], Path] | None = None
     if stage is not None and (moved := relocate(inv, Path(stage[0]), Path(stage[1]))):
-        staged = atomic_copy(stage[0], stage[1])
-        inv = moved
+        staged, inv = Path(stage[1]), moved
+
+        def copy() -> Path:  # once the tool's slot is granted: few copies at a time
+            return atomic_copy(stage[0], stage[1])
+
     try:
         result = runner.run_invocation(
             inv,
@@ -137,6 +141,7 @@ def _execute(
             pool=ctx.pool,
             priority=(order, -step_index),
             env=ctx.env,
+            prepare=copy,
         )
     finally:
         if staged is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -125,47 +124,44 @@ def process_steps(
     # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
     # are not: the runner's semaphores decide what actually runs).
     threads = max(1, min(len(files) * depth, n_workers * (depth + 1)))
-    futures: list[list[PrefectFuture[StepResult]]] = []
+    futures: list[list[PrefectFuture[StepResult]]] = []  # per file, its steps in order
     with build_task_runner(cfg.runner, threads) as pool:
         try:
             check_dask_workers(pool)
-            previous: list[Any] = [None] * len(files)
-            for k in range(depth):
-                step = files[0].chain[k].step if files else ""
-                with ExitStack() as stack:
-                    stack.enter_context(fast_submission(cfg.runner))
-                    stack.enter_context(worker_resources(cfg.runner, resources.get(step)))
-                    previous = submit_level(pool, files, k, previous, run, cleanup, cache)
-                futures.append(previous)
-            last = futures[-1] if futures else []
-            index = {id(fut): i for i, fut in enumerate(last)}
+            variants = step_variants(cache)
+            # Depth first: a file's whole chain, then the next file's. The pool starts tasks
+            # in submission order, so the files in flight are the first ones, their
+            # intermediates do not pile up, and their merges can start early.
+            with fast_submission(cfg.runner):
+                for i, fp in enumerate(files):
+                    chain: list[PrefectFuture[StepResult]] = []
+                    for k, inv in enumerate(fp.chain):
+                        with worker_resources(cfg.runner, resources.get(inv.step)):
+                            chain.append(
+                                submit_step(pool, variants, fp, i, k, chain, run, cleanup, cache)
+                            )
+                    futures.append(chain)
+            index = {id(chain[-1]): i for i, chain in enumerate(futures) if chain}
             done: dict[str, FileSummary] = {}
-            for fut in as_completed(last):  # a file's last step is final: so are the others
-                i = index[id(fut)]
-                done[files[i].file_id] = summarize_futures(files[i], [lv[i] for lv in futures])
+            for fut in as_completed([chain[-1] for chain in futures if chain]):
+                i = index[id(fut)]  # a file's last step is final: so are the others
+                done[files[i].file_id] = summarize_futures(files[i], futures[i])
                 done_with(done[files[i].file_id])
-            wait([fut for level in futures for fut in level])
+            for i, fp in enumerate(files):
+                if fp.file_id not in done:  # a file without steps
+                    done[fp.file_id] = summarize_futures(fp, futures[i])
+                    done_with(done[fp.file_id])
+            wait([fut for chain in futures for fut in chain])
         except BaseException as exc:
-            abort_submitted(exc, pool, run.name, [fut for level in futures for fut in level])
+            abort_submitted(exc, pool, run.name, [fut for chain in futures for fut in chain])
             raise
     return done
 
 
-def submit_level(
-    pool: Any,
-    files: Sequence[FilePlan],
-    k: int,
-    previous: list[Any],
-    run: runner.RunSpec,
-    cleanup: Cleanup,
-    cache: CacheSetup | None,
-) -> list[Any]:
-    """Submit step ``k`` of every file; returns the futures in file order.
-
-    How a step is submitted follows the cache decision (fermipipe.caching): uncached,
-    cached (Prefect returns the stored result when its key is known) or ``refresh_cache``
-    (it must run: its product is missing or damaged, or a running step needs its output).
-    """
+def step_variants(cache: CacheSetup | None) -> dict[str, Any]:
+    """How a step is submitted, by the cache decision (fermipipe.caching): uncached, cached
+    (Prefect returns the stored result when its key is known) or ``refresh_cache`` (it must
+    run: its product is missing or damaged, or a running step needs its output)."""
     variants = {
         "uncached": run_step.with_options(cache_policy=NO_CACHE, persist_result=False),
     }
@@ -174,29 +170,41 @@ def submit_level(
             variants[kind] = run_step.with_options(
                 result_storage=cache.result_storage, refresh_cache=kind == "refresh"
             )
-    out: list[Any] = []
-    for i, fp in enumerate(files):
-        entries = cache.steps.get(fp.file_id) if cache is not None else None
-        sc: StepCache | None = None
-        kind = "uncached"
-        if entries is not None:
-            sc, must = entries[k]
-            kind = "refresh" if must else "cached"
-        # Named by step and file from the start: a step that never ran (NotReady) would
-        # otherwise keep the generic "run-step-08b".
-        task = named_copy(variants[kind], task_label(fp, k))
-        parameters = {
-            "invocation": fp.chain[k],
-            "previous": previous[i],
-            "run": run,
-            "order": i,
-            "step_index": k,
-            "cache": sc,
-            "drops": cleanup.after_step(fp.file_id, k),
-            "stage": cleanup.stage.get(fp.file_id) if k == 0 else None,
-        }
-        out.append(pool.submit(task, parameters))
-    return out
+    return variants
+
+
+def submit_step(
+    pool: Any,
+    variants: dict[str, Any],
+    fp: FilePlan,
+    i: int,
+    k: int,
+    chain: list[Any],
+    run: runner.RunSpec,
+    cleanup: Cleanup,
+    cache: CacheSetup | None,
+) -> Any:
+    """Submit step ``k`` of file ``fp`` (number ``i``), after its previous step's future."""
+    entries = cache.steps.get(fp.file_id) if cache is not None else None
+    sc: StepCache | None = None
+    kind = "uncached"
+    if entries is not None:
+        sc, must = entries[k]
+        kind = "refresh" if must else "cached"
+    # Named by step and file from the start: a step that never ran (NotReady) would
+    # otherwise keep the generic "run-step-08b".
+    task = named_copy(variants[kind], task_label(fp, k))
+    parameters = {
+        "invocation": fp.chain[k],
+        "previous": chain[k - 1] if k else None,
+        "run": run,
+        "order": i,
+        "step_index": k,
+        "cache": sc,
+        "drops": cleanup.after_step(fp.file_id, k),
+        "stage": cleanup.stage.get(fp.file_id) if k == 0 else None,
+    }
+    return pool.submit(task, parameters)
 
 
 def task_label(fp: FilePlan, k: int) -> str:

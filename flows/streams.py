@@ -135,6 +135,8 @@ class MergeStreams:
         for job in jobs:
             n = len(stream.tree.leaves)
             waits = [stream.futures[c] for c in job.after if c in stream.futures]
+            # The merges it reads, launched in this run, are read by nothing else.
+            drop = tuple(stream.tree.paths[c] for c in job.after if c in stream.futures)
             keep = (self.pc.store, job.key) if job.keep and job.key and self.pc else None
             last = job.node.stop(n) - 1
             position = stream.positions[last] if last < len(stream.positions) else float("inf")
@@ -149,6 +151,7 @@ class MergeStreams:
                 run=self.run,
                 keep=keep,
                 priority=(position, 1),
+                drop=drop,
                 wait_for=waits,
             )
 

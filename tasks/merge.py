@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 from fermipipe import merge as merging
 from fermipipe import runner
 from fermipipe.caching import get_store
+from fermipipe.cleanup import remove_files
 from fermipipe.manifest import Manifest
 from fermipipe.merge import MergeInfo, PairJob, RunningSum
 from fermipipe.plan import Invocation, MergePlan
@@ -143,11 +144,13 @@ def merge_pair(
     run: runner.RunSpec | str,
     keep: tuple[str, str] | None = None,
     priority: tuple[float, int] = (float("inf"), 0),
+    drop: tuple[Path, ...] = (),
 ) -> StepResult:
     """One pairwise merge of a tree (e.g. gtltsum infile1 infile2 → outfile); with
     ``keep`` = (store root, node key), the product is also kept in the cache store.
     ``priority``: its place among the tools waiting for a slot (streamed: right after the
-    steps of its last week, so merging keeps pace with processing)."""
+    steps of its last week, so merging keeps pace with processing). ``drop``: scratch
+    files of the merges it read, deleted once it succeeded (nothing else reads them)."""
     ctx = runner.get_run(run)
     inv = merging.pair_invocation(job, tool, engine, step=step, timeout=timeout)  # type: ignore[arg-type]
     result = runner.run_invocation(
@@ -164,6 +167,7 @@ def merge_pair(
     if keep is not None:
         store, key = keep
         get_store(store).put(key, {job.output.name: job.output}, link=True, meta={"step": step})
+    remove_files(drop)
     return result
 
 
