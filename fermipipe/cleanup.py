@@ -58,7 +58,9 @@ def cleanup_policy(
     """The run's policy. ``stored``: output placeholders kept in the cache store;
     ``cached_files``: files whose steps use the store (their stored outputs need no
     work-area copy after the step); ``stage_inputs``: copy each raw input to the work
-    area just before its first step (a RAM disk)."""
+    area just before its first step (a RAM disk) — unless that step is native: a native
+    tool reads its input once, front to back, and never writes it, so a copy would only
+    double the I/O (and hold a tool slot while it is made)."""
     stored, cached = set(stored), set(cached_files)
     merged = {m.output_name for m in plan.merges}
     drops: dict[str, tuple[tuple[str, ...], ...]] = {}
@@ -69,7 +71,8 @@ def cleanup_policy(
         needed[fp.file_id] = frozenset(after)
         drops[fp.file_id] = () if keep else _step_drops(fp, plan.workdir, after)
         first = fp.chain[0].inputs.values() if fp.chain else ()
-        if stage_inputs and Path(fp.input) in map(Path, first):
+        native = bool(fp.chain) and fp.chain[0].engine == "native"
+        if stage_inputs and not native and Path(fp.input) in map(Path, first):
             copy = plan.workdir / fp.file_id / "input" / Path(fp.input).name
             stage[fp.file_id] = (str(fp.input), str(copy))
     return Cleanup(keep, drops, needed, stage, store)

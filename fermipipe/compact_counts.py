@@ -40,7 +40,6 @@ import contextlib
 import os
 import sys
 import warnings
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, ~5× faster (SIMD)
 
 from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fits.writing import atomic_output
@@ -253,21 +253,21 @@ def compact(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
             raise CompactCountsError("its primary header is not printable ASCII", src)
         if pad.strip(b"\0"):
             raise CompactCountsError("non-zero padding after the image", src)
-        crc = zlib.crc32(head)
+        crc = crc32(head)
         data = np.memmap(src, dtype=dtype, mode="r", offset=layout.header_end, shape=(nvox,))
         bits = data.view(f"u{dtype.itemsize}")  # nonzero bits: -0.0 and NaN are kept too
         index_parts: list[np.ndarray] = []
         value_parts: list[np.ndarray] = []
         for start in range(0, nvox, _CHUNK):
             chunk = bits[start : start + _CHUNK]
-            crc = zlib.crc32(memoryview(chunk).cast("B"), crc)
+            crc = crc32(memoryview(chunk).cast("B"), crc)
             nz = np.flatnonzero(chunk)
             index_parts.append(nz + start)
             value_parts.append(np.asarray(data[start : start + _CHUNK][nz]))
         del data, bits
     except (OSError, EOFError, ValueError) as exc:
         raise CompactCountsError(f"cannot read: {exc}", src) from None
-    crc = zlib.crc32(extensions, zlib.crc32(pad, crc))
+    crc = crc32(extensions, crc32(pad, crc))
     index = np.concatenate(index_parts) if index_parts else np.empty(0, np.int64)
     values = np.concatenate(value_parts) if value_parts else np.empty(0, dtype)
     write_form(dest, head, index, values, dtype, nvox, layout.size, crc, len(hdul), extensions)
@@ -426,7 +426,7 @@ def expand(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     nvox = int(np.prod(cm.shape))
     big = cm.dtype.newbyteorder(">")
     with _writing(dest) as tmp, open(tmp, "wb") as out:
-        crc = zlib.crc32(cm.header_bytes)
+        crc = crc32(cm.header_bytes)
         out.write(cm.header_bytes)
         written = len(cm.header_bytes)
         bounds = np.searchsorted(cm.index, np.arange(0, nvox + _CHUNK, _CHUNK))
@@ -435,12 +435,12 @@ def expand(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
             a, b = bounds[k], bounds[k + 1]
             chunk[cm.index[a:b] - start] = cm.values[a:b]
             raw = memoryview(chunk).cast("B")
-            crc = zlib.crc32(raw, crc)
+            crc = crc32(raw, crc)
             out.write(raw)
             written += len(raw)
         pad = b"\0" * (-written % _BLOCK)
         out.write(pad)
-        crc = zlib.crc32(cm.extension_bytes, zlib.crc32(pad, crc))
+        crc = crc32(cm.extension_bytes, crc32(pad, crc))
         out.write(cm.extension_bytes)
         written += len(pad) + len(cm.extension_bytes)
         if written != cm.size or crc != cm.crc:

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from fermipipe.errors import EmptyProductError, FermipipeError, ToolError
+from fermipipe.errors import FermipipeError, ToolError
 from fermipipe.fermitools import private_env
+from fermipipe.native_workers import NativeWorkers, Reply, WorkerLost, run_request
 from fermipipe.plan import Invocation
 from fermipipe.tool_groups import (
     group_members,
@@ -233,6 +234,8 @@ class RunContext:
     scratch: Path  # private working directories are made under it
     log_dir: Path  # per-file log files
     env: dict[str, str] | None = None  # base environment of subprocess tools (None: ours)
+    #: Worker processes for native tools (None: they run as threads of this process).
+    native: NativeWorkers | None = None
 
     def log_path(self, label: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label)
@@ -270,9 +273,13 @@ def open_run(
     scratch: Path,
     log_dir: Path,
     env: Mapping[str, str] | None = None,
+    native_processes: bool = False,
 ) -> RunContext:
-    """Register the context of a run (``workers`` tools at once, ``caps`` per step)."""
+    """Register the context of a run (``workers`` tools at once, ``caps`` per step); with
+    ``native_processes`` native tools run in ``workers`` worker processes, started now."""
     ctx = RunContext(name, SlotPool(workers, caps), Path(scratch), Path(log_dir), env and dict(env))
+    if native_processes:
+        ctx.native = NativeWorkers(Path(scratch) / "native-workers", prestart=workers)
     with _RUNS_LOCK:
         _RUNS[name] = ctx
         _CANCELLED.discard(name)
@@ -317,7 +324,14 @@ def close_run(name: str) -> None:
     with _RUNS_LOCK:
         ctx = _RUNS.pop(name, None)
     if ctx is not None:
-        ctx.pool.close()
+        _close(ctx)
+
+
+def _close(ctx: RunContext) -> None:
+    """No more tools for this run: waiting ones are refused, native workers killed."""
+    ctx.pool.close()
+    if ctx.native is not None:
+        ctx.native.close()
 
 
 # ------------------------------------------------------------------ process registry
@@ -376,7 +390,7 @@ def kill_all(grace: float = KILL_GRACE) -> list[int]:
     with _RUNS_LOCK:
         runs = list(_RUNS.values())
     for ctx in runs:
-        ctx.pool.close()
+        _close(ctx)
     return _terminate(running_groups(), grace)
 
 
@@ -393,7 +407,7 @@ def kill_run(name: str, grace: float = KILL_GRACE) -> list[int]:
         ctx = _RUNS.pop(name, None)
     if ctx is None:
         return []
-    ctx.pool.close()
+    _close(ctx)
     with _PROCS_LOCK:
         groups = [g for g, cwd in _PROC_DIRS.items() if cwd.is_relative_to(ctx.scratch.resolve())]
     return _terminate(groups, grace)
@@ -530,6 +544,7 @@ def run_invocation(
     priority: Any = 0,
     env: Mapping[str, str] | None = None,
     prepare: Callable[[], object] | None = None,
+    native: NativeWorkers | None = None,
 ) -> StepResult:
     """Run ``inv`` once and report what happened; never raises for a tool's failure.
 
@@ -537,8 +552,8 @@ def run_invocation(
     the system temp dir); ``log_path`` receives the output lines (appended, so one file's
     steps share one log); ``pool`` caps concurrency; ``prepare`` runs once the slot is
     granted, just before the tool (staging its input: only the tools running hold a
-    staged copy). RunnerShutdown is raised only when the run is being torn down before
-    the tool started.
+    staged copy); ``native``: the run's worker processes, where a native tool then runs
+    (else in this thread). RunnerShutdown is raised only when the run is being torn down.
     """
     command = inv.render()
     if _SHUTDOWN.is_set():
@@ -569,7 +584,7 @@ def run_invocation(
             log_file.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {inv.step}: {command}\n")
             log_file.flush()
         if inv.engine == "native":
-            result = _run_native(inv, command, capture, slot)
+            result = _run_native(inv, command, capture, slot, native)
         else:
             result = _run_subprocess(inv, command, capture, scratch, env, slot)
         apply_data_policy(inv, result)
@@ -600,41 +615,51 @@ def apply_data_policy(inv: Invocation, result: StepResult) -> None:
     result.failure_kind = "deterministic"
 
 
-def _run_native(inv: Invocation, command: str, capture: _Capture, slot: Slot) -> StepResult:
-    from fermipipe.native import run_tool
-
+def _run_native(
+    inv: Invocation, command: str, capture: _Capture, slot: Slot, native: NativeWorkers | None
+) -> StepResult:
     result = StepResult(inv.step, inv.file_id, "failed", command)
-    outcome = None
+    reply = None
     with slot():
         if _SHUTDOWN.is_set():
             raise RunnerShutdown("the runner is shutting down")
         result.started = time.time()
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0 = time.perf_counter()
         try:
-            outcome = run_tool(inv.tool or inv.step, inv.params)
-        except EmptyProductError as exc:
-            result.status, result.error = "empty", exc.detail
-        except ToolError as exc:
-            result.error = str(exc)
-        except Exception as exc:  # a bug in a native tool must not take the other files down
-            result.error = f"internal error: {type(exc).__name__}: {exc}"
+            reply = _native_call(inv, native)
+        except WorkerLost as exc:
+            if _SHUTDOWN.is_set() or (native is not None and native.closed):
+                raise RunnerShutdown("the runner is shutting down") from None
+            result.error = exc.reason
         result.wall_seconds = time.perf_counter() - t0
-        result.cpu_seconds = time.thread_time() - c0
     if _SHUTDOWN.is_set():  # stopped meanwhile: its folder may be gone, its result is moot
         raise RunnerShutdown("the runner is shutting down")
-    if outcome is None:
+    if reply is not None:
+        result.cpu_seconds = reply.cpu_seconds
+        result.status, result.error = reply.status, reply.error  # type: ignore[assignment]
+    if reply is None or reply.status != "ok":
         capture.line("stderr", result.error or "")
     else:
-        for message in outcome.messages:
+        for message in reply.messages:
             capture.line("stdout", message)
-        for warning in outcome.warnings:
+        for warning in reply.warnings:
             capture.warning(warning)
-        result.warnings = list(outcome.warnings)
-        result.status = "ok"
+        result.warnings = list(reply.warnings)
         result.outputs = {name: str(path) for name, path in inv.outputs.items()}
         _mark_empty(inv, result)  # the same rule as for the Fermitools, below
     result.stderr_tail = list(capture.tail)
     return result
+
+
+def _native_call(inv: Invocation, native: NativeWorkers | None) -> Reply:
+    """The tool in a worker process of the run (its timeout enforced there), or here."""
+    tool, params = inv.tool or inv.step, dict(inv.params)
+    if native is not None:
+        return native.run(tool, params, inv.timeout)
+    c0 = time.thread_time()
+    reply = run_request(tool, params)
+    reply.cpu_seconds = time.thread_time() - c0
+    return reply
 
 
 def _mark_empty(inv: Invocation, result: StepResult) -> None:

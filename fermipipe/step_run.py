@@ -142,6 +142,7 @@ def _execute(
             priority=(order, -step_index),
             env=ctx.env,
             prepare=copy,
+            native=ctx.native,
         )
     finally:
         if staged is not None:

@@ -127,6 +127,7 @@ class MergeSummary:
     status: Literal["ok", "failed", "skipped"]
     inputs: int = 0
     left_out: dict[str, str] = field(default_factory=dict)  # file_id → reason (failed/empty)
+    #: Task-seconds: its final step (waits aside) and its streamed tasks (tree nodes, folds).
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     error: str | None = None

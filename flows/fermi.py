@@ -79,7 +79,7 @@ from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import close_staging, node_staging, open_staging
 from flows.streams import MergeStreams
-from flows.task_runners import check_server_for_dask
+from flows.task_runners import check_server_for_dask, is_dask
 
 
 def kill_tools(flow: Any, flow_run: Any, state: State) -> None:
@@ -184,6 +184,8 @@ def work_subflow(handle: str) -> State | None:
     keep = choices.keep_intermediate
     install = locate(cfg.fermitools.prefix)
     staging = open_staging(cfg, plan, keep, logger)
+    # Opened first: its native worker processes start while the inputs are sliced and hashed.
+    run = open_run(plan, work.workers, install, native_processes(cfg, plan))
     try:
         if cfg.resources.slice_scfile:  # mission FT2 → per-week slices, in the store
             store = get_store(cfg.cache_root / "store") if cfg.cache.enabled else None
@@ -200,8 +202,8 @@ def work_subflow(handle: str) -> State | None:
         # Temporaries of writers killed mid-write (a merge, a kept copy) are removed.
         for folder in {plan.outdir, *(m.output.parent for m in plan.merges)}:
             remove_dead_temporaries(folder)
-        run = open_run(plan, work.workers, install)
     except BaseException:
+        runner.close_run(run.name)
         close_staging(staging)
         raise
     logger.info(
@@ -264,8 +266,21 @@ def work_subflow(handle: str) -> State | None:
     return None
 
 
-def open_run(plan: Plan, n_workers: int, install: FermitoolsInstall | None) -> runner.RunContext:
-    """Register this run's slot pool (global and per-step caps), scratch and log folders."""
+def native_processes(cfg: PipelineConfig, plan: Plan) -> bool:
+    """Native tools in worker processes (``resources.native_processes``): when the tools run
+    in this process (not on Dask workers) and some are native."""
+    return (
+        cfg.resources.native_processes
+        and not is_dask(cfg.runner)
+        and any(inv.engine == "native" for f in plan.files for inv in f.chain)
+    )
+
+
+def open_run(
+    plan: Plan, n_workers: int, install: FermitoolsInstall | None, native: bool = False
+) -> runner.RunContext:
+    """Register this run's slot pool (global and per-step caps), scratch and log folders,
+    and its native worker processes (``native``)."""
     caps = {inv.step: inv.max_parallel for f in plan.files for inv in f.chain if inv.max_parallel}
     name = uuid.uuid4().hex[:12]
     return runner.open_run(
@@ -275,6 +290,7 @@ def open_run(plan: Plan, n_workers: int, install: FermitoolsInstall | None) -> r
         scratch=plan.workdir / f".fermipipe-tmp-{name}",
         log_dir=plan.outdir / "logs",
         env=install.env() if install is not None else None,
+        native_processes=native,
     )
 
 

@@ -135,7 +135,13 @@ def run_merge(
     except Exception as exc:  # noqa: BLE001 - recorded, reported, the run ends Failed
         out.status, out.error = "failed", str(exc).splitlines()[0]
         get_run_logger().error("merge %s failed: %s", merge.name, exc)
-    out.wall_seconds = time.perf_counter() - t0
+    # Task-seconds: the final step without its waits for streamed work, plus that work
+    # (tree nodes, folds: each holding a tool slot while it ran).
+    streamed_wall, streamed_cpu = opts.streams.streamed_work(merge)
+    span = time.perf_counter() - t0 - opts.streams.waited.get(merge.name, 0.0)
+    out.wall_seconds = span + streamed_wall
+    if merge.strategy == "image_sum":  # a tree's CPU already counts its nodes
+        out.cpu_seconds += streamed_cpu
     if out.status == "ok" and merge.strategy == "image_sum":  # image_sum: counts maps only
         png = Path(merge.output).with_suffix(".png")
         if out.mode == "up_to_date" and png.exists():  # the product did not change

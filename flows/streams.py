@@ -16,6 +16,7 @@ What is left — the right edge of a tree, maps not folded — is done by the pr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class MergeStreams:
         self.sums = {m.name: SumStream(m, skip=self._held(m)) for m in plan.merges
                      if m.strategy == "image_sum"}  # fmt: skip
         self._exits = ExitStack()  # the running sums' handles
+        #: Seconds the products stage spent waiting for streamed work, per merge.
+        self.waited: dict[str, float] = {}
 
     # ----------------------------------------------------------------- feeding
 
@@ -190,6 +193,10 @@ class MergeStreams:
             tree.add_leaf(path, self._leaf_key(merge, file_id))
             stream.positions.append(self.position[file_id])
         self._launch(stream, tree.due(final=True))
+        t0 = time.perf_counter()
+        for future in stream.futures.values():
+            future.wait()
+        self.waited[merge.name] = time.perf_counter() - t0
         cpu = sum(future.result().cpu_seconds for future in stream.futures.values())
         return tree.root_path(), cpu, len(tree.reused)
 
@@ -199,8 +206,11 @@ class MergeStreams:
         stream = self.sums[merge.name]
         if stream.running is None or not stream.handle:
             return None
-        for _file_id, path, future in stream.folds:
+        t0 = time.perf_counter()
+        for _file_id, _path, future in stream.folds:
             future.wait()
+        self.waited[merge.name] = time.perf_counter() - t0
+        for _file_id, path, future in stream.folds:
             if not future.state.is_completed():
                 exc = future.state.result(raise_on_failure=False)
                 if not isinstance(exc, NotWholeCounts):
@@ -209,6 +219,20 @@ class MergeStreams:
         if not {str(p) for p in stream.running.paths} <= {str(p) for p in inputs}:
             return None
         return stream.handle
+
+    def streamed_work(self, merge: MergePlan) -> tuple[float, float]:
+        """Wall and CPU seconds of the merge's work done by streamed tasks (tree nodes,
+        folds) that succeeded: the merge's own task-seconds, beside its final step's."""
+        results: list[tuple[float, float]] = []
+        if (tree := self.trees.get(merge.name)) is not None:
+            results = [
+                (r.wall_seconds, r.cpu_seconds)
+                for f in tree.futures.values()
+                if f.state.is_completed() and (r := f.result()) is not None
+            ]
+        elif (sums := self.sums.get(merge.name)) is not None:
+            results = [f.result() for _i, _p, f in sums.folds if f.state.is_completed()]
+        return sum(w for w, _c in results), sum(c for _w, c in results)
 
     def close(self) -> None:
         """Wait for what streaming launched (a run that does not merge still lets it end

@@ -161,6 +161,7 @@ def merge_pair(
         pool=ctx.pool,
         priority=priority,
         env=ctx.env,
+        native=ctx.native,
     )
     if result.status != "ok":  # an empty pairwise merge is a failed merge
         raise StepFailedError(result)
@@ -174,9 +175,11 @@ def merge_pair(
 @task(name="fold", task_run_name="fold-{merge}", cache_policy=NO_CACHE)
 def fold_map(
     handle: str, path: Path, *, merge: str, run: runner.RunSpec | str, priority: tuple[float, int]
-) -> None:
+) -> tuple[float, float]:
     """Add one counts map to a running sum of this process (:data:`RUNNING`), holding a
     concurrency slot like the tools (it reads a file and adds it), right after its week's
-    steps in ``priority``."""
+    steps in ``priority``. Returns its wall and CPU seconds (the merge's work)."""
     with runner.get_run(run).pool.slot(f"merge:{merge}", priority=priority):
+        t0, c0 = time.perf_counter(), time.thread_time()
         RUNNING.get(handle).add(path)
+        return time.perf_counter() - t0, time.thread_time() - c0

@@ -67,6 +67,7 @@ def run_post(
             scratch=ctx.scratch,
             pool=ctx.pool,
             env=ctx.env,
+            native=ctx.native,
         )
         if result.status != "ok":
             raise StepFailedError(result)

@@ -6,6 +6,7 @@ run for real (native tools) through the one step runner, fermipipe.step_run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -136,8 +137,14 @@ def test_cleanup_policy(project: tuple[PipelineConfig, Plan]) -> None:
     assert cached.needed[fp.file_id] == frozenset()
     # --keep-intermediate: nothing goes.
     assert cleanup_policy(plan, keep=True).after_step(fp.file_id, 1) == ()
-    # A RAM disk: the raw input is staged into the file's folder for its first step.
-    staged = cleanup_policy(plan, keep=False, stage_inputs=True)
+    # A RAM disk: a native first step reads the raw input where it is (once, front to back)…
+    assert cleanup_policy(plan, keep=False, stage_inputs=True).stage == {}
+    # …a Fermitools one gets it staged into the file's folder.
+    tool = dataclasses.replace(fp.chain[0], engine="fermitools")
+    fermitools = dataclasses.replace(
+        plan, files=[dataclasses.replace(fp, chain=[tool, *fp.chain[1:]])]
+    )
+    staged = cleanup_policy(fermitools, keep=False, stage_inputs=True)
     assert staged.stage[fp.file_id] == (
         str(fp.input),
         str(plan.workdir / fp.file_id / "input" / fp.input.name),

@@ -403,3 +403,19 @@ def accumulate(
             exp,
             wexp,
         )
+
+
+def load_kernels() -> None:
+    """Load the compiled kernel (numba's on-disk cache, else a compilation) now, with tiny
+    inputs of the types a real run passes — exact (float32) and fast (float64) modes — so
+    that a worker process's first gtltcube does not pay it (~2 s on this project's
+    machines)."""
+    pix = np.zeros((12, 3))
+    pix[:, 2] = 1.0
+    blocks = PixelBlocks(pix, 1)
+    culls = blocks.cull_thresholds(None, None, None)
+    scz = pix[:1].copy()
+    one = np.ones(1)
+    for dtype in (np.float32, np.float64):
+        exp = np.zeros((blocks.nblocks, 1, blocks.size), dtype)
+        accumulate(blocks, culls, scz, None, None, one, one, 1, 0, None, None, exp, exp.copy())
