@@ -160,18 +160,19 @@ def start_dask_worker(
 
 
 def wait_for_workers(
-    address: str, n: int, scheduler: subprocess.Popen[Any], timeout: float = 60
+    address: str, n: int, scheduler: subprocess.Popen[Any], timeout: float = 180
 ) -> None:
     """Wait until ``n`` workers are connected to the scheduler at ``address``; retries while
-    the scheduler does not listen yet (the OSError is raised after ``timeout`` s, or at once
-    if the scheduler exited)."""
+    the scheduler does not listen yet or a handshake or wait times out (the 2-core CI
+    machine, busy, once took longer than one 10 s handshake and a 60 s wait): the OSError
+    (TimeoutError is one) is raised after ``timeout`` s, or at once if the scheduler exited."""
     from distributed import Client  # only the Dask helpers need it
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             with Client(address, timeout=10) as client:
-                client.wait_for_workers(n, timeout=timeout)
+                client.wait_for_workers(n, timeout=max(1.0, min(30.0, deadline - time.monotonic())))
             return
         except OSError:
             if time.monotonic() > deadline or scheduler.poll() is not None:
