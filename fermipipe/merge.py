@@ -286,30 +286,85 @@ def _in_range(
     return None if wrapped.any() else new
 
 
-def _integer_values(acc: np.ndarray, values: np.ndarray, file: Path) -> None:
+class _ImageFile:
+    """The unscaled primary image of a plain FITS file, read with ordinary reads into native
+    byte order: a pass over a big image (an incremental merge's previous product) keeps none
+    of the file's pages mapped, as a pass over a memmap would (they count in the RSS)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any]):
+        self.path, self.offset, self.shape = path, offset, shape
+        self.dtype = dtype  # the file's (big-endian)
+        self.size = int(np.prod(shape))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Voxels ``start``…``stop`` − 1 (flat, C order), native byte order: one read into a
+        new array, byteswapped in place."""
+        stop = min(stop, self.size)
+        out = np.empty(max(stop - start, 0), self.dtype.newbyteorder("="))
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * out.itemsize)
+            if out.nbytes and fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise ToolError("image_sum", "the file ends inside its image", str(self.path))
+        if out.dtype != self.dtype:  # a little-endian host
+            out.byteswap(inplace=True)
+        return out
+
+
+def _image(ref: _Reference, hdul: fits.HDUList) -> Pixels | _ImageFile:
+    """An input's pixels (:func:`_pixels`); a primary image read from its file
+    (:class:`_ImageFile`) when it is a plain file's unscaled image of a FITS type."""
+    if ref.sky or hdul.filename() is None:
+        return _pixels(ref, hdul)
+    path, data = Path(hdul.filename()), hdul[0].data
+    if data is None or not _streamable(hdul[0].header, data.dtype):
+        return data
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":  # gzipped: astropy's offsets are not the file's
+            return data
+    return _ImageFile(path, int(hdul.fileinfo(0)["datLoc"]), data.shape, data.dtype)
+
+
+def _integer_values(acc: np.ndarray, values: np.dtype[Any], file: Path) -> None:
     """Refuse float values going into an integer sum (they would be truncated)."""
-    if np.asarray(values).dtype.kind not in "iub":
+    if values.kind not in "iub":
         raise ToolError(
             "image_sum", f"a float map cannot be summed into {acc.dtype.name} counts", str(file)
         )
 
 
-def _dense_add(acc: np.ndarray, pixels: np.ndarray, sign: int, file: Path) -> None:
-    """``acc ±= pixels``; for an integer accumulator in chunks of :data:`_STEP` voxels, each
-    checked for overflow: a chunk whose extremes cannot leave the range is added in place, any
-    other is computed exactly (:func:`_in_range`). An overflow is refused (``file`` named)
-    and the chunks already added are taken back out: the accumulator is left as it was."""
+def _dense_add(
+    acc: np.ndarray, pixels: np.ndarray | _ImageFile, sign: int, file: Path, stop: int = -1
+) -> None:
+    """``acc ±= pixels`` (their first ``stop`` voxels; −1: all) in chunks of :data:`_STEP`
+    voxels; for an integer accumulator each chunk is checked for overflow: one whose extremes
+    cannot leave the range is added in place, any other computed exactly (:func:`_in_range`).
+    An overflow is refused (``file`` named) and the chunks already added are taken back out:
+    the accumulator is left as it was."""
+    flat = acc.reshape(-1)  # a view: accumulators are C-contiguous
+    if isinstance(pixels, _ImageFile):
+        size, read = pixels.size, pixels.read
+    else:
+        src = np.asarray(pixels).reshape(-1)
+        size = src.size
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return src[start:stop]
+
+    if size != flat.size:
+        raise ToolError("image_sum", "its image size differs from the first input's", str(file))
+    stop = flat.size if stop < 0 else stop
     if acc.dtype.kind == "f":
-        if sign > 0:
-            acc += pixels
-        else:
-            acc -= pixels
+        for start in range(0, stop, _STEP):
+            part, values = flat[start : start + _STEP], read(start, start + _STEP)
+            if sign > 0:
+                part += values
+            else:
+                part -= values
         return
-    _integer_values(acc, pixels, file)
+    _integer_values(acc, pixels.dtype, file)
     info = np.iinfo(acc.dtype)
-    flat, src = acc.reshape(-1), np.asarray(pixels).reshape(-1)
-    for start in range(0, flat.size, _STEP):
-        part, values = flat[start : start + _STEP], src[start : start + _STEP]
+    for start in range(0, stop, _STEP):
+        part, values = flat[start : start + _STEP], read(start, start + _STEP)
         lo, hi = int(part.min()), int(part.max())
         vlo, vhi = int(values.min()), int(values.max())
         low, high = (lo + vlo, hi + vhi) if sign > 0 else (lo - vhi, hi - vlo)
@@ -323,7 +378,7 @@ def _dense_add(acc: np.ndarray, pixels: np.ndarray, sign: int, file: Path) -> No
         new = _in_range(part, values, sign, acc.dtype)
         if new is None:
             if start:  # exact: the chunks before were added without overflow
-                _dense_add(flat[:start], src[:start], -sign, file)
+                _dense_add(acc, pixels, -sign, file, stop=start)
             raise _overflow(acc, file)
         part[...] = new
 
@@ -341,20 +396,26 @@ def _scatter_add(acc: np.ndarray, compact: CompactMap, sign: int, file: Path) ->
         else:
             flat[index] -= values
         return
-    _integer_values(acc, values, file)
+    _integer_values(acc, values.dtype, file)
     new = _in_range(flat[index], values, sign, acc.dtype)
     if new is None:
         raise _overflow(acc, file)
     flat[index] = new
 
 
-def _accumulator(ref: _Reference, pixels: Pixels, file: Path) -> Pixels:
+def _accumulator(ref: _Reference, pixels: Pixels | _ImageFile, file: Path) -> Pixels:
     """A new accumulator holding ``pixels`` (:func:`_accumulator_dtype`; HEALPix channels:
-    float64). Pixels of a type that fits are copied in one (byteswapping) read; wider ones
-    (an int64 partial sum) are added into zeros, checked (``file`` named on overflow)."""
+    float64). Pixels of the accumulator's type are copied in one (byteswapping) read; wider
+    ones (an int64 partial sum) are added into zeros, checked (``file`` named on overflow)."""
     if isinstance(pixels, dict):
         return {c: np.array(v, dtype=np.float64) for c, v in pixels.items()}
     dtype = _accumulator_dtype(ref)
+    if isinstance(pixels, _ImageFile) and pixels.dtype.newbyteorder("=") == dtype:
+        return pixels.read(0, pixels.size).reshape(pixels.shape)
+    if isinstance(pixels, _ImageFile):  # a float image into float64
+        acc = np.zeros(pixels.shape, dtype)
+        _dense_add(acc, pixels, 1, file)
+        return acc
     if dtype.kind == "f" or np.can_cast(pixels.dtype, dtype, "safe"):
         return np.array(pixels, dtype=dtype)
     acc = np.zeros(pixels.shape, dtype)
@@ -362,7 +423,7 @@ def _accumulator(ref: _Reference, pixels: Pixels, file: Path) -> Pixels:
     return acc
 
 
-def _add(acc: Pixels, pixels: Pixels, file: Path, sign: int = 1) -> None:
+def _add(acc: Pixels, pixels: Pixels | _ImageFile, file: Path, sign: int = 1) -> None:
     if isinstance(acc, dict):
         for c, column in acc.items():
             if sign > 0:
@@ -385,7 +446,7 @@ def _add_input(
     chunks, a compact map's nonzero voxels scatter-added (nothing dense is built). An integer
     overflow is refused naming ``file`` (the product, or the running sum's map)."""
     if compact is None:
-        _add(acc, _pixels(ref, hdul), file, sign)
+        _add(acc, _image(ref, hdul), file, sign)
         return
     assert isinstance(acc, np.ndarray)  # _check refused a compact map against a SKYMAP
     _scatter_add(acc, compact, sign, file)
@@ -469,7 +530,7 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
             _check(ref, hdul, path)
             if acc is None:
                 acc = (
-                    _accumulator(ref, _pixels(ref, hdul), Path(output))
+                    _accumulator(ref, _image(ref, hdul), Path(output))
                     if compact is None
                     else _sparse_accumulator(ref, compact, Path(output))
                 )
@@ -522,7 +583,7 @@ class RunningSum:
             with self._lock:
                 if self.pixels is None:
                     self.pixels = (
-                        _accumulator(self.ref, values, path)
+                        _accumulator(self.ref, _image(self.ref, hdul), path)
                         if compact is None
                         else _sparse_accumulator(self.ref, compact, path)
                     )
@@ -624,7 +685,7 @@ def image_sum(
         elif compact is not None:
             acc = _sparse_accumulator(ref, compact, Path(output))
         else:  # e.g. the previous product of an incremental merge: one byteswapping read
-            acc = _accumulator(ref, _pixels(ref, hdul), Path(output))
+            acc = _accumulator(ref, _image(ref, hdul), Path(output))
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
