@@ -21,6 +21,7 @@ import contextlib
 import re
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fermitools_argv import fermitools_argv
 from fermipipe.fits.gti import Gti, find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text, set_card
+from fermipipe.fits.table import data_size, write_fits
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation, tool_invocation
@@ -318,9 +320,8 @@ def _image(ref: _Reference, hdul: fits.HDUList) -> Pixels | _ImageFile:
     path, data = Path(hdul.filename()), hdul[0].data
     if data is None or not _streamable(hdul[0].header, data.dtype):
         return data
-    with open(path, "rb") as fh:
-        if fh.read(2) == b"\x1f\x8b":  # gzipped: astropy's offsets are not the file's
-            return data
+    if _gzipped(path):  # astropy's offsets are not the file's
+        return data
     return _ImageFile(path, int(hdul.fileinfo(0)["datLoc"]), data.shape, data.dtype)
 
 
@@ -486,11 +487,27 @@ def _verified(path: Path) -> Path:
         raise ToolError("merge", str(exc)) from None
 
 
+def _gzipped(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _open(path: Path) -> fits.HDUList:
+    """``path`` opened memory-mapped; a plain file that ends inside a data unit is refused
+    (astropy would fail only when the data are read, with a traceback)."""
     try:
-        return fits.open(path, memmap=True)
+        with warnings.catch_warnings():  # a truncated file is said below, in one line
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            hdul = fits.open(path, memmap=True)
+            if _gzipped(path):
+                return hdul
+            ends = [hdul.fileinfo(i)["datLoc"] + data_size(h.header) for i, h in enumerate(hdul)]
     except (OSError, ValueError) as exc:
         raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
+    if max(ends) > path.stat().st_size:
+        hdul.close()
+        raise ToolError("image_sum", "the file ends inside its data", str(path))
+    return hdul
 
 
 def _load(path: Path, voxels: bool = True) -> tuple[fits.HDUList, CompactMap | None]:
@@ -817,8 +834,6 @@ def _write_streamed(
     writes through a temporary of ``tmp`` renamed onto it (a writer killed mid-way leaves no
     ``tmp``, only its own PID-named temporary, removed like any dead writer's). The
     extensions (GTI, EBOUNDS) are serialised by astropy."""
-    from fermipipe.fits.table import write_fits
-
     template.verify(option="exception")
     template.update_extend()
     primary = template[0]

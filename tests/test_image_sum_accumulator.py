@@ -227,3 +227,27 @@ def test_the_streamed_product_is_the_file_astropy_writes(
     total = fits.getdata(week).astype(np.float64) * 5
     assert np.array_equal(fits.getdata(streamed), total)
     assert _no_scratch(streamed.parent)
+
+
+def test_gzipped_and_truncated_dense_inputs(week: Path, tmp_path: Path) -> None:
+    """A gzipped map is read through astropy (its offsets are not the file's), with the same
+    sum; a map whose file ends inside its image is one line naming it."""
+    import gzip
+    import shutil
+
+    packed = tmp_path / "week.fits.gz"
+    with open(week, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    merge.image_sum([packed, week], tmp_path / "gz.fits")
+    merge.image_sum([week, packed], tmp_path / "gz2.fits")
+    expected = fits.getdata(week).astype(np.int64) * 2
+    assert np.array_equal(fits.getdata(tmp_path / "gz.fits"), expected)
+    assert np.array_equal(fits.getdata(tmp_path / "gz2.fits"), expected)
+
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(week.read_bytes()[: 2880 * 40])
+    for inputs in ([cut, week], [week, cut]):
+        with pytest.raises(ToolError) as err:
+            merge.image_sum(inputs, tmp_path / "x.fits")
+        assert str(cut) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "x.fits").exists() and _no_scratch(tmp_path)
