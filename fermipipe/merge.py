@@ -1,11 +1,13 @@
 """Merging per-file products into one: image sums, pairwise trees, event concatenation.
 
 * :func:`image_sum` — pixel sum of counts maps/cubes (primary image) or HEALPix ``SKYMAP``
-  tables, streaming: the accumulator plus one memory-mapped input, whatever their number.
+  tables, streaming: the accumulator plus one input (read in chunks), whatever their number.
   Inputs whose WCS (or HEALPix grid) or EBOUNDS differ from the first are refused. The GTI is
   the union of the inputs' GTIs; EXPOSURE and ONTIME keywords are summed. Inputs may be
   compact counts files (:mod:`fermipipe.compact_counts`): their nonzero voxels are
   scatter-added, no dense copy is made. ``subtract`` takes maps back out (a changed week).
+  An integer image is summed in its own type (every add checked for overflow) and streamed
+  to disk from the accumulator (:func:`fermipipe.fits.table.write_fits`), with no copy.
 * :func:`next_level` / :func:`pair_invocation` — one level of a tree reduction with a pairwise
   tool (gtltsum): the caller runs each level's independent pairs in parallel.
 * :func:`event_merge` — event lists concatenated with a GTI union: the native
@@ -575,11 +577,11 @@ class RunningSum:
     image's own integer type (every add checked: a sum beyond it is refused, naming the map
     that overflowed it; non-negative counts reach their final sum through smaller partial
     sums, so no order overflows where another would not) or in float64 (below 2**53) — so
-    each map is added as soon as its file is done: the product equals a one-pass merge. A map with a fractional pixel is refused
-    (:class:`NotWholeCounts`): the merge then sums the maps in plan order. Adders are
-    serialized (one accumulator: a compact weekly map adds in ~0.1 s). :func:`image_sum`
-    takes it as ``presummed``; headers, GTIs and summed keywords are still read from every
-    input, in order."""
+    each map is added as soon as its file is done: the product equals a one-pass merge. A
+    map with a fractional pixel is refused (:class:`NotWholeCounts`): the merge then sums
+    the maps in plan order. Adders are serialized (one accumulator: a compact weekly map
+    adds in ~0.1 s). :func:`image_sum` takes it as ``presummed``; headers, GTIs and summed
+    keywords are still read from every input, in order."""
 
     def __init__(self, first: Path) -> None:
         template, compact = _load(Path(first))
@@ -665,15 +667,15 @@ def image_sum(
 
     ``subtract`` (count maps, dense or compact) takes maps back out of the **first** input,
     the previous product they were summed into — a changed week: ``inputs=[previous, new
-    week], subtract=[old week]``. Pixels: exact for integer counts (sums in the image's
-    integer type, every step checked: a sum beyond it is refused, even one that the
-    subtraction would bring back; a float map
-    only while every value is an integer within :data:`EXACT_INTEGER_LIMIT`, else refused),
-    and a pixel going negative (a map that was not in the product) is refused. GTI: the
-    subtracted maps' GTIs are cut out of the first input's, then the others' are united in —
-    the GTI a full merge gives when the weeks do not overlap. TSTART/TSTOP: a subtracted map
-    holding the product's first start (last stop) must be replaced by an input starting
-    (stopping) no later (earlier), else the span is unknown and the merge is refused. Summed
+    week], subtract=[old week]``. Pixels: exact for integer counts (summed in the image's
+    integer type, every step checked: a sum beyond it is refused, even one the subtraction
+    would bring back; a float map only while every value is an integer within
+    :data:`EXACT_INTEGER_LIMIT`, else refused), and a pixel going negative (a map that was
+    not in the product) is refused. GTI: the subtracted maps' GTIs are cut out of the first
+    input's, then the others' are united in — the GTI a full merge gives when the weeks do
+    not overlap. TSTART/TSTOP: a subtracted map holding the product's first start (last
+    stop) must be replaced by an input starting (stopping) no later (earlier), else the span
+    is unknown and the merge is refused. Summed
     keywords (EXPOSURE): (sum of inputs) − (sum of subtracted), equal to a full merge's to
     float64 rounding, not bit for bit.
     """
