@@ -251,3 +251,24 @@ def test_gzipped_and_truncated_dense_inputs(week: Path, tmp_path: Path) -> None:
             merge.image_sum(inputs, tmp_path / "x.fits")
         assert str(cut) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "x.fits").exists() and _no_scratch(tmp_path)
+
+
+def test_incremental_merge_equals_the_full_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """previous dense product + a new compact week (read alone, or presummed: the week in a
+    running sum, the product added to it in read chunks) = a merge of all the weeks."""
+    monkeypatch.setattr(merge, "_STEP", 65_537)
+    weeks = [weekly_cube(tmp_path, w) for w in (700, 701, 702)]
+    new = compact(weeks[2], tmp_path / "w702.compact.fits")
+    previous = merge.image_sum(weeks[:2], tmp_path / "prev.fits").output
+    full = fits.getdata(merge.image_sum(weeks, tmp_path / "full.fits").output)
+    plain = merge.image_sum([previous, new], tmp_path / "plain.fits").output
+    running = merge.RunningSum(previous)
+    running.add(new)
+    pre = merge.image_sum([previous, new], tmp_path / "pre.fits", presummed=running).output
+    total = sum(int(fits.getdata(w).sum()) for w in weeks)
+    assert int(full.sum()) == total > 30_000
+    for product in (plain, pre):
+        assert np.array_equal(fits.getdata(product), full)
+        assert_checksums(product)
