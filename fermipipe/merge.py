@@ -753,9 +753,11 @@ def image_sum(
         counts_exact = dtype.kind in "iu" or bool(
             np.abs(acc).max(initial=0) <= EXACT_INTEGER_LIMIT[dtype.itemsize]
         )
-        if _streamable(template[0].header, dtype):
+        # write_fits would count a table's heap as rows (NAXIS2): such a file goes to astropy
+        heaps = any(int(hdu.header.get("PCOUNT", 0) or 0) for hdu in template[1:])
+        if _streamable(template[0].header, dtype) and not heaps:
             streamed = acc, dtype
-        else:  # scaled (BSCALE/BZERO) or an unusual type: astropy converts and writes it
+        else:  # scaled (BSCALE/BZERO), an unusual type or a heap: astropy writes it
             template[0].data = acc.astype(dtype.newbyteorder("="))
     if gti_index is not None:
         template[gti_index] = update_gti_hdu(template[gti_index], gti)
