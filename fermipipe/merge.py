@@ -1,11 +1,13 @@
 """Merging per-file products into one: image sums, pairwise trees, event concatenation.
 
 * :func:`image_sum` — pixel sum of counts maps/cubes (primary image) or HEALPix ``SKYMAP``
-  tables, streaming: the accumulator plus one memory-mapped input, whatever their number.
+  tables, streaming: the accumulator plus one input (read in chunks), whatever their number.
   Inputs whose WCS (or HEALPix grid) or EBOUNDS differ from the first are refused. The GTI is
   the union of the inputs' GTIs; EXPOSURE and ONTIME keywords are summed. Inputs may be
   compact counts files (:mod:`fermipipe.compact_counts`): their nonzero voxels are
   scatter-added, no dense copy is made. ``subtract`` takes maps back out (a changed week).
+  An integer image is summed in its own type (every add checked for overflow) and streamed
+  to disk from the accumulator (:func:`fermipipe.fits.table.write_fits`), with no copy.
 * :func:`next_level` / :func:`pair_invocation` — one level of a tree reduction with a pairwise
   tool (gtltsum): the caller runs each level's independent pairs in parallel.
 * :func:`event_merge` — event lists concatenated with a GTI union: the native
@@ -21,6 +23,7 @@ import contextlib
 import re
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fermitools_argv import fermitools_argv
 from fermipipe.fits.gti import Gti, find_gti_hdu, read_gti, union, update_gti_hdu
 from fermipipe.fits.keywords import ascii_text, set_card
+from fermipipe.fits.table import data_size, write_fits
 from fermipipe.fits.writing import atomic_output, temporary_name
 from fermipipe.manifest import Manifest, header_cards, write_manifest
 from fermipipe.plan import Engine, Invocation, tool_invocation
@@ -236,42 +240,219 @@ def _pixels(ref: _Reference, hdul: fits.HDUList) -> Pixels:
     return {c: sky.data[c] for c in ref.channels}
 
 
-def _accumulator(ref: _Reference, pixels: Pixels) -> Pixels:
-    """A new accumulator holding ``pixels``: int64 for integer images (exact), else float64."""
+#: Voxels per step of a checked dense add and of a streamed write: bounded temporaries
+#: (a 4 M-voxel int64 chunk is 32 MB; a 622 MB cube has 38 such steps).
+_STEP = 1 << 22
+
+
+def _accumulator_dtype(ref: _Reference) -> np.dtype[Any]:
+    """An image's accumulator type: its own integer type in native byte order (every add is
+    checked for overflow, so the sum is exact or refused, and the product is written from it
+    without a conversion), float64 for a float image."""
+    assert ref.dtype is not None
+    return np.dtype(np.float64) if ref.dtype.kind == "f" else ref.dtype.newbyteorder("=")
+
+
+def _overflow(acc: np.ndarray, file: Path) -> ToolError:
+    return ToolError("image_sum", f"the summed counts overflow {acc.dtype.name}", str(file))
+
+
+def _in_range(
+    current: np.ndarray, values: np.ndarray, sign: int, dtype: np.dtype[Any]
+) -> np.ndarray | None:
+    """``current ± values`` computed exactly, or None when any of it leaves ``dtype``'s range.
+
+    Types narrower than 64 bits are widened to int64 (then cast back by the caller's
+    assignment); 64-bit sums are computed in their type and a wrap-around detected from the
+    signs (two's complement: a signed sum overflows iff both operands differ in sign from it).
+    """
+    info = np.iinfo(dtype)
+    if dtype.itemsize < 8:
+        new = current.astype(np.int64)
+        if sign > 0:
+            new += values
+        else:
+            new -= values
+        if new.size and (new.min() < info.min or new.max() > info.max):
+            return None
+        return new
+    other = np.asarray(values).astype(dtype)
+    if np.any(other != values):  # a value that is not of this type
+        return None
+    with np.errstate(over="ignore"):
+        new = current + other if sign > 0 else current - other
+    if dtype.kind == "u":
+        wrapped = new < current if sign > 0 else other > current
+    elif sign > 0:
+        wrapped = ((current ^ new) & (other ^ new)) < 0
+    else:
+        wrapped = ((current ^ other) & (current ^ new)) < 0
+    return None if wrapped.any() else new
+
+
+class _ImageFile:
+    """The unscaled primary image of a plain FITS file, read with ordinary reads into native
+    byte order: a pass over a big image (an incremental merge's previous product) keeps none
+    of the file's pages mapped, as a pass over a memmap would (they count in the RSS)."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any]):
+        self.path, self.offset, self.shape = path, offset, shape
+        self.dtype = dtype  # the file's (big-endian)
+        self.size = int(np.prod(shape))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Voxels ``start``…``stop`` − 1 (flat, C order), native byte order: one read into a
+        new array, byteswapped in place."""
+        stop = min(stop, self.size)
+        out = np.empty(max(stop - start, 0), self.dtype.newbyteorder("="))
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * out.itemsize)
+            if out.nbytes and fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise ToolError("image_sum", "the file ends inside its image", str(self.path))
+        if out.dtype != self.dtype:  # a little-endian host
+            out.byteswap(inplace=True)
+        return out
+
+
+def _image(ref: _Reference, hdul: fits.HDUList) -> Pixels | _ImageFile:
+    """An input's pixels (:func:`_pixels`); a primary image read from its file
+    (:class:`_ImageFile`) when it is a plain file's unscaled image of a FITS type."""
+    if ref.sky or hdul.filename() is None:
+        return _pixels(ref, hdul)
+    path, data = Path(hdul.filename()), hdul[0].data
+    if data is None or not _streamable(hdul[0].header, data.dtype):
+        return data
+    if _gzipped(path):  # astropy's offsets are not the file's
+        return data
+    return _ImageFile(path, int(hdul.fileinfo(0)["datLoc"]), data.shape, data.dtype)
+
+
+def _integer_values(acc: np.ndarray, values: np.dtype[Any], file: Path) -> None:
+    """Refuse float values going into an integer sum (they would be truncated)."""
+    if values.kind not in "iub":
+        raise ToolError(
+            "image_sum", f"a float map cannot be summed into {acc.dtype.name} counts", str(file)
+        )
+
+
+def _dense_add(
+    acc: np.ndarray, pixels: np.ndarray | _ImageFile, sign: int, file: Path, stop: int = -1
+) -> None:
+    """``acc ±= pixels`` (their first ``stop`` voxels; −1: all) in chunks of :data:`_STEP`
+    voxels; for an integer accumulator each chunk is checked for overflow: one whose extremes
+    cannot leave the range is added in place, any other computed exactly (:func:`_in_range`).
+    An overflow is refused (``file`` named) and the chunks already added are taken back out:
+    the accumulator is left as it was."""
+    flat = acc.reshape(-1)  # a view: accumulators are C-contiguous
+    if isinstance(pixels, _ImageFile):
+        size, read = pixels.size, pixels.read
+    else:
+        src = np.asarray(pixels).reshape(-1)
+        size = src.size
+
+        def read(start: int, stop: int) -> np.ndarray:
+            return src[start:stop]
+
+    if size != flat.size:
+        raise ToolError("image_sum", "its image size differs from the first input's", str(file))
+    stop = flat.size if stop < 0 else stop
+    if acc.dtype.kind == "f":
+        for start in range(0, stop, _STEP):
+            part, values = flat[start : start + _STEP], read(start, start + _STEP)
+            if sign > 0:
+                part += values
+            else:
+                part -= values
+        return
+    _integer_values(acc, pixels.dtype, file)
+    info = np.iinfo(acc.dtype)
+    for start in range(0, stop, _STEP):
+        part, values = flat[start : start + _STEP], read(start, start + _STEP)
+        lo, hi = int(part.min()), int(part.max())
+        vlo, vhi = int(values.min()), int(values.max())
+        low, high = (lo + vlo, hi + vhi) if sign > 0 else (lo - vhi, hi - vlo)
+        if info.min <= low and high <= info.max:
+            # in range (checked above): the cast back to the accumulator's type is exact
+            if sign > 0:
+                np.add(part, values, out=part, casting="unsafe")
+            else:
+                np.subtract(part, values, out=part, casting="unsafe")
+            continue
+        new = _in_range(part, values, sign, acc.dtype)
+        if new is None:
+            if start:  # exact: the chunks before were added without overflow
+                _dense_add(acc, pixels, -sign, file, stop=start)
+            raise _overflow(acc, file)
+        part[...] = new
+
+
+def _scatter_add(acc: np.ndarray, compact: CompactMap, sign: int, file: Path) -> None:
+    """A compact map's nonzero voxels added (``sign`` −1: subtracted) into ``acc``: its
+    indices are unique, so a gather, an exact add and a scatter touch each voxel once; for an
+    integer accumulator only the touched voxels are checked for overflow (refused, ``acc``
+    unchanged)."""
+    flat = acc.reshape(-1)  # a view: accumulators are C-contiguous
+    index, values = compact.index, compact.values
+    if acc.dtype.kind == "f":
+        if sign > 0:
+            flat[index] += values
+        else:
+            flat[index] -= values
+        return
+    _integer_values(acc, values.dtype, file)
+    new = _in_range(flat[index], values, sign, acc.dtype)
+    if new is None:
+        raise _overflow(acc, file)
+    flat[index] = new
+
+
+def _accumulator(ref: _Reference, pixels: Pixels | _ImageFile, file: Path) -> Pixels:
+    """A new accumulator holding ``pixels`` (:func:`_accumulator_dtype`; HEALPix channels:
+    float64). Pixels of the accumulator's type are copied in one (byteswapping) read; wider
+    ones (an int64 partial sum) are added into zeros, checked (``file`` named on overflow)."""
     if isinstance(pixels, dict):
         return {c: np.array(v, dtype=np.float64) for c, v in pixels.items()}
-    assert ref.dtype is not None
-    return np.array(pixels, dtype=np.float64 if ref.dtype.kind == "f" else np.int64)
+    dtype = _accumulator_dtype(ref)
+    if isinstance(pixels, _ImageFile) and pixels.dtype.newbyteorder("=") == dtype:
+        return pixels.read(0, pixels.size).reshape(pixels.shape)
+    if isinstance(pixels, _ImageFile):  # a float image into float64
+        acc = np.zeros(pixels.shape, dtype)
+        _dense_add(acc, pixels, 1, file)
+        return acc
+    if dtype.kind == "f" or np.can_cast(pixels.dtype, dtype, "safe"):
+        return np.array(pixels, dtype=dtype)
+    acc = np.zeros(pixels.shape, dtype)
+    _dense_add(acc, pixels, 1, file)
+    return acc
 
 
-def _add(acc: Pixels, pixels: Pixels, sign: int = 1) -> None:
+def _add(acc: Pixels, pixels: Pixels | _ImageFile, file: Path, sign: int = 1) -> None:
     if isinstance(acc, dict):
         for c, column in acc.items():
             if sign > 0:
                 column += pixels[c]  # type: ignore[index]
             else:
                 column -= pixels[c]  # type: ignore[index]
-    elif sign > 0:
-        acc += pixels
     else:
-        acc -= pixels
+        _dense_add(acc, pixels, sign, file)  # type: ignore[arg-type]
 
 
 def _add_input(
-    ref: _Reference, acc: Pixels, hdul: fits.HDUList, compact: CompactMap | None, sign: int = 1
+    ref: _Reference,
+    acc: Pixels,
+    hdul: fits.HDUList,
+    compact: CompactMap | None,
+    file: Path,
+    sign: int = 1,
 ) -> None:
-    """Add (``sign`` −1: subtract) one checked input into ``acc``: a compact map's nonzero
-    voxels are scatter-added into the flat accumulator (its indices are unique, so the
-    fancy-index ``+=`` is exact), nothing dense is built."""
+    """Add (``sign`` −1: subtract) one checked input into ``acc``: a dense image in checked
+    chunks, a compact map's nonzero voxels scatter-added (nothing dense is built). An integer
+    overflow is refused naming ``file`` (the product, or the running sum's map)."""
     if compact is None:
-        _add(acc, _pixels(ref, hdul), sign)
+        _add(acc, _image(ref, hdul), file, sign)
         return
     assert isinstance(acc, np.ndarray)  # _check refused a compact map against a SKYMAP
-    flat = acc.reshape(-1)  # a view: accumulators are C-contiguous
-    if sign > 0:
-        flat[compact.index] += compact.values
-    else:
-        flat[compact.index] -= compact.values
+    _scatter_add(acc, compact, sign, file)
 
 
 def _template(hdul: fits.HDUList, compact: CompactMap | None) -> fits.HDUList:
@@ -292,11 +473,10 @@ def _template(hdul: fits.HDUList, compact: CompactMap | None) -> fits.HDUList:
     return fits.HDUList([primary, *rest])
 
 
-def _sparse_accumulator(ref: _Reference, compact: CompactMap) -> np.ndarray:
+def _sparse_accumulator(ref: _Reference, compact: CompactMap, file: Path) -> np.ndarray:
     """:func:`_accumulator` for a compact first input (zeros, its voxels scattered in)."""
-    assert ref.dtype is not None
-    acc = np.zeros(compact.shape, np.float64 if ref.dtype.kind == "f" else np.int64)
-    _add_input(ref, acc, fits.HDUList(), compact)
+    acc = np.zeros(compact.shape, _accumulator_dtype(ref))
+    _scatter_add(acc, compact, 1, file)
     return acc
 
 
@@ -309,11 +489,27 @@ def _verified(path: Path) -> Path:
         raise ToolError("merge", str(exc)) from None
 
 
+def _gzipped(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _open(path: Path) -> fits.HDUList:
+    """``path`` opened memory-mapped; a plain file that ends inside a data unit is refused
+    (astropy would fail only when the data are read, with a traceback)."""
     try:
-        return fits.open(path, memmap=True)
+        with warnings.catch_warnings():  # a truncated file is said below, in one line
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            hdul = fits.open(path, memmap=True)
+            if _gzipped(path):
+                return hdul
+            ends = [hdul.fileinfo(i)["datLoc"] + data_size(h.header) for i, h in enumerate(hdul)]
     except (OSError, ValueError) as exc:
         raise ToolError("image_sum", f"cannot read: {exc}", str(path)) from None
+    if max(ends) > path.stat().st_size:
+        hdul.close()
+        raise ToolError("image_sum", "the file ends inside its data", str(path))
+    return hdul
 
 
 def _load(path: Path, voxels: bool = True) -> tuple[fits.HDUList, CompactMap | None]:
@@ -336,8 +532,9 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
     ``first``), each checked against ``first``, saved as a NumPy ``.npz`` at ``output``.
 
     :func:`image_sum` with ``partials=`` adds the parts and builds the product; the parts
-    run in parallel. Accumulators are int64 (counts: exact in any grouping) or float64.
-    Inputs may be compact counts files (scatter-added).
+    run in parallel. Accumulators are the image's integer type (every add checked: an
+    overflow is refused, so counts are exact in any grouping) or float64. Inputs may be
+    compact counts files (scatter-added).
     """
     if not inputs:
         raise ToolError("image_sum", "a partial sum needs at least one input", str(output))
@@ -352,12 +549,12 @@ def partial_image_sum(inputs: Sequence[Path], output: Path, *, first: Path) -> P
             _check(ref, hdul, path)
             if acc is None:
                 acc = (
-                    _accumulator(ref, _pixels(ref, hdul))
+                    _accumulator(ref, _image(ref, hdul), Path(output))
                     if compact is None
-                    else _sparse_accumulator(ref, compact)
+                    else _sparse_accumulator(ref, compact, Path(output))
                 )
             else:
-                _add_input(ref, acc, hdul, compact)
+                _add_input(ref, acc, hdul, compact, Path(output))
     arrays = acc if isinstance(acc, dict) else {"image": acc}
     with _atomic(Path(output)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays, **{_PART_INPUTS: np.array([str(p) for p in inputs])})
@@ -376,13 +573,15 @@ def _whole(pixels: Pixels | np.ndarray) -> bool:
 class RunningSum:
     """The pixels of an image_sum, summed as the maps come (streaming merges).
 
-    Counts are whole numbers, and whole numbers add exactly in the int64/float64
-    accumulators whatever the order (below 2**53), so each map is added as soon as its file
-    is done — the product equals a one-pass merge. A map with a fractional pixel is refused
-    (:class:`NotWholeCounts`): the merge then sums the maps in plan order. Adders are
-    serialized (one accumulator: a compact weekly map adds in ~0.1 s). :func:`image_sum`
-    takes it as ``presummed``; headers, GTIs and summed keywords are still read from every
-    input, in order."""
+    Counts are whole numbers, and whole numbers add exactly whatever the order — in the
+    image's own integer type (every add checked: a sum beyond it is refused, naming the map
+    that overflowed it; non-negative counts reach their final sum through smaller partial
+    sums, so no order overflows where another would not) or in float64 (below 2**53) — so
+    each map is added as soon as its file is done: the product equals a one-pass merge. A
+    map with a fractional pixel is refused (:class:`NotWholeCounts`): the merge then sums
+    the maps in plan order. Adders are serialized (one accumulator: a compact weekly map
+    adds in ~0.1 s). :func:`image_sum` takes it as ``presummed``; headers, GTIs and summed
+    keywords are still read from every input, in order."""
 
     def __init__(self, first: Path) -> None:
         template, compact = _load(Path(first))
@@ -403,17 +602,20 @@ class RunningSum:
             with self._lock:
                 if self.pixels is None:
                     self.pixels = (
-                        _accumulator(self.ref, values)
+                        _accumulator(self.ref, _image(self.ref, hdul), path)
                         if compact is None
-                        else _sparse_accumulator(self.ref, compact)
+                        else _sparse_accumulator(self.ref, compact, path)
                     )
                 else:
-                    _add_input(self.ref, self.pixels, hdul, compact)
+                    _add_input(self.ref, self.pixels, hdul, compact, path)
                 self.paths.append(path)
 
 
-def _combine(ref: _Reference, inputs: Sequence[Path], partials: Sequence[Path]) -> Pixels:
-    """Sum the partial sums, in order, after checking they cover exactly ``inputs``."""
+def _combine(
+    ref: _Reference, inputs: Sequence[Path], partials: Sequence[Path], output: Path
+) -> Pixels:
+    """Sum the partial sums, in order, after checking they cover exactly ``inputs`` (an
+    integer part, e.g. an int64 one, is range-checked into the image type's accumulator)."""
     covered: list[str] = []
     acc: Pixels | None = None
     for part in partials:
@@ -421,9 +623,9 @@ def _combine(ref: _Reference, inputs: Sequence[Path], partials: Sequence[Path]) 
             covered += [str(p) for p in npz[_PART_INPUTS]]
             pixels: Pixels = {c: npz[c] for c in ref.channels} if ref.sky else npz["image"]
             if acc is None:
-                acc = _accumulator(ref, pixels)
+                acc = _accumulator(ref, pixels, output)
             else:
-                _add(acc, pixels)
+                _add(acc, pixels, output)
     if covered != [str(p) for p in inputs] or acc is None:
         raise ToolError(
             "image_sum", "the partial sums do not cover exactly the inputs", str(partials[0])
@@ -465,13 +667,15 @@ def image_sum(
 
     ``subtract`` (count maps, dense or compact) takes maps back out of the **first** input,
     the previous product they were summed into — a changed week: ``inputs=[previous, new
-    week], subtract=[old week]``. Pixels: exact for integer counts (int64 sums; a float map
-    only while every value is an integer within :data:`EXACT_INTEGER_LIMIT`, else refused),
-    and a pixel going negative (a map that was not in the product) is refused. GTI: the
-    subtracted maps' GTIs are cut out of the first input's, then the others' are united in —
-    the GTI a full merge gives when the weeks do not overlap. TSTART/TSTOP: a subtracted map
-    holding the product's first start (last stop) must be replaced by an input starting
-    (stopping) no later (earlier), else the span is unknown and the merge is refused. Summed
+    week], subtract=[old week]``. Pixels: exact for integer counts (summed in the image's
+    integer type, every step checked: a sum beyond it is refused, even one the subtraction
+    would bring back; a float map only while every value is an integer within
+    :data:`EXACT_INTEGER_LIMIT`, else refused), and a pixel going negative (a map that was
+    not in the product) is refused. GTI: the subtracted maps' GTIs are cut out of the first
+    input's, then the others' are united in — the GTI a full merge gives when the weeks do
+    not overlap. TSTART/TSTOP: a subtracted map holding the product's first start (last
+    stop) must be replaced by an input starting (stopping) no later (earlier), else the span
+    is unknown and the merge is refused. Summed
     keywords (EXPOSURE): (sum of inputs) − (sum of subtracted), equal to a full merge's to
     float64 rounding, not bit for bit.
     """
@@ -492,15 +696,15 @@ def image_sum(
         template = _template(hdul, compact)
         ref = _reference(template, first, compact)
         if partials:
-            acc = _combine(ref, paths, partials)
+            acc = _combine(ref, paths, partials, Path(output))
         elif presummed is not None and presummed.pixels is not None:
             acc, presummed.pixels = presummed.pixels, None  # taken over: no second copy
             if str(first) not in done:
-                _add_input(ref, acc, hdul, compact)
+                _add_input(ref, acc, hdul, compact, Path(output))
         elif compact is not None:
-            acc = _sparse_accumulator(ref, compact)
-        else:
-            acc = _accumulator(ref, _pixels(ref, hdul))
+            acc = _sparse_accumulator(ref, compact, Path(output))
+        else:  # e.g. the previous product of an incremental merge: one byteswapping read
+            acc = _accumulator(ref, _image(ref, hdul), Path(output))
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
@@ -513,7 +717,7 @@ def image_sum(
             if index:
                 _check(ref, hdul, path)
                 if not partials and str(path) not in done:
-                    _add_input(ref, acc, hdul, compact)
+                    _add_input(ref, acc, hdul, compact, Path(output))
             gti_hdu = find_gti_hdu(hdul)
             if gti_hdu is not None:
                 gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
@@ -536,6 +740,7 @@ def image_sum(
         gti = union(gtis)
 
     counts_exact: bool | None = None
+    streamed: tuple[np.ndarray, np.dtype[Any]] | None = None  # for _write_streamed
     if isinstance(acc, dict):
         sky = _skymap(template)
         assert sky is not None
@@ -544,13 +749,16 @@ def image_sum(
     else:
         dtype = ref.dtype
         assert dtype is not None
-        info = np.iinfo(dtype) if dtype.kind in "iu" else None
-        if info is not None and (acc.max(initial=0) > info.max or acc.min(initial=0) < info.min):
-            raise ToolError("image_sum", f"the summed counts overflow {dtype}", str(output))
-        counts_exact = info is not None or bool(
+        # an integer sum is in range: every add was checked (_dense_add, _scatter_add)
+        counts_exact = dtype.kind in "iu" or bool(
             np.abs(acc).max(initial=0) <= EXACT_INTEGER_LIMIT[dtype.itemsize]
         )
-        template[0].data = acc.astype(dtype.newbyteorder("="))  # native: no byteswap pass
+        # write_fits would count a table's heap as rows (NAXIS2): such a file goes to astropy
+        heaps = any(int(hdu.header.get("PCOUNT", 0) or 0) for hdu in template[1:])
+        if _streamable(template[0].header, dtype) and not heaps:
+            streamed = acc, dtype
+        else:  # scaled (BSCALE/BZERO), an unusual type or a heap: astropy writes it
+            template[0].data = acc.astype(dtype.newbyteorder("="))
     if gti_index is not None:
         template[gti_index] = update_gti_hdu(template[gti_index], gti)
     for (i, key), total in sums.items():
@@ -576,11 +784,67 @@ def image_sum(
     if manifest is not None:  # before the first write: no rewrite to make room for them
         _stamp_header(template[0].header, manifest, how)
     with _atomic(Path(output)) as tmp:
-        template.writeto(tmp, checksum=True, overwrite=True)
+        if streamed is None:
+            template.writeto(tmp, checksum=True, overwrite=True)
+        else:  # the accumulator is byteswapped in place: it is not read after this
+            _write_streamed(template, *streamed, tmp)
         _commit_manifest(tmp, Path(output), manifest, how, stamped=True)
     ontime = template[gti_index].header.get("ONTIME") if gti_index is not None else None
     exposure = next((v for (_, k), v in sums.items() if k == "EXPOSURE"), None)
     return MergeInfo(Path(output), len(paths), left_out, ontime, exposure, counts_exact)
+
+
+#: BITPIX of the image types :func:`_write_streamed` writes (FITS standard, table 8).
+_BITPIX = {"u1": 8, "i2": 16, "i4": 32, "i8": 64, "f4": -32, "f8": -64}
+
+
+def _streamable(header: fits.Header, dtype: np.dtype[Any]) -> bool:
+    """Whether a primary image of ``dtype`` is written by :func:`_write_streamed`: an
+    unscaled image (no BSCALE/BZERO: astropy's scaling is left to astropy) of a FITS type
+    whose BITPIX the header holds."""
+    key = dtype.newbyteorder("=").str[1:]
+    return (
+        "BSCALE" not in header
+        and "BZERO" not in header
+        and _BITPIX.get(key) is not None
+        and header.get("BITPIX") == _BITPIX[key]
+    )
+
+
+def _big_endian_steps(acc: np.ndarray, dtype: np.dtype[Any]) -> Iterator[np.ndarray]:
+    """The data unit of an image of ``dtype`` summed in ``acc``, :data:`_STEP` voxels at a
+    time, big-endian: an accumulator already of that type is byteswapped in place (it is
+    discarded after the write: no full-size copy), a float64 one converted step by step
+    (the rounding of one ``astype``)."""
+    target = dtype.newbyteorder(">")
+    flat = acc.reshape(-1)
+    for start in range(0, flat.size, _STEP):
+        part = flat[start : start + _STEP]
+        if part.dtype == target:  # big-endian host, or bytes
+            yield part
+        elif part.dtype.newbyteorder(">") == target:
+            yield part.byteswap(inplace=True).view(target)
+        else:
+            yield part.astype(target)
+
+
+def _write_streamed(
+    template: fits.HDUList, acc: np.ndarray, dtype: np.dtype[Any], tmp: Path
+) -> None:
+    """Write ``template`` to ``tmp`` with its primary image (of ``dtype``) taken from
+    ``acc``, byteswapped in place. The headers are the ones astropy's ``writeto`` writes
+    (verified and completed as it does first); the image is streamed in big-endian steps by
+    :func:`fermipipe.fits.table.write_fits`, which computes CHECKSUM/DATASUM as it goes and
+    writes through a temporary of ``tmp`` renamed onto it (a writer killed mid-way leaves no
+    ``tmp``, only its own PID-named temporary, removed like any dead writer's). The
+    extensions (GTI, EBOUNDS) are serialised by astropy."""
+    template.verify(option="exception")
+    template.update_extend()
+    primary = template[0]
+    primary.update_header()  # the stand-in image has the product's type and shape
+    steps = _big_endian_steps(acc, dtype)
+    # FILENAME is already the product's name (image_sum): not added here.
+    write_fits(tmp, [(primary.header, steps), *template[1:]], add_filename=False)
 
 
 def _presummed_of(presummed: RunningSum | None, paths: Sequence[Path], output: Path) -> set[str]:
@@ -664,7 +928,7 @@ def _subtract(
             _check(ref, hdul, path)
             values = compact.values if compact is not None else np.asarray(_pixels(ref, hdul))
             _exact_counts(ref, values, "this map", path)
-            _add_input(ref, acc, hdul, compact, sign=-1)
+            _add_input(ref, acc, hdul, compact, output, sign=-1)
             touched = acc.reshape(-1)[compact.index] if compact is not None else acc
             if touched.min(initial=0) < 0:
                 raise ToolError(

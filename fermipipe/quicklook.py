@@ -7,21 +7,123 @@ Only positive pixels are drawn: farith writes an undefined pixel (exposure 0) as
 ``blank`` value (−999 by default) or NaN, and both are left blank. Integer images are
 labelled as counts; float images (a flux map, an exposure) by what they are, summed over the
 energy planes (for a flux cube: the flux integrated over the cube's energy range).
+
+A big image is read memory-mapped and summed plane by plane (no float copy of the cube), then
+drawn at screen resolution: wider or taller than :data:`MAX_SIDE` pixels, it is drawn in k×k
+blocks (:func:`sky_image`) with a WCS describing the blocks, and the colour bar says so.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fermipipe.errors import ToolError
 
+#: The largest image side drawn pixel for pixel: the PNG's map is ~900 pixels wide, so finer
+#: pixels would not show (a 0.1° all-sky 3600×1800 map is drawn in 3×3 blocks, 1200×600).
+MAX_SIDE = 1200
 
-def _label(integer: bool) -> str:
-    """Colour-bar label: counts for an integer map, else a value summed over the planes."""
-    return "counts / pixel (all energies)" if integer else "sum over energy planes / pixel"
+
+def _label(integer: bool, block: int = 1) -> str:
+    """Colour-bar label: counts for an integer map, else a value summed over the planes; per
+    pixel, or per k×k block (summed counts; the mean of a float map's pixels)."""
+    if block == 1:
+        return "counts / pixel (all energies)" if integer else "sum over energy planes / pixel"
+    if integer:
+        return f"counts / ({block}×{block} pixels), all energies"
+    return f"sum over energy planes / pixel, mean of {block}×{block} pixels"
+
+
+@dataclass
+class SkyImage:
+    """What :func:`make_quicklook` draws of a primary image."""
+
+    values: np.ndarray  # 2-D: summed over the energy planes, in blocks when ``block`` > 1
+    wcs: Any  # astropy WCS (celestial) of ``values``' pixels
+    block: int  # k: each drawn pixel is k×k map pixels
+    integer: bool
+    label: str
+
+
+def _plane_sum(data: np.ndarray, integer: bool) -> np.ndarray:
+    """The image summed over its leading (energy) axes, plane by plane into int64 (counts) or
+    float64: a memory-mapped cube is read once, without a float copy of the whole of it."""
+    planes = data.reshape(-1, *data.shape[-2:])
+    total = np.zeros(data.shape[-2:], np.int64 if integer else np.float64)
+    for plane in planes:
+        total += plane
+    return total
+
+
+def _blocks(total: np.ndarray, k: int, integer: bool) -> np.ndarray:
+    """``total`` in k×k blocks: counts summed; a float map's pixels averaged over those that
+    are defined — NaN and farith's blank (−999) make a pixel's plane sum NaN or negative and
+    are left out, so a block is the mean flux over its defined area (no defined pixel: NaN,
+    not drawn). The last rows/columns that do not fill a block (fewer than k, at the top and
+    right edges) are left out: a partial block would be drawn as a whole one, too faint."""
+    ny, nx = total.shape[0] // k, total.shape[1] // k
+    cells = total[: ny * k, : nx * k].reshape(ny, k, nx, k)
+    if integer:
+        return cells.sum(axis=(1, 3))
+    defined = np.isfinite(cells) & (cells >= 0)
+    n = defined.sum(axis=(1, 3))
+    summed = np.where(defined, cells, 0.0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, summed / np.maximum(n, 1), np.nan)
+
+
+def _block_wcs(wcs: Any, k: int) -> Any:
+    """The WCS of k×k blocks of ``wcs``' pixels (block (0, 0) covers pixels 0…k−1): astropy's
+    slicing with a step rescales CRPIX and CDELT — a CD matrix, which it would leave as it is,
+    is first written as PC with unit CDELT (the same transformation)."""
+    if wcs.wcs.has_cd():
+        wcs = wcs.deepcopy()
+        cd = wcs.wcs.cd.copy()
+        del wcs.wcs.cd
+        wcs.wcs.pc = cd
+        wcs.wcs.cdelt = [1.0] * cd.shape[0]
+        wcs.wcs.set()
+    return wcs[::k, ::k]
+
+
+def sky_image(product: Path, max_side: int = MAX_SIDE) -> SkyImage | None:
+    """The primary image of ``product`` as drawn: summed over its energy planes and, wider or
+    taller than ``max_side``, in k×k blocks (k the smallest bringing it within ``max_side``).
+    None when the primary HDU holds no image (NAXIS < 2)."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(product, memmap=True) as hdul:
+            return _sky_image(hdul, max_side)
+    except OSError as exc:
+        raise ToolError("quicklook", f"cannot read the map: {exc}", file=str(product)) from None
+
+
+def _sky_image(hdul: Any, max_side: int = MAX_SIDE) -> SkyImage | None:
+    """:func:`sky_image` of an open (memory-mapped) HDU list."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    primary = hdul[0]
+    if primary.header.get("NAXIS", 0) < 2 or primary.data is None:
+        return None
+    integer = bool(np.issubdtype(primary.data.dtype, np.integer))
+    total = _plane_sum(primary.data, integer)
+    with warnings.catch_warnings():  # DATE-OBS → MJD-OBS notes are noise here
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(primary.header).celestial
+    k = math.ceil(max(total.shape) / max_side)
+    k = max(1, min(k, *total.shape))  # a sliver of an image stays at least one block wide
+    if k > 1:
+        return SkyImage(_blocks(total, k, integer), _block_wcs(wcs, k), k, integer,
+                        _label(integer, k))  # fmt: skip
+    return SkyImage(total, wcs, 1, integer, _label(integer))
 
 
 def _healpix_image(path: Path) -> tuple[np.ndarray, str, bool]:
@@ -56,27 +158,17 @@ def make_quicklook(product: Path, png: Path, *, title: str | None = None) -> Pat
 
     product, png = Path(product), Path(png)
     try:
-        with fits.open(product, memmap=False) as hdul:
+        with fits.open(product, memmap=True) as hdul:
             names = [h.name for h in hdul]
-            primary = hdul[0]
-            has_image = primary.data is not None and primary.header.get("NAXIS", 0) >= 2
-            image = np.asarray(primary.data, dtype=float) if has_image else None
-            integer = has_image and np.issubdtype(primary.data.dtype, np.integer)
-            header = primary.header.copy()
+            header = hdul[0].header.copy()
+            image = _sky_image(hdul)
     except OSError as exc:
         raise ToolError("quicklook", f"cannot read the map: {exc}", file=str(product)) from None
 
     fig = plt.figure(figsize=(10, 5.6))
     if image is not None:
-        import warnings
-
-        from astropy.wcs import WCS, FITSFixedWarning
-
-        with warnings.catch_warnings():  # DATE-OBS → MJD-OBS notes are noise here
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header).celestial
-        total = image.sum(axis=0) if image.ndim == 3 else image
-        ax = fig.add_subplot(projection=wcs)
+        total = image.values
+        ax = fig.add_subplot(projection=image.wcs)
         positive = total[total > 0]  # NaN and farith's blank (−999) fail this
         # Counts are ≥ 1 where positive; a flux map's smallest positive value sets its scale.
         norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
@@ -87,7 +179,7 @@ def make_quicklook(product: Path, png: Path, *, title: str | None = None) -> Pat
         lon.set_axislabel(str(header.get("CTYPE1", "lon")).split("-")[0])
         lat.set_axislabel(str(header.get("CTYPE2", "lat")).split("-")[0])
         ax.coords.grid(color="white", alpha=0.25, linestyle=":")
-        fig.colorbar(im, ax=ax, label=_label(integer), shrink=0.8)
+        fig.colorbar(im, ax=ax, label=image.label, shrink=0.8)
     elif "SKYMAP" in names:
         counts, coordsys, integer = _healpix_image(product)
         import healpy as hp

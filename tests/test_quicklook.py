@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from fermipipe.errors import ToolError
-from fermipipe.quicklook import make_quicklook
+from fermipipe.quicklook import make_quicklook, sky_image
 
 
 def _png_pixels(path: Path) -> np.ndarray:
@@ -60,3 +61,124 @@ def test_quicklook_of_a_flux_map_with_undefined_pixels(shared_data: Path, tmp_pa
     png = make_quicklook(flux, tmp_path / "flux.png")
     pixels = _png_pixels(png)
     assert np.std(pixels[..., :3]) > 0.05
+
+
+# ------------------------------------------------------- big maps: drawn in blocks
+
+
+def _sky_header(nx: int, ny: int, nz: int, *, cd: bool = False) -> Any:
+    """A gtbin-like all-sky AIT header (galactic, 0.15° pixels), optionally with a rotated
+    CD matrix instead of CDELT."""
+    from astropy.io import fits
+
+    header = fits.Header()
+    header["SIMPLE"] = True
+    header["BITPIX"] = 32
+    header["NAXIS"] = 3 if nz else 2
+    header["NAXIS1"], header["NAXIS2"] = nx, ny
+    if nz:
+        header["NAXIS3"] = nz
+    header["CTYPE1"], header["CTYPE2"] = "GLON-AIT", "GLAT-AIT"
+    header["CRPIX1"], header["CRPIX2"] = (nx + 1) / 2, (ny + 1) / 2
+    header["CRVAL1"], header["CRVAL2"] = 0.0, 0.0
+    if cd:
+        a = np.deg2rad(10.0)
+        header["CD1_1"], header["CD1_2"] = -0.15 * np.cos(a), 0.15 * np.sin(a)
+        header["CD2_1"], header["CD2_2"] = 0.15 * np.sin(a), 0.15 * np.cos(a)
+    else:
+        header["CDELT1"], header["CDELT2"] = -0.15, 0.15
+    if nz:
+        header["CTYPE3"], header["CRPIX3"], header["CRVAL3"], header["CDELT3"] = (
+            "Energy", 1.0, 100.0, 100.0,
+        )  # fmt: skip
+    return header
+
+
+def _cube(path: Path, data: np.ndarray, *, cd: bool = False) -> Path:
+    """``data`` (z, y, x or y, x) written with the project's FITS writer."""
+    from fermipipe.fits.table import write_fits
+
+    nz = data.shape[0] if data.ndim == 3 else 0
+    header = _sky_header(data.shape[-1], data.shape[-2], nz, cd=cd)
+    header["BITPIX"] = {"i": 32, "f": -32}[data.dtype.kind]
+    write_fits(path, [(header, data.astype(data.dtype.newbyteorder(">")))])
+    return path
+
+
+def _block_centres_agree(path: Path, image: Any) -> None:
+    """Each block's centre is the centre of its k×k map pixels (world coordinates)."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        full = WCS(fits.getheader(path)).celestial
+    k = image.block
+    ny, nx = image.values.shape
+    # inside the all-sky ellipse (its corners are off the sky)
+    i = np.array([nx // 2, nx // 2 + 1, nx // 3, 2 * nx // 3, nx // 4 + 9, nx // 2 - 5])
+    j = np.array([ny // 2, ny // 2 + 3, ny // 3, 2 * ny // 3, ny // 2 - 7, ny // 5])
+    got = image.wcs.pixel_to_world(i, j)
+    want = full.pixel_to_world(i * k + (k - 1) / 2, j * k + (k - 1) / 2)
+    assert np.all(got.separation(want).deg < 1e-9)
+    # a block is k map pixels (0.15° each) wide: the test can tell an unscaled WCS
+    centre = image.wcs.pixel_to_world(nx // 2, ny // 2)
+    step = image.wcs.pixel_to_world(nx // 2 + 1, ny // 2).separation(centre).deg
+    assert step == pytest.approx(k * 0.15, rel=1e-2)
+
+
+def test_a_big_counts_cube_is_drawn_in_blocks(tmp_path: Path) -> None:
+    """2400×1200×2 int32: summed over the planes, drawn in 2×2 blocks of summed counts with
+    the blocks' WCS, and the colour bar says what a pixel is."""
+    rng = np.random.default_rng(7)
+    data = rng.poisson(0.6, size=(2, 1200, 2400)).astype(np.int32)
+    data[:, 600:640, 1190:1210] += 50  # a bright source in the middle
+    path = _cube(tmp_path / "big.fits", data)
+    image = sky_image(path)
+    assert image is not None and image.block == 2 and image.integer
+    total = data.astype(np.int64).sum(axis=0)
+    blocks = total[0::2, 0::2] + total[1::2, 0::2] + total[0::2, 1::2] + total[1::2, 1::2]
+    assert image.values.shape == (600, 1200) and np.array_equal(image.values, blocks)
+    assert image.label == "counts / (2×2 pixels), all energies"
+    _block_centres_agree(path, image)
+    png = make_quicklook(path, tmp_path / "big.png")
+    pixels = _png_pixels(png)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and np.std(pixels[..., :3]) > 0.05
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_big_flux_map_is_drawn_as_block_means_of_its_defined_pixels(tmp_path: Path) -> None:
+    """2500×1300 float32 with blanks (NaN, farith's −999) and a CD-matrix WCS: 3×3 blocks
+    (the 1 remaining column and row left out), each the mean of its defined pixels."""
+    rng = np.random.default_rng(3)
+    data = rng.uniform(0, 2e-9, size=(1300, 2500)).astype(np.float32)
+    data[0, 0] = np.nan  # block (0, 0): the mean of the other 8
+    data[1, 4] = -999  # block (0, 1): likewise
+    data[3:6, 6:9] = -999  # block (1, 2): nothing defined, not drawn
+    path = _cube(tmp_path / "flux.fits", data, cd=True)
+    image = sky_image(path)
+    assert image is not None and image.block == 3 and not image.integer
+    assert image.values.shape == (433, 833)  # 1300 // 3, 2500 // 3
+    assert image.label == "sum over energy planes / pixel, mean of 3×3 pixels"
+    wide = data.astype(np.float64)
+    assert image.values[0, 0] == pytest.approx(np.nansum(wide[0:3, 0:3]) / 8, rel=1e-12)
+    block = wide[0:3, 3:6]
+    assert image.values[0, 1] == pytest.approx(block[block >= 0].mean(), rel=1e-12)
+    assert np.isnan(image.values[1, 2])
+    assert image.values[5, 7] == pytest.approx(wide[15:18, 21:24].mean(), rel=1e-12)
+    _block_centres_agree(path, image)
+    pixels = _png_pixels(make_quicklook(path, tmp_path / "flux.png"))
+    assert np.std(pixels[..., :3]) > 0.05
+
+
+def test_a_small_map_is_drawn_pixel_for_pixel(shared_data: Path) -> None:
+    from astropy.io import fits
+
+    path = shared_data / "evtbin" / "outref" / "test.ccube"  # 100×100×100
+    image = sky_image(path)
+    assert image is not None and image.block == 1
+    assert image.label == "counts / pixel (all energies)"
+    expected = fits.getdata(path).astype(np.int64).sum(axis=0)
+    assert np.array_equal(image.values, expected) and expected.sum() > 0
