@@ -62,7 +62,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fermipipe import runner
-from fermipipe.caching import get_store, open_cache, stored_outputs
+from fermipipe.caching import get_store, open_cache, prefetch_hashes, stored_outputs
 from fermipipe.cleanup import after_chains, after_merges, cleanup_policy
 from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.fermitools import FermitoolsInstall, locate
@@ -183,13 +183,20 @@ def work_subflow(handle: str) -> State | None:
     logger = get_run_logger()
     keep = choices.keep_intermediate
     install = locate(cfg.fermitools.prefix)
-    staging = open_staging(cfg, plan, keep, logger)
-    # Opened first: its native worker processes start while the inputs are sliced and hashed.
-    run = open_run(plan, work.workers, install, native_processes(cfg, plan))
+    # Started first, all at once: the inputs' hashing, the native workers, the slices.
+    hashing = prefetch_hashes(cfg, plan, choices.verify_cache)
     try:
+        staging = open_staging(cfg, plan, keep, logger)
+    except BaseException:
+        hashing.cancel()
+        raise
+    run: runner.RunContext | None = None
+    try:
+        run = open_run(plan, work.workers, install, native_processes(cfg, plan))
         if cfg.resources.slice_scfile:  # mission FT2 → per-week slices, in the store
             store = get_store(cfg.cache_root / "store") if cfg.cache.enabled else None
             plan = slice_plan(plan, store, logger)
+        hashing.wait()
         cache = open_cache(cfg, plan, install, choices.verify_cache)
         cleanup = cleanup_policy(
             plan,
@@ -203,9 +210,12 @@ def work_subflow(handle: str) -> State | None:
         for folder in {plan.outdir, *(m.output.parent for m in plan.merges)}:
             remove_dead_temporaries(folder)
     except BaseException:
-        runner.close_run(run.name)
+        hashing.cancel()
+        if run is not None:
+            runner.close_run(run.name)
         close_staging(staging)
         raise
+    assert run is not None
     logger.info(
         "%d files × %d steps, %d workers; products in %s",
         len(plan.files),

@@ -10,8 +10,11 @@ every merge succeeded, in order, each keyed by the content of what it reads.
 
 from __future__ import annotations
 
+import contextvars
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +71,10 @@ def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> 
     (:func:`fermipipe.cleanup.after_merges`). The staging folder itself is removed by its
     owner, the work subflow."""
     outcome = ProductsOutcome()
+    looks = Quicklooks()
     try:
         for merge in plan.merges:
-            outcome.merges.append(run_merge(merge, plan, files, opts))
+            outcome.merges.append(run_merge(merge, plan, files, opts, looks))
         if opts.skip_post:
             outcome.note = "post-processing skipped (--skip-post)"
         elif any(m.status == "failed" for m in outcome.merges):
@@ -79,21 +83,27 @@ def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> 
             for inv in plan.post:
                 outcome.post.append(run_post_step(inv, opts.run, opts.cache))
                 for name, path in quicklook_outputs(inv, outcome.post[-1]).items():
-                    publish_quicklook(name, Path(path))  # a flux map: PNG beside it
+                    looks.draw(name, Path(path))  # a flux map: PNG beside it
                 if outcome.post[-1].status == "failed":
                     outcome.note = f"post-processing stopped: {inv.step} failed"
                     break
+        looks.finish()
     except BaseException as exc:
         on_interrupt(exc)
         runner.kill_all()
         raise
     finally:
+        looks.close()
         after_merges(plan, files, opts.cleanup)
     return outcome
 
 
 def run_merge(
-    merge: MergePlan, plan: Plan, files: list[FileSummary], opts: ProductOptions
+    merge: MergePlan,
+    plan: Plan,
+    files: list[FileSummary],
+    opts: ProductOptions,
+    looks: Quicklooks,
 ) -> MergeSummary:
     sources, left_out = merge_sources(merge, plan, files)
     inputs = [path for _id, path in sources]
@@ -147,7 +157,7 @@ def run_merge(
         if out.mode == "up_to_date" and png.exists():  # the product did not change
             out.quicklook = str(png)
         else:
-            out.quicklook = publish_quicklook(merge.name, merge.output)
+            looks.draw(merge.name, merge.output, lambda png: setattr(out, "quicklook", png))
     return out
 
 
@@ -201,6 +211,37 @@ def summed_merge(
         merge, todo, left_out, run=opts.run, manifest=manifest, subtract=subtract, running=handle
     )
     return cpu
+
+
+class Quicklooks:
+    """Quick-look PNGs drawn in the background, one after the other (pyplot is not
+    thread-safe), while the next merges and post-processing steps run: each reads a
+    finished product. :meth:`finish` waits for them (the run ends after its PNGs)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fermipipe-quicklook")
+        self._pending: list[tuple[Future[str | None], Callable[[str | None], object] | None]] = []
+
+    def draw(
+        self, name: str, product: Path, then: Callable[[str | None], object] | None = None
+    ) -> None:
+        """Draw ``product``'s PNG; ``then`` gets its path (None: not made) in :meth:`finish`.
+        The drawing runs in this flow run's context (its logger, its artifacts)."""
+        context = contextvars.copy_context()
+        self._pending.append(
+            (self._pool.submit(context.run, publish_quicklook, name, product), then)
+        )
+
+    def finish(self) -> None:
+        for future, then in self._pending:
+            png = future.result()
+            if then is not None:
+                then(png)
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Drop drawings not started (a stopped run); wait for the one in progress."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def publish_quicklook(name: str, product: Path) -> str | None:

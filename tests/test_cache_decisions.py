@@ -6,6 +6,7 @@ run for real (native tools) through the one step runner, fermipipe.step_run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fermipipe import runner
-from fermipipe.caching import CacheSetup, open_cache, stored_outputs
+from fermipipe.caching import CacheSetup, open_cache, prefetch_hashes, stored_outputs
 from fermipipe.cleanup import cleanup_policy
 from fermipipe.config import PipelineConfig
 from fermipipe.native import ENGINE_VERSION
@@ -149,3 +150,24 @@ def test_cleanup_policy(project: tuple[PipelineConfig, Plan]) -> None:
         str(fp.input),
         str(plan.workdir / fp.file_id / "input" / fp.input.name),
     )
+
+
+def test_inputs_are_hashed_in_the_background_before_the_cache_opens(
+    project: tuple[PipelineConfig, Plan],
+) -> None:
+    """prefetch_hashes: every raw input's hash is in the store's index once it is waited
+    for (open_cache then reads none of them); with --verify-cache nothing is prefetched."""
+    cfg, plan = project
+    db = cfg.cache_root / "store" / "hashes.sqlite"
+    prefetch_hashes(cfg, plan, verify=True).wait()
+    assert not db.exists() or indexed(db) == set()
+    prefetch_hashes(cfg, plan).wait()
+    inputs = {os.path.realpath(fp.input) for fp in plan.files}
+    assert inputs and indexed(db) == inputs
+
+
+def indexed(db: Path) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return {row[0] for row in con.execute("SELECT path FROM hashes")}

@@ -195,6 +195,31 @@ def test_a_flow_run_runs_native_tools_in_workers_and_leaves_none(tmp_path: Path)
     children_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert tools_cpu > 0 and children_cpu >= tools_cpu
     assert my_workers() == []
+    # The merged counts map's quick-look, drawn in the background while the livetime merge
+    # finished: beside the product, in the summary, and an image artifact of the run.
+    (ccube,) = [m for m in summary["merges"] if m["strategy"] == "image_sum"]
+    assert ccube["quicklook"] and Path(ccube["quicklook"]).read_bytes()[:4] == b"\x89PNG"
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    parent = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+            )
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[parent, *(c.id for c in children)])
+            )
+        )
+    assert f"fermipipe-quicklook-{ccube['name']}" in {a.key for a in artifacts}
 
 
 def my_workers() -> list[int]:
