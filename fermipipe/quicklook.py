@@ -31,6 +31,17 @@ from fermipipe.errors import ToolError
 MAX_SIDE = 1200
 
 
+def preload() -> None:
+    """Import what drawing needs (matplotlib with Agg, astropy's WCS axes: ~1.5 s), ahead of
+    the first drawing: the flow calls it in the background while the files run, so a run's
+    last product is not followed by the imports before its quick-look."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    from astropy.visualization import wcsaxes  # noqa: F401
+
+
 def _label(integer: bool, block: int = 1) -> str:
     """Colour-bar label: counts for an integer map, else a value summed over the planes; per
     pixel, or per k×k block (summed counts; the mean of a float map's pixels)."""

@@ -74,7 +74,7 @@ from fermipipe.summary import RunSummary, show_final_paths, show_user_paths
 from flows.cli import flow_parameters, load_and_plan, parse_args, preflight, restore_interrupt
 from flows.files import process_files
 from flows.prefect_compat import InProcess, no_subflow_heartbeat, show_cancelling
-from flows.products import ProductOptions, run_products
+from flows.products import ProductOptions, Quicklooks, run_products
 from flows.progress import Progress
 from flows.shutdown import on_interrupt
 from flows.stagectl import close_staging, node_staging, open_staging
@@ -229,6 +229,10 @@ def work_subflow(handle: str) -> State | None:
     streams = MergeStreams(
         plan, spec, pc, streaming=cfg.resources.stream_merge and not choices.skip_merge
     )
+    # Quick-looks of merged counts maps and flux maps: their modules load while files run.
+    looks = Quicklooks(
+        preload=any(m.strategy == "image_sum" for m in plan.merges) or bool(plan.post)
+    )
     try:
         # 1. Every file through its chain of steps; merges start as files finish.
         node = node_staging(cfg, plan, keep, logger)
@@ -254,7 +258,9 @@ def work_subflow(handle: str) -> State | None:
                    if cache else "")
             )  # fmt: skip
         elif plan.merges or plan.post:
-            opts = ProductOptions(spec, cleanup, streams, choices.skip_post, pc, cfg.on_failure)
+            opts = ProductOptions(
+                spec, cleanup, streams, choices.skip_post, pc, cfg.on_failure, looks
+            )
             products = run_products(plan, summary.files, opts)
             summary.merges, summary.post = products.merges, products.post
             summary.merge_note = products.note
@@ -267,6 +273,7 @@ def work_subflow(handle: str) -> State | None:
         on_interrupt(exc)  # wherever a SIGTERM lands, the folder goes at once
         raise
     finally:
+        looks.close()
         streams.close()
         runner.close_run(run.name)
         shutil.rmtree(run.scratch, ignore_errors=True)

@@ -38,6 +38,7 @@ from fermipipe.product_cache import (
     stored_map,
 )
 from fermipipe.quicklook import make_quicklook
+from fermipipe.quicklook import preload as quicklook_modules
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.summary import FileSummary, MergeSummary, inline_png
 from flows.shutdown import on_interrupt
@@ -56,6 +57,7 @@ class ProductOptions:
     skip_post: bool = False
     cache: ProductCache | None = None  # merge/post caching (None: cache disabled)
     on_failure: str = "stop"  # a merge with no input fails the run unless "skip"
+    looks: Quicklooks = field(default_factory=lambda: Quicklooks())  # the PNGs being drawn
 
 
 @dataclass
@@ -71,7 +73,7 @@ def run_products(plan: Plan, files: list[FileSummary], opts: ProductOptions) -> 
     (:func:`fermipipe.cleanup.after_merges`). The staging folder itself is removed by its
     owner, the work subflow."""
     outcome = ProductsOutcome()
-    looks = Quicklooks()
+    looks = opts.looks
     try:
         for merge in plan.merges:
             outcome.merges.append(run_merge(merge, plan, files, opts, looks))
@@ -218,9 +220,11 @@ class Quicklooks:
     thread-safe), while the next merges and post-processing steps run: each reads a
     finished product. :meth:`finish` waits for them (the run ends after its PNGs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: bool = False) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fermipipe-quicklook")
         self._pending: list[tuple[Future[str | None], Callable[[str | None], object] | None]] = []
+        if preload:  # the imports, while the files run (an import error shows when drawing)
+            self._pool.submit(quicklook_modules)
 
     def draw(
         self, name: str, product: Path, then: Callable[[str | None], object] | None = None
