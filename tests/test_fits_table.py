@@ -236,3 +236,14 @@ def test_values_like_astropy(shared_data: Path, tmp_path: Path) -> None:
             want = np.asarray(hdul[1].data[name])
             assert np.array_equal(table.values(name), want), name
             assert table.values(name).dtype.kind == want.dtype.kind, name
+
+
+def test_an_astropy_table_with_a_heap_keeps_its_rows(tmp_path: Path) -> None:
+    """A variable-length column puts its values in the heap (PCOUNT > 0): the rows are
+    NAXIS2 as astropy made them, not the byte count divided by the row size."""
+    column = fits.Column(name="V", format="PJ()", array=np.array([[1, 2, 3], [4]], dtype=object))
+    table = fits.BinTableHDU.from_columns([column], name="VLA")
+    out = write_fits(tmp_path / "vla.fits", [fits.PrimaryHDU(), table])
+    with fits.open(out, checksum=True) as hdul:
+        assert hdul["VLA"].header["NAXIS2"] == 2 and hdul["VLA"].header["PCOUNT"] == 16
+        assert [list(v) for v in hdul["VLA"].data["V"]] == [[1, 2, 3], [4]]

@@ -693,8 +693,8 @@ def _prepared(
     elif "XTENSION" not in header:
         raise ValueError(f"HDU {index} header has no XTENSION")
     is_rows = str(header.get("XTENSION", "")).strip().upper() == "BINTABLE"
-    if is_rows and int(header.get("PCOUNT", 0)) and isinstance(data, np.ndarray):
-        is_rows = False  # raw data with a heap: write as given
+    if is_rows and int(header.get("PCOUNT", 0)):
+        is_rows = False  # rows and a heap (an astropy table, raw data): written as described
     return header, data, is_rows
 
 
