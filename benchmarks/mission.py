@@ -354,6 +354,22 @@ class Run:
     def flow_wall(self) -> float:
         return float(self.summary["wall_seconds"])
 
+    def phases(self) -> tuple[float, float, float]:
+        """The flow wall in three: before the first tool started (plan, slices, hashing the
+        inputs), from then until the last per-file step ended (the files, with streamed
+        merges), and after it (the merges' last steps, quick-looks, the summary)."""
+        steps = [
+            (float(r["started"]), float(r["started"]) + float(r["wall_seconds"]))
+            for f in self.summary["per_file"]
+            for r in f["steps"]
+            if r.get("started")
+        ]
+        t0, t1 = float(self.summary["started"]), float(self.summary["finished"])
+        if not steps:
+            return t1 - t0, 0.0, 0.0
+        first, last = min(a for a, _ in steps), max(b for _, b in steps)
+        return first - t0, last - first, t1 - last
+
     def step_seconds(self) -> dict[str, float]:
         """Wall seconds of the per-file steps that ran a tool, by step."""
         out: dict[str, float] = {}
@@ -528,6 +544,9 @@ class Report:
             "chain_seconds_per_week": self.chain_per_week,
             "task_seconds": self.task_seconds,
             "flow_wall": self.first.flow_wall,
+            "flow_phases": dict(
+                zip(("before", "files", "after"), self.first.phases(), strict=True)
+            ),
             "process_wall": self.first.process_wall,
             "parallel_efficiency": self.efficiency,
             "peak_rss_bytes": self.first.peaks.rss,
@@ -592,6 +611,8 @@ class Report:
             f"flow wall {self.first.flow_wall:.1f} s (process {self.first.process_wall:.1f} s); "
             f"parallel efficiency {self.efficiency:.1%} = {self.task_seconds:.1f} task-s / "
             f"({self.workers} × {self.first.flow_wall:.1f} s)",
+            "  flow wall = before the first tool {:.1f} s + the files {:.1f} s + after the last "
+            "step {:.1f} s".format(*self.first.phases()),
             f"peak RSS of the process tree {d['peak_rss_bytes'] / gb:.2f} GB "
             f"(sampled every {RSS_INTERVAL} s, {d['samples']['rss']} samples)",
             f"peak disk (work areas + cache store + products) {d['peak_disk_bytes'] / gb:.2f} GB "

@@ -281,6 +281,8 @@ class RunSummary:
             "state": self.state,
             "message": self.message,
             "workers": self.workers,
+            "started": self.started,  # epoch seconds (time.time()), as the steps' "started"
+            "finished": self.finished,
             "wall_seconds": round(self.wall_seconds, 3),
             "files": {
                 "total": len(self.files),

@@ -55,6 +55,9 @@ def test_report_has_every_figure(
     assert d["task_seconds"] == pytest.approx(2 * sum(d["seconds_per_week_by_step"].values()))
     assert d["parallel_efficiency"] == pytest.approx(d["task_seconds"] / (2 * d["flow_wall"]))
     assert 0 < d["flow_wall"] < d["process_wall"]
+    phases = d["flow_phases"]  # before the first tool, the files, after the last step
+    assert all(v > 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(d["flow_wall"], abs=0.01)
     assert len(d["yardstick_seconds"]) == 2 and all(s > 0 for s in d["yardstick_seconds"])
     # sampled peaks: the tree held at least a Python interpreter, the disk the store's objects
     assert d["samples"]["rss"] > 0 and d["samples"]["disk"] > 0
