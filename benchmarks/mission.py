@@ -42,7 +42,9 @@ Children run from compiled byte code kept in ~/.cache/fermipipe-benchmarks/pycac
 compile Prefect again), as an installed package does.
 
 Reported: task-seconds per week by step (from the summaries: the per-file steps' and the
-merges' wall seconds), the flow's wall (the summary's, without the process start-up), the
+merges' task-seconds, their streamed folds and tree nodes included), the flow's wall (the
+summary's, without the process start-up) and its three phases (before the first tool, the
+files, after the last step), the
 parallel efficiency task-seconds / (workers × flow wall), the peaks, the store's final size,
 the same figures scaled linearly (× 934 / N) to the mission's 934 weeks — an extrapolation,
 not a measurement — and the targets of the issue beside their figures, PASS or MISS.
