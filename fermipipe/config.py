@@ -248,10 +248,12 @@ class Resources(_Strict):
     slice_scfile: bool = True
     #: Sum image_sum merges in parallel partial sums (default true); false = one pass.
     parallel_accum: bool = True
-    #: Run native tools in worker processes of the run, one per tool running at once
-    #: (default true; the local runner only — on Dask each worker is a process already);
-    #: false = threads of the flow's process, which share one interpreter lock.
-    native_processes: bool = True
+    #: Run native tools in worker processes of the run, one per tool running at once (the
+    #: local runner only — on Dask each worker is a process already); false = threads of the
+    #: flow's process, which share one interpreter lock. "auto" (default): processes when
+    #: the run has enough native tool runs to repay the workers' start
+    #: (fermipipe.native_workers.use_workers).
+    native_processes: bool | Literal["auto"] = "auto"
 
     @field_validator("cores", mode="before")
     @classmethod

@@ -228,6 +228,22 @@ class _Worker:
             self.folder.rmdir()
 
 
+#: Native tool runs per worker from which "auto" starts worker processes: a worker costs
+#: ~1.3 CPU-s to start (interpreter, numpy/astropy, gtltcube's kernel), which a few tool runs
+#: do not repay (the test suite's small runs took 60 % longer with workers), while a
+#: mission's weeks do (benchmarks/mission.py).
+AUTO_MIN_RUNS_PER_WORKER = 8
+
+
+def use_workers(setting: bool | str, native_runs: int, workers: int) -> bool:
+    """Whether a run's native tools go to worker processes (``resources.native_processes``):
+    ``setting`` true/false, or "auto" — when there are at least
+    :data:`AUTO_MIN_RUNS_PER_WORKER` native tool runs per worker and more than one worker."""
+    if setting != "auto":
+        return bool(setting) and native_runs > 0
+    return workers > 1 and native_runs >= AUTO_MIN_RUNS_PER_WORKER * workers
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

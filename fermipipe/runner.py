@@ -44,6 +44,7 @@ from typing import IO, Any, Literal
 
 from fermipipe.errors import FermipipeError, ToolError
 from fermipipe.fermitools import private_env
+from fermipipe.fits.writing import remove_dead_temporaries
 from fermipipe.native_workers import NativeWorkers, Reply, WorkerLost, run_request
 from fermipipe.plan import Invocation
 from fermipipe.tool_groups import (
@@ -628,6 +629,10 @@ def _run_native(
         try:
             reply = _native_call(inv, native)
         except WorkerLost as exc:
+            # What the killed worker was writing (a temporary named after its PID) goes now,
+            # not at the next run's start.
+            for folder in {Path(path).parent for path in inv.outputs.values()}:
+                remove_dead_temporaries(folder)
             if _SHUTDOWN.is_set() or (native is not None and native.closed):
                 raise RunnerShutdown("the runner is shutting down") from None
             result.error = exc.reason

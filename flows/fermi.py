@@ -67,6 +67,7 @@ from fermipipe.cleanup import after_chains, after_merges, cleanup_policy
 from fermipipe.config import PipelineConfig, RunChoices
 from fermipipe.fermitools import FermitoolsInstall, locate
 from fermipipe.fits.writing import remove_dead_temporaries
+from fermipipe.native_workers import use_workers
 from fermipipe.plan import Plan
 from fermipipe.product_cache import product_cache
 from fermipipe.slices import slice_plan
@@ -192,7 +193,7 @@ def work_subflow(handle: str) -> State | None:
         raise
     run: runner.RunContext | None = None
     try:
-        run = open_run(plan, work.workers, install, native_processes(cfg, plan))
+        run = open_run(plan, work.workers, install, native_processes(cfg, plan, work.workers))
         if cfg.resources.slice_scfile:  # mission FT2 → per-week slices, in the store
             store = get_store(cfg.cache_root / "store") if cfg.cache.enabled else None
             plan = slice_plan(plan, store, logger)
@@ -229,10 +230,11 @@ def work_subflow(handle: str) -> State | None:
     streams = MergeStreams(
         plan, spec, pc, streaming=cfg.resources.stream_merge and not choices.skip_merge
     )
-    # Quick-looks of merged counts maps and flux maps: their modules load while files run.
-    looks = Quicklooks(
-        preload=any(m.strategy == "image_sum" for m in plan.merges) or bool(plan.post)
-    )
+    # Quick-looks of merged counts maps and flux maps: their modules load while files run
+    # (not in a rerun with nothing to run: its merges are up to date, nothing is drawn).
+    draws = any(m.strategy == "image_sum" for m in plan.merges) or bool(plan.post)
+    work_to_do = cache is None or not all(cache.fully_cached(f.file_id) for f in plan.files)
+    looks = Quicklooks(preload=draws and work_to_do)
     try:
         # 1. Every file through its chain of steps; merges start as files finish.
         node = node_staging(cfg, plan, keep, logger)
@@ -283,14 +285,11 @@ def work_subflow(handle: str) -> State | None:
     return None
 
 
-def native_processes(cfg: PipelineConfig, plan: Plan) -> bool:
-    """Native tools in worker processes (``resources.native_processes``): when the tools run
-    in this process (not on Dask workers) and some are native."""
-    return (
-        cfg.resources.native_processes
-        and not is_dask(cfg.runner)
-        and any(inv.engine == "native" for f in plan.files for inv in f.chain)
-    )
+def native_processes(cfg: PipelineConfig, plan: Plan, workers: int) -> bool:
+    """Native tools in worker processes (``resources.native_processes``), when the tools run
+    in this process (not on Dask workers)."""
+    runs = sum(inv.engine == "native" for f in plan.files for inv in f.chain)
+    return not is_dask(cfg.runner) and use_workers(cfg.resources.native_processes, runs, workers)
 
 
 def open_run(

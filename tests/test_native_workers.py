@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fermipipe import runner
 from fermipipe.compact_counts import expand, is_compact
-from fermipipe.native_workers import NativeWorkers
+from fermipipe.native_workers import AUTO_MIN_RUNS_PER_WORKER, NativeWorkers, use_workers
 from fermipipe.plan import Invocation, Plan, prepare
 from tests.pipeline_project import fits_equal, make_project
 from tests.processes import alive, group_gone
@@ -115,7 +116,9 @@ def test_a_timeout_kills_the_worker_and_the_next_tool_gets_a_new_one(
         assert result.status == "failed"
         assert result.error == "timed out after 0.05 s (native worker killed)"
         assert group_gone(first) and workers_of(pool) == []
-        assert not Path(ltcube.outputs["chunk_ltcube"]).exists()  # nothing half-written
+        out = Path(ltcube.outputs["chunk_ltcube"])
+        assert not out.exists()  # nothing half-written, and no temporary left beside it
+        assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
         assert runner.run_invocation(ltcube, native=pool).status == "ok"
         assert pool.started == 2
     finally:
@@ -162,7 +165,7 @@ def test_workers_die_with_the_pipeline(tmp_path: Path) -> None:
         f"""
         import os, signal, sys, time
         from pathlib import Path
-        from fermipipe.native_workers import NativeWorkers
+        from fermipipe.native_workers import AUTO_MIN_RUNS_PER_WORKER, NativeWorkers, use_workers
         pool = NativeWorkers(Path({str(tmp_path / "native")!r}), prestart=2)
         print(" ".join(map(str, pool.groups())), flush=True)
         time.sleep(0.5)
@@ -187,6 +190,9 @@ def test_a_flow_run_runs_native_tools_in_workers_and_leaves_none(tmp_path: Path)
     from tests.pipeline_project import run_flow
 
     config = make_project(tmp_path, ("700",))
+    cfg = yaml.safe_load(config.read_text())
+    cfg["resources"]["native_processes"] = True  # "auto" keeps a run this small in threads
+    config.write_text(yaml.safe_dump(cfg))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     state, summary = run_flow(config, tmp_path / "summary.json")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -233,3 +239,15 @@ def my_workers() -> list[int]:
         except OSError:
             continue
     return [pid for pid in found if alive(pid)]
+
+
+def test_auto_uses_workers_for_runs_that_repay_them() -> None:
+    """resources.native_processes: "auto" — processes from AUTO_MIN_RUNS_PER_WORKER native
+    runs per worker (a mission: yes; a 3-week example: no); true/false as said."""
+    per = AUTO_MIN_RUNS_PER_WORKER
+    assert use_workers("auto", 24 * 4, 2)  # 24 mission weeks × 4 native steps
+    assert not use_workers("auto", 3 * 4, 2)  # the 3-week example
+    assert use_workers("auto", 2 * per, 2) and not use_workers("auto", 2 * per - 1, 2)
+    assert not use_workers("auto", 1000, 1)  # one worker: no lock to share
+    assert use_workers(True, 1, 1) and not use_workers(True, 0, 2)
+    assert not use_workers(False, 1000, 8)

@@ -193,7 +193,8 @@ def test_kill_all_stops_running_tools_and_refuses_new_ones(tmp_path: Path) -> No
     thread = threading.Thread(target=lambda: results.append(run_invocation(argv("s", PY, tool))))
     thread.start()
     deadline = time.monotonic() + 20
-    while not pidfile.exists() and time.monotonic() < deadline:
+    # The file exists before its PID is in it (open, then write): wait for the content.
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = int(pidfile.read_text())
     assert runner.running_groups() == [pid]
