@@ -133,8 +133,8 @@ class HashPrefetch:
 
 
 def prefetch_hashes(cfg: PipelineConfig, plan: Plan, verify: bool = False) -> HashPrefetch:
-    """Start hashing every file's raw input now, so that a first run's hashing (4.8 GB of FT1
-    for 24 mission weeks: ~2.4 s on two cores) overlaps the rest of the run's set-up — the
+    """Start hashing every file's raw input now, so that a first run's hashing (GBs of FT1)
+    overlaps the rest of the run's set-up — the
     spacecraft slices, the native workers' start — rather than following it;
     :func:`open_cache` then finds the hashes in the index. Nothing starts with the cache off
     or with ``verify`` (open_cache reads every file again then)."""

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
-from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, ~5× faster (SIMD)
+from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, faster (SIMD)
 
 from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fits.writing import atomic_output

@@ -271,10 +271,7 @@ class Resources(_Strict):
         """``cores`` as an int: "auto" → the number of CPUs available to this process."""
         if isinstance(self.cores, int):
             return self.cores
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+        return available_cpus()
 
 
 class InputConfig(_Strict):
@@ -294,6 +291,14 @@ class InputConfig(_Strict):
         except ValueError as exc:
             raise _error("pattern", "{value!r}: {why}", value=value, why=exc) from None
         return value
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use (its affinity mask; all of them where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def glob_files(directory: Path, pattern: str) -> list[Path]:

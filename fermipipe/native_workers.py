@@ -2,8 +2,8 @@
 
 Native tools are numpy/numba/astropy code holding Python's interpreter lock for much of
 their time. Run as threads of the flow's process, two tools share one lock — with Prefect's
-orchestration in the same process besides: a week's mission chain took 1.40 task-seconds
-with one worker and 2.18 with two threads (``benchmarks/mission.py``'s chain, 25 weeks).
+orchestration in the same process besides (benchmarks/mission.py: the chain per week went
+from 2.75× to ~2.4× fitscopy with this and the session's other changes; README).
 So the runner hands a native invocation to a worker process of the run
 (:class:`NativeWorkers`, one per concurrent tool, reused for the run's tools), holding the
 same concurrency slot as before: what is computed, and by which code, does not change.
@@ -228,10 +228,10 @@ class _Worker:
             self.folder.rmdir()
 
 
-#: Native tool runs per worker from which "auto" starts worker processes: a worker costs
-#: ~1.3 CPU-s to start (interpreter, numpy/astropy, gtltcube's kernel), which a few tool runs
-#: do not repay (the test suite's small runs took 60 % longer with workers), while a
-#: mission's weeks do (benchmarks/mission.py).
+#: Native tool runs per worker from which "auto" starts worker processes: a worker's start
+#: (an interpreter, numpy/astropy, gtltcube's kernel) is not repaid by a few tool runs — the
+#: test suite's small runs, in the pytest process that has all of it loaded already, were
+#: markedly slower with workers — while a mission's weeks repay it (benchmarks/mission.py).
 AUTO_MIN_RUNS_PER_WORKER = 8
 
 
@@ -244,13 +244,6 @@ def use_workers(setting: bool | str, native_runs: int, workers: int) -> bool:
     return workers > 1 and native_runs >= AUTO_MIN_RUNS_PER_WORKER * workers
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class NativeWorkers:
     """The worker processes of one pipeline run. ``run`` takes an idle worker (or starts
     one), so there are as many as tools ran at once (the runner's slots cap that);
@@ -259,7 +252,9 @@ class NativeWorkers:
     def __init__(self, folder: Path, prestart: int = 0) -> None:
         self.folder = Path(folder)
         self.cwd = Path.cwd()
-        self.threads = max(1, _cpus() // max(1, prestart))
+        from fermipipe.config import available_cpus  # the parent's import: workers skip it
+
+        self.threads = max(1, available_cpus() // max(1, prestart))
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()

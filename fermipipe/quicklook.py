@@ -32,7 +32,7 @@ MAX_SIDE = 1200
 
 
 def preload() -> None:
-    """Import what drawing needs (matplotlib with Agg, astropy's WCS axes: ~1.5 s), ahead of
+    """Import what drawing needs (matplotlib with Agg, astropy's WCS axes), ahead of
     the first drawing: the flow calls it in the background while the files run, so a run's
     last product is not followed by the imports before its quick-look."""
     import matplotlib

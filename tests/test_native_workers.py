@@ -54,10 +54,6 @@ def dense(path: Path) -> Path:
     return expand(path, path.with_name(f"dense-{path.name}"))
 
 
-def workers_of(pool: NativeWorkers) -> list[int]:
-    return pool.groups()
-
-
 def test_a_chain_in_workers_equals_the_chain_in_this_thread(plan: Plan, tmp_path: Path) -> None:
     chain = plan.files[0].chain
     pool = NativeWorkers(tmp_path / "scratch" / "native", prestart=1)
@@ -80,7 +76,7 @@ def test_a_chain_in_workers_equals_the_chain_in_this_thread(plan: Plan, tmp_path
             for name, path in inv.outputs.items():
                 fits_equal(*(dense(Path(p)) for p in (path, result.outputs[name])))
         assert pool.started == 1  # one worker ran the four tools, one after the other
-        (pgid,) = workers_of(pool)
+        (pgid,) = pool.groups()
     finally:
         pool.close()
     assert group_gone(pgid)
@@ -110,12 +106,12 @@ def test_a_timeout_kills_the_worker_and_the_next_tool_gets_a_new_one(
         assert runner.run_invocation(inv).status == "ok"
     pool = NativeWorkers(tmp_path / "native", prestart=1)
     try:
-        (first,) = workers_of(pool)
+        (first,) = pool.groups()
         slow = dataclasses.replace(ltcube, timeout=0.05)
         result = runner.run_invocation(slow, native=pool)
         assert result.status == "failed"
         assert result.error == "timed out after 0.05 s (native worker killed)"
-        assert group_gone(first) and workers_of(pool) == []
+        assert group_gone(first) and pool.groups() == []
         out = Path(ltcube.outputs["chunk_ltcube"])
         assert not out.exists()  # nothing half-written, and no temporary left beside it
         assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]

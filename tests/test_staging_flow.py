@@ -122,3 +122,23 @@ def test_orphan_of_a_killed_run_is_cleaned_and_the_rerun_matches(
     assert not orphan.exists() and staged(ram) == []
     for name in PRODUCTS:
         fits_equal(tmp_path / "products" / name, reference / "products" / name)
+
+
+def test_a_native_first_step_reads_the_inputs_in_place_and_leaves_them_untouched(
+    tmp_path: Path, reference: Path
+) -> None:
+    """On a RAM disk a native gtselect reads the user's input where it is (no staged copy,
+    fermipipe.cleanup): every input file is byte for byte what it was, and the products
+    equal the module's reference run's."""
+    import hashlib
+
+    config, ram = ram_config(tmp_path)
+    inputs = sorted((tmp_path / "in").iterdir())
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs}
+    state, _ = run_flow(config, tmp_path / "s.json")
+    assert state.is_completed()
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs} == before
+    assert sorted((tmp_path / "in").iterdir()) == inputs  # nothing written beside them
+    assert staged(ram) == []
+    for name in PRODUCTS:
+        fits_equal(tmp_path / "products" / name, reference / "products" / name)
