@@ -1,6 +1,6 @@
 """Content-addressed caching: file hashes, step keys and the product store.
 
-* :class:`HashIndex` hashes files by content (sha256) and remembers each hash under the file's
+* :class:`HashIndex` hashes files by content (BLAKE3) and remembers each hash under the file's
   stat signature (path, size, mtime, inode), so an unchanged file is never read twice: a no-op
   rerun over 1000 weekly files costs 1000 ``stat`` calls, not 100 GB of reading. Touching a
   file changes its signature, so it is re-read once — and gives the same hash, so every cache
@@ -34,10 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
+
 from fermipipe.errors import FermipipeError
 from fermipipe.fits.writing import atomic_output, remove_dead_temporaries
 
 _CHUNK = 8 * 1024 * 1024
+#: Read size of :func:`content_hash` (measured: 1 MiB reads into one buffer hash as fast as
+#: larger ones, with less memory per hashing thread).
+_HASH_READ = 1024 * 1024
 
 
 class StoreObjectDamagedError(FermipipeError):
@@ -70,10 +75,23 @@ def _store_write(final: Path) -> Iterator[Path]:
         raise StoreWriteError(exc.errno or 0, f"cannot write {final}: {what}", str(final)) from None
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+def content_hash(path: Path) -> str:
+    """Hex BLAKE3 of a file's content: the content hash behind every cache key, store record
+    and manifest.
+
+    BLAKE3, not sha256: a first run hashes every input (GBs), and even with the CPU's SHA
+    instructions sha256 is well under half as fast (benchmarks/hashing.py).
+    The file is read into one buffer, not memory-mapped: a mapped file truncated by another
+    process while it is hashed would kill this process (SIGBUS). The hasher releases the
+    GIL, so threads hash files side by side.
+    """
+    buf = bytearray(_HASH_READ)
+    view = memoryview(buf)
+    hasher = blake3.blake3()
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            hasher.update(view[:n])
+    return hasher.hexdigest()
 
 
 @contextlib.contextmanager
@@ -113,16 +131,14 @@ class HashIndex:
         with self._lock, _setup_lock(path):
             if path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
-                " mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
-            )
             # The status-change time: an in-place edit that restores size and mtime (utime)
-            # still moves it, and no call sets it back (indexes without it are upgraded).
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(hashes)")}
-            for column in ("ctime_ns", "nlink"):
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE hashes ADD COLUMN {column} INTEGER")
+            # still moves it, and no call sets it back. (The sha256 table of earlier
+            # versions, ``hashes``, is not read.)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS blake3 (path TEXT PRIMARY KEY, size INTEGER,"
+                " mtime_ns INTEGER, inode INTEGER, ctime_ns INTEGER, nlink INTEGER,"
+                " digest TEXT)"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -144,7 +160,7 @@ class HashIndex:
         if not verify:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT size, mtime_ns, inode, ctime_ns, nlink, sha256 FROM hashes"
+                    "SELECT size, mtime_ns, inode, ctime_ns, nlink, digest FROM blake3"
                     " WHERE path = ?",
                     (real,),
                 ).fetchone()
@@ -155,7 +171,7 @@ class HashIndex:
                     if not same_ctime:
                         self._record(real, st, str(row[5]))
                     return str(row[5])
-        digest = sha256_file(Path(real))
+        digest = content_hash(Path(real))
         self._record(real, st, digest)
         return digest
 
@@ -164,8 +180,8 @@ class HashIndex:
         # is still right, it is just computed again next time.
         with self._lock, contextlib.suppress(sqlite3.OperationalError):
             self._db.execute(
-                "INSERT OR REPLACE INTO hashes (path, size, mtime_ns, inode, ctime_ns, nlink,"
-                " sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO blake3 (path, size, mtime_ns, inode, ctime_ns, nlink,"
+                " digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_nlink, digest),
             )
 
@@ -220,7 +236,7 @@ def step_key(
 
 def verify_stored(path: Path) -> Path:
     """Re-read ``path`` if it is a product-store object, and check its content against the
-    sha256 recorded when it was stored; return ``path``.
+    content hash recorded when it was stored; return ``path``.
 
     The one place objects are read out of the store: merges call it for each input
     (:mod:`fermipipe.merge`), :meth:`ProductStore.materialise` for each product it places.
@@ -242,16 +258,16 @@ def verify_stored(path: Path) -> Path:
     if recorded is None:
         return path  # not one of the entry's files (the record itself, a temporary)
     try:
-        actual = sha256_file(path)
+        actual = content_hash(path)
     except OSError as exc:
         raise StoreObjectDamagedError(
             f"{path}: stored object unreadable: {exc.strerror or exc}"
         ) from None
-    if actual != recorded.get("sha256"):
+    if actual != recorded.get("blake3"):
         shutil.rmtree(path.parent, ignore_errors=True)
         raise StoreObjectDamagedError(
-            f"{path}: stored object changed since it was stored (sha256 {actual[:12]}… is not "
-            f"the recorded {str(recorded.get('sha256'))[:12]}…); entry removed, rerun to "
+            f"{path}: stored object changed since it was stored (BLAKE3 {actual[:12]}… is not "
+            f"the recorded {str(recorded.get('blake3'))[:12]}…); entry removed, rerun to "
             "recompute it"
         )
     return path
@@ -261,7 +277,7 @@ def verify_stored(path: Path) -> Path:
 class StoredFile:
     name: str
     size: int
-    sha256: str
+    blake3: str  # content_hash (records of earlier versions hold sha256: read as absent)
 
 
 class ProductStore:
@@ -301,7 +317,7 @@ class ProductStore:
     def lookup(self, key: str, *, verify: bool | None = None) -> dict[str, Path] | None:
         """The entry's files (name → path) if every one is present and intact, else None.
 
-        Intact = the recorded size and sha256; the hash comes from the stat-keyed index
+        Intact = the recorded size and content hash; the hash comes from the stat-keyed index
         (size, mtime, ctime, inode: an in-place edit changes ctime even when size and mtime
         are put back), or is recomputed from the content with ``verify`` (default: the
         store's ``verify``).
@@ -316,7 +332,7 @@ class ProductStore:
             try:
                 if path.stat().st_size != item.size:
                     return None
-                if self.hashes.hash(path, verify=verify) != item.sha256:
+                if self.hashes.hash(path, verify=verify) != item.blake3:
                     return None
             except OSError:
                 return None
@@ -324,7 +340,7 @@ class ProductStore:
         return out
 
     def read_object(self, path: Path) -> Path:
-        """``path`` (a file of this store) re-verified against its recorded sha256: see
+        """``path`` (a file of this store) re-verified against its recorded hash: see
         :func:`verify_stored`, which every read of a stored object for a merge or a product
         goes through."""
         return verify_stored(path)

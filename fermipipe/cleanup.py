@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fermipipe.cache import sha256_file
+from fermipipe.cache import content_hash
 from fermipipe.caching import get_store
 from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import FilePlan, Plan
@@ -156,4 +156,4 @@ def same_file(a: Path, b: Path) -> bool:
         return False
     if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
         return True
-    return sa.st_size == sb.st_size and sha256_file(a) == sha256_file(b)
+    return sa.st_size == sb.st_size and content_hash(a) == content_hash(b)

@@ -8,7 +8,6 @@ config hash and one HISTORY line per input), so the provenance travels with the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fermipipe import __version__
+from fermipipe.cache import content_hash
 from fermipipe.fits.keywords import ascii_text
 from fermipipe.fits.writing import temporary_name
 
@@ -27,7 +27,7 @@ class ManifestInput:
 
     file_id: str  # the weekly input it came from, e.g. lat_photon_weekly_w100_p305_v001
     source: str  # the raw input file name
-    sha256: str  # content hash of the raw input file
+    blake3: str  # content hash of the raw input file (fermipipe.cache.content_hash)
     key: str  # cache key of the per-file product (changes with any upstream change)
     tstart: float | None = None
     tstop: float | None = None
@@ -43,9 +43,9 @@ class Manifest:
     inputs: list[ManifestInput]
     left_out: dict[str, str] = field(default_factory=dict)  # file_id → "failed: …"/"empty"
     fermipipe_version: str = __version__
-    #: sha256 of the finished product (header included): proves the file on disk is the one
-    #: this manifest describes before an incremental merge builds on it.
-    product_sha256: str | None = None
+    #: Content hash of the finished product (header included): proves the file on disk is
+    #: the one this manifest describes before an incremental merge builds on it.
+    product_blake3: str | None = None
     #: The config's ``science_models`` (references for a later likelihood stage).
     science_models: dict[str, Any] = field(default_factory=dict)
 
@@ -75,8 +75,9 @@ def _previous_sidecar(product: Path) -> Path:
 def read_manifest(product: Path, *, check_product: bool = False) -> Manifest | None:
     """The manifest beside ``product``, or None when absent or unreadable.
 
-    With ``check_product`` also None unless ``product`` exists with the sha256 the manifest
-    records: a sidecar left by a writer killed before its product's rename is stale, and
+    With ``check_product`` also None unless ``product`` exists with the content hash the
+    manifest records (a sidecar of an earlier version, which recorded sha256, is unreadable
+    here: the product is then merged in full): a sidecar left by a writer killed before its product's rename is stale, and
     the sidecar it replaced (kept as ``.<product>.manifest.json.prev``) describes the
     product still in place.
     """
@@ -93,11 +94,10 @@ def read_manifest(product: Path, *, check_product: bool = False) -> Manifest | N
             return manifest
         if digest is None:
             try:
-                with open(product, "rb") as fh:
-                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                digest = content_hash(product)
             except OSError:
                 return None
-        if digest == manifest.product_sha256:
+        if digest == manifest.product_blake3:
             return manifest
     return None
 
@@ -133,7 +133,7 @@ def header_cards(manifest: Manifest) -> list[tuple[str, object, str]]:
     ]
     for item in manifest.inputs:
         # One 72-character HISTORY card per input: the source name and a hash prefix.
-        text = f"fermipipe input {item.sha256[:12]} {ascii_text(item.source)}"
+        text = f"fermipipe input {item.blake3[:12]} {ascii_text(item.source)}"
         cards.append(("HISTORY", text[:72], ""))
     for file_id, why in manifest.left_out.items():
         left = ascii_text(f"fermipipe left out {file_id}: {why}")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from fermipipe.cache import StoreObjectDamagedError, sha256_file, verify_stored
+from fermipipe.cache import StoreObjectDamagedError, content_hash, verify_stored
 from fermipipe.compact_counts import CompactMap, is_compact, open_compact
 from fermipipe.errors import ToolError, os_error_text
 from fermipipe.fermitools_argv import fermitools_argv
@@ -1162,14 +1162,14 @@ def _commit_manifest(
     then not rewritten to make room for them). The product's rename comes last and is the
     commit point: a reader never sees the new
     product without its cards and sidecar. A crash just before it leaves at most a sidecar
-    whose ``product_sha256`` is not the product's — stale, and read as absent
+    whose ``product_blake3`` is not the product's — stale, and read as absent
     (``read_manifest(..., check_product=True)``; the incremental merge checks it too).
     """
     if manifest is None:
         return
     if not stamped:
         _stamp_cards(tmp, manifest, how)
-    manifest.product_sha256 = sha256_file(tmp)
+    manifest.product_blake3 = content_hash(tmp)
     write_manifest(product, manifest)
 
 
@@ -1180,7 +1180,7 @@ def stamp_manifest(product: Path, manifest: Manifest, how: str) -> Path:
     and the manifest's summary cards; earlier fermipipe cards (a previous product that an
     incremental merge started from) are removed first, so an incremental product's header
     is the one a full merge of the same inputs writes. The sidecar records the final
-    product's sha256, so a later run can prove the product is the one its manifest describes.
+    product's content hash, so a later run can prove the product is the one its manifest describes.
     Both are written under temporary names; the product is renamed last
     (:func:`_commit_manifest`). A new product should rather be written with its manifest in
     one go (``manifest=`` of :func:`image_sum`, :func:`finish`, :func:`native_event_merge`):

@@ -47,7 +47,7 @@ class FileFacts:
     """What a merged product's manifest records of one weekly input."""
 
     source: str
-    sha256: str
+    blake3: str  # content hash of the raw input (fermipipe.cache.content_hash)
     tstart: float | None
     tstop: float | None
     keys: dict[str, str]  # output placeholder → cache key of the step that makes it
@@ -132,7 +132,7 @@ def merge_decision(
 
     Up to date when the previous product's sidecar manifest lists exactly the current inputs
     by key, with the same merge configuration and the same files left out, and the file on
-    disk still has the sha256 the manifest recorded. Incremental for an image_sum (counts
+    disk still has the content hash the manifest recorded. Incremental for an image_sum (counts
     are exact in any order): the previous product + the new weeks' maps − the maps of weeks
     that changed or went away. A gtltsum tree is never incremental here: its nodes are
     reused instead (:mod:`fermipipe.merge_tree`), so its product equals a full merge's.
@@ -146,7 +146,7 @@ def merge_decision(
             ManifestInput(
                 file_id,
                 facts.source,
-                facts.sha256,
+                facts.blake3,
                 facts.keys[merge.output_name],
                 facts.tstart,
                 facts.tstop,
@@ -165,7 +165,7 @@ def merge_decision(
     previous = read_manifest(merge.output)
     if previous is not None:
         try:
-            intact = previous.product_sha256 == hashes.hash(merge.output)
+            intact = previous.product_blake3 == hashes.hash(merge.output)
         except OSError:
             intact = False
         if not intact:

@@ -288,7 +288,7 @@ class MergeStreams:
         assert self.pc is not None
         previous = read_manifest(merge.output)
         try:
-            ok = previous is not None and previous.product_sha256 == get_store(
+            ok = previous is not None and previous.product_blake3 == get_store(
                 self.pc.store
             ).hashes.hash(merge.output)
         except OSError:

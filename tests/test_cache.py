@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fermipipe.cache import HashIndex, ProductStore, sha256_file, step_key
+import blake3
+import pytest
+
+from fermipipe.cache import HashIndex, ProductStore, content_hash, step_key
 
 
 def test_hash_index_reads_file_once_until_signature_changes(tmp_path: Path) -> None:
@@ -16,7 +21,7 @@ def test_hash_index_reads_file_once_until_signature_changes(tmp_path: Path) -> N
     data.write_bytes(b"x" * 1000)
     index = HashIndex(tmp_path / "idx.sqlite")
     first = index.hash(data)
-    assert first == sha256_file(data)
+    assert first == content_hash(data)
     # Same content behind a changed signature: re-read, same hash.
     os.utime(data, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     assert index.hash(data) == first
@@ -25,13 +30,49 @@ def test_hash_index_reads_file_once_until_signature_changes(tmp_path: Path) -> N
     assert index.hash(data) != first
 
 
+#: BLAKE3 of b"abc", from the BLAKE3 reference's test values.
+BLAKE3_ABC = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+
+
+def test_content_hash_is_blake3_of_the_whole_file(tmp_path: Path) -> None:
+    """BLAKE3's published test value for "abc", an empty file, and a file spanning several
+    reads (its last one partial) hashed as one piece."""
+    abc, empty, big = tmp_path / "abc", tmp_path / "empty", tmp_path / "big"
+    abc.write_bytes(b"abc")
+    empty.write_bytes(b"")
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    big.write_bytes(data)
+    assert content_hash(abc) == BLAKE3_ABC
+    assert content_hash(empty) == blake3.blake3(b"").hexdigest()
+    assert content_hash(big) == blake3.blake3(data).hexdigest()
+    with pytest.raises(FileNotFoundError) as info:
+        content_hash(tmp_path / "gone")
+    assert info.value.filename == str(tmp_path / "gone")  # an error names its file
+
+
+def test_a_store_record_of_an_earlier_version_is_read_as_absent(tmp_path: Path) -> None:
+    """Records that hold sha256 (before content hashes were BLAKE3) are never trusted: the
+    entry is recomputed, not reported damaged."""
+    store = ProductStore(tmp_path / "store")
+    src = tmp_path / "ccube.fits"
+    src.write_bytes(b"\0" * 2880)
+    stored = store.put("k" * 64, {"ccube.fits": src})
+    record = stored["ccube.fits"].parent / "entry.json"
+    old = json.loads(record.read_text())
+    for f in old["files"]:
+        f["sha256"] = hashlib.sha256(src.read_bytes()).hexdigest()
+        del f["blake3"]
+    record.write_text(json.dumps(old))
+    assert store.lookup("k" * 64) is None
+
+
 def test_hash_index_uses_stored_hash_for_unchanged_signature(tmp_path: Path) -> None:
     data = tmp_path / "a.fits"
     data.write_bytes(b"abc")
     index = HashIndex(tmp_path / "idx.sqlite")
     index.hash(data)
     # Poison the stored hash: an unchanged signature must answer from the index (no read).
-    index._db.execute("UPDATE hashes SET sha256 = 'stale'")
+    index._db.execute("UPDATE blake3 SET digest = 'stale'")
     assert index.hash(data) == "stale"
     index.close()
     # The index persists across processes.

@@ -170,4 +170,4 @@ def indexed(db: Path) -> set[str]:
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(db)) as con:
-        return {row[0] for row in con.execute("SELECT path FROM hashes")}
+        return {row[0] for row in con.execute("SELECT path FROM blake3")}

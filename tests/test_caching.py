@@ -26,7 +26,7 @@ from pipeline_project import (
 )
 from prefect.client.orchestration import get_client
 
-from fermipipe.cache import ProductStore, sha256_file
+from fermipipe.cache import ProductStore, content_hash
 from fermipipe.manifest import read_manifest
 from fermipipe.native import ENGINE_VERSION
 
@@ -151,10 +151,10 @@ def test_adding_a_week_runs_one_chain_and_an_incremental_merge(
     assert manifest is not None
     assert [i.week for i in manifest.inputs] == ["700", "701", "702"]
     for item in manifest.inputs:
-        assert item.sha256 == sha256_file(root / "in" / item.source)
+        assert item.blake3 == content_hash(root / "in" / item.source)
         assert item.tstart is not None and item.tstop is not None and item.tstart < item.tstop
     assert manifest.left_out == {} and manifest.tool_versions["ccube"] == f"native-{ENGINE_VERSION}"
-    assert manifest.product_sha256 == sha256_file(root / "products" / "example_ccube.fits")
+    assert manifest.product_blake3 == content_hash(root / "products" / "example_ccube.fits")
     header = fits.getheader(root / "products" / "example_ccube.fits")
     assert header["FPNINPUT"] == 3 and header["NMERGED"] == 3
     assert header["FPCONFIG"] == manifest.config_hash[:16]

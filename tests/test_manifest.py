@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+from fermipipe.cache import content_hash
 from fermipipe.manifest import (
     IncrementalPlan,
     Manifest,
@@ -12,6 +15,7 @@ from fermipipe.manifest import (
     merged_manifest,
     plan_incremental,
     read_manifest,
+    sidecar_path,
     write_manifest,
 )
 
@@ -48,6 +52,25 @@ def test_roundtrip_sidecar(tmp_path: Path) -> None:
     write_manifest(product, m)
     assert read_manifest(product) == m
     assert read_manifest(tmp_path / "other.fits") is None
+
+
+def test_a_sidecar_that_records_sha256_is_read_as_absent(tmp_path: Path) -> None:
+    """Sidecars written while content hashes were sha256 describe nothing current: the
+    product is merged in full, not updated from them."""
+    product = tmp_path / "merged.fits"
+    product.write_bytes(b"x" * 2880)
+    m = _manifest(_inputs(2))
+    m.product_blake3 = content_hash(product)
+    write_manifest(product, m)
+    assert read_manifest(product, check_product=True) == m
+    old = json.loads(sidecar_path(product).read_text())
+    old["product_sha256"] = hashlib.sha256(product.read_bytes()).hexdigest()
+    del old["product_blake3"]
+    for item in old["inputs"]:
+        item["sha256"] = item.pop("blake3")
+    sidecar_path(product).write_text(json.dumps(old))
+    assert read_manifest(product) is None
+    assert read_manifest(product, check_product=True) is None
 
 
 def test_header_cards_list_every_input_and_left_out() -> None:

@@ -85,7 +85,7 @@ def test_store_read_for_a_product_reverifies_content(tmp_path: Path) -> None:
     # Make the index agree with the edited file's new signature but keep the old hash:
     st = stored.stat()
     store.hashes._db.execute(
-        "UPDATE hashes SET ctime_ns = ?, inode = ? WHERE path = ?",
+        "UPDATE blake3 SET ctime_ns = ?, inode = ? WHERE path = ?",
         (st.st_ctime_ns, st.st_ino, os.path.realpath(stored)),
     )
     assert store.lookup(key) is not None  # the fast path trusts the index …
@@ -106,7 +106,7 @@ def test_verify_cache_rehashes_every_lookup(tmp_path: Path) -> None:
     _edit_keeping_size_and_mtime(stored)
     st = stored.stat()
     fast.hashes._db.execute(
-        "UPDATE hashes SET ctime_ns = ?, inode = ? WHERE path = ?",
+        "UPDATE blake3 SET ctime_ns = ?, inode = ? WHERE path = ?",
         (st.st_ctime_ns, st.st_ino, os.path.realpath(stored)),
     )
     assert fast.lookup(key) is not None
@@ -125,7 +125,7 @@ def test_hash_index_rereads_after_in_place_edit_not_after_relinking(tmp_path: Pa
     shutil.copyfile(FT2, data)
     index = HashIndex(tmp_path / "idx.sqlite")
     real = index.hash(data)
-    index._db.execute("UPDATE hashes SET sha256 = 'poisoned'")  # reads would correct it
+    index._db.execute("UPDATE blake3 SET digest = 'poisoned'")  # reads would correct it
     os.link(data, tmp_path / "twin.fits")  # as the store does when it links a product in
     assert index.hash(data) == "poisoned"  # not re-read: only the link count moved
     (tmp_path / "twin.fits").unlink()  # … and when the work folder's copy is dropped
