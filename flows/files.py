@@ -86,8 +86,11 @@ def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSumm
     hits = [fp for fp in plan.files if cache.fully_cached(fp.file_id)]
     if not hits:
         return {}
-    chains = [(fp.chain, tuple(sc for sc, _must in cache.steps[fp.file_id] or [])) for fp in hits]
-    digest = hashlib.sha256("".join(sc.key for _c, scs in chains for sc in scs).encode())
+    chains = [
+        (fp.chain, tuple(sc for sc, _must in cache.steps[fp.file_id] or []), fp.needs)
+        for fp in hits
+    ]
+    digest = hashlib.sha256("".join(sc.key for _c, scs, _n in chains for sc in scs).encode())
     with HIT_CHAINS.passing(chains) as handle:
         task = cached_chains.with_options(result_storage=cache.result_storage)
         state = task(digest.hexdigest(), len(hits), handle, return_state=True)

@@ -104,17 +104,19 @@ def cached_chains(digest: str, n_files: int, handle: str) -> list[list[StepResul
     results are read from the store. Runs in the flow's process: ``handle`` names the
     chains there (:data:`HIT_CHAINS`)."""
     out: list[list[StepResult]] = []
-    for chain, caches in HIT_CHAINS.get(handle):
-        results: list[StepResult] = []
-        for inv, sc in zip(chain, caches, strict=True):
-            results.append(cached_result(inv, sc))
-            if results[-1].status != "ok":
-                break
-        out.append(results)
+    for chain, caches, needs in HIT_CHAINS.get(handle):
+        # As in a run: a step after a step that was not ok is not reported (a stored one
+        # was remembered as skipped); one that does not wait for that step is.
+        results: dict[int, StepResult] = {}
+        for k, (inv, sc) in enumerate(zip(chain, caches, strict=True)):
+            if all(j in results and results[j].status == "ok" for j in needs[k]):
+                results[k] = cached_result(inv, sc)
+        out.append([results[k] for k in sorted(results)])
     return out
 
 
-#: Chains handed to :func:`cached_chains` in this process, by handle.
-HIT_CHAINS: InProcess[list[tuple[tuple[Invocation, ...], tuple[StepCache, ...]]]] = InProcess(
-    "cache-hit chains"
-)
+#: Chains handed to :func:`cached_chains` in this process, by handle: each file's steps,
+#: their caches and the steps each waits for (FilePlan.needs).
+HIT_CHAINS: InProcess[
+    list[tuple[tuple[Invocation, ...], tuple[StepCache, ...], tuple[tuple[int, ...], ...]]]
+] = InProcess("cache-hit chains")

@@ -98,7 +98,8 @@ def test_needs_follow_reads_and_rewrites() -> None:
 
 # ------------------------------------------------------------------ through the flow
 
-#: Sleeps, then copies its input (so the input must still be there when it ends) — or fails.
+#: Sleeps, then copies its input (so the input must still be there when it ends) — or
+#: fails, or ends as the Fermitools do on a file with no good time (an empty product).
 COPY_AFTER = textwrap.dedent(
     """
     import shutil, sys, time
@@ -107,24 +108,31 @@ COPY_AFTER = textwrap.dedent(
     if fail == "fail":
         print("Error: this step is broken", file=sys.stderr)
         sys.exit(4)
+    if fail == "empty":
+        print("Caught St13runtime_error at the top level: No GTIs found in input event "
+              "file(s).", file=sys.stderr)
+        sys.exit(1)
     shutil.copyfile(src, dst)
     """
 )
 
 
-def sibling_project(root: Path, shared_data: Path, slow: str, fast: str, fails: str = "") -> Path:
+def sibling_project(
+    root: Path, shared_data: Path, slow: str, fast: str, fails: str = "", empty: str = ""
+) -> Path:
     """One file; ``share`` (cleanup: true) read by ``slow`` (1.5 s) and ``fast`` (0.2 s),
-    which come in this chain order and keep their products; ``fails`` fails at once."""
+    which come in this chain order and keep their products; ``fails`` fails at once,
+    ``empty`` ends empty."""
     (root / "in").mkdir()
     shutil.copy(shared_data / "evtbin" / "ft1tiny0.fits", root / "in")
     (root / "copy_after.py").write_text(COPY_AFTER)
 
     def step(name: str, src: str, seconds: float) -> dict[str, Any]:
-        fail = "fail" if name == fails else "ok"
+        fail = "fail" if name == fails else "empty" if name == empty else "ok"
         return {
             "name": name,
             "command": f"{PY} {{copier}} {{{src}}} {{{name}_out}} "
-            + f"{0 if fail == 'fail' else seconds} {fail}",
+            + f"{0 if fail != 'ok' else seconds} {fail}",
             "outputs": [f"{name}_out"],
             "keep": name != "share",
             "cleanup": name == "share",
@@ -220,4 +228,27 @@ def test_a_failed_sibling_does_not_hide_the_other(
     assert stored[0].read_bytes() == (tmp_path / "in" / "ft1tiny0.fits").read_bytes()
     assert not list((tmp_path / "products").glob("*.fits"))
     assert json.loads((tmp_path / "s.json").read_text())["state"] == "Failed"
+    nothing_stray(tmp_path)
+
+
+def test_an_empty_sibling_and_the_cached_rerun_report_the_same_steps(
+    prefect_server: dict[str, str], tmp_path: Path, shared_data: Path
+) -> None:
+    """An empty step leaves its file out of the merges, but its sibling, which does not
+    read its output, still runs; a rerun (every step a cache hit: one bulk task) reports
+    the same steps."""
+    config = sibling_project(tmp_path, shared_data, slow="b", fast="c", empty="b")
+    state, first = run_flow(config, tmp_path / "s1.json")
+    assert state.is_completed() and first["files"]["empty"] == 1
+    steps = steps_of(first)
+    assert {k: s["status"] for k, s in steps.items()} == {"share": "ok", "b": "empty", "c": "ok"}
+    assert "No GTIs found" in first["per_file"][0]["error"]
+    state, again = run_flow(config, tmp_path / "s2.json")
+    assert state.is_completed() and again["files"]["empty"] == 1
+    assert again["per_file"][0]["cached_steps"] == ["share", "b", "c"]
+    assert {k: s["status"] for k, s in steps_of(again).items()} == {
+        "share": "ok",
+        "b": "empty",
+        "c": "ok",
+    }
     nothing_stray(tmp_path)
