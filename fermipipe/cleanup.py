@@ -1,9 +1,13 @@
 """When each file of the run's work area goes: one policy, computed once from the plan.
 
-* **After a step**: the work-area files no later step of the file reads are deleted, unless
-  something reads them after the chain and they are not in the cache store (an uncached
-  merge input, an output the step keeps). The raw input, copied to a RAM disk just before
-  the first step, goes after that step.
+* **After a step**: a work-area file goes once every step of the file that reads it is
+  over (or the step that makes it, when none reads it), unless something reads it after the
+  chain and it is not in the cache store (an uncached merge input, an output the step
+  keeps). The file's steps form a graph (:mod:`fermipipe.step_graph`), so two readers may
+  finish in either order: a file whose readers include one that waits for all the others
+  goes with that reader's task (:attr:`Cleanup.drops`); else the flow deletes it when the
+  last of them is over (:attr:`Cleanup.joins`, :class:`Joins`). The raw input, copied to a
+  RAM disk just before the first step, goes after that step.
 * **After every file's chain**: a failed or empty file's folder goes (nothing of it is
   merged); an ok file keeps only what the merges or the user still need.
 * **After the merges**: what the user keeps is copied to the output folder, then every
@@ -26,14 +30,22 @@ from fermipipe.cache import content_hash
 from fermipipe.caching import get_store
 from fermipipe.fits.writing import atomic_copy
 from fermipipe.plan import FilePlan, Plan
+from fermipipe.step_graph import ancestors
 from fermipipe.summary import FileSummary
+
+#: Work-area files and the steps that must all be over before they go.
+Join = tuple[tuple[str, ...], frozenset[int]]
 
 
 @dataclass(frozen=True)
 class Cleanup:
     keep: bool  # --keep-intermediate: nothing is removed
-    #: file_id → per chain step, the work-area files deleted once that step is done.
+    #: file_id → per chain step, the work-area files that step's task deletes once it is
+    #: done: every other step reading them is upstream of it, so over by then.
     drops: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    #: file_id → files read by steps that may finish in any order (siblings in the file's
+    #: step graph), with those steps: deleted once all are over, whatever their state.
+    joins: dict[str, tuple[Join, ...]] = field(default_factory=dict)
     #: file_id → work-area files read after the chain (uncached merge inputs, kept outputs).
     needed: dict[str, frozenset[str]] = field(default_factory=dict)
     #: file_id → (input, its copy in the work area) when inputs are staged (RAM disk).
@@ -42,8 +54,36 @@ class Cleanup:
     store: str | None = None
 
     def after_step(self, file_id: str, k: int) -> tuple[str, ...]:
+        """What step ``k``'s task deletes when done (the joins aside)."""
         steps = self.drops.get(file_id, ())
         return steps[k] if k < len(steps) else ()
+
+    def in_order(self, file_id: str) -> tuple[tuple[str, ...], ...]:
+        """Per step, what goes after it when the steps run one at a time in chain order
+        (a node-local chain): a join's files after the last of its steps."""
+        steps = [list(paths) for paths in self.drops.get(file_id, ())]
+        for paths, after in self.joins.get(file_id, ()):
+            steps[max(after)] += paths
+        return tuple(tuple(paths) for paths in steps)
+
+
+class Joins:
+    """The flow's side of :attr:`Cleanup.joins`: told each step that is over (done, failed,
+    never run), it returns the files whose steps are now all over. Used by one thread."""
+
+    def __init__(self, policy: Cleanup) -> None:
+        self._left = {
+            file_id: [(paths, set(after)) for paths, after in joins]
+            for file_id, joins in policy.joins.items()
+        }
+
+    def over(self, file_id: str, k: int) -> tuple[str, ...]:
+        out: list[str] = []
+        for paths, after in self._left.get(file_id, ()):
+            if k in after:
+                after.discard(k)
+                out += paths if not after else ()
+        return tuple(out)
 
 
 def cleanup_policy(
@@ -64,18 +104,20 @@ def cleanup_policy(
     stored, cached = set(stored), set(cached_files)
     merged = {m.output_name for m in plan.merges}
     drops: dict[str, tuple[tuple[str, ...], ...]] = {}
+    joins: dict[str, tuple[Join, ...]] = {}
     needed: dict[str, frozenset[str]] = {}
     stage: dict[str, tuple[str, str]] = {}
     for fp in plan.files:
         after = _read_after_chain(fp, merged, stored if fp.file_id in cached else set())
         needed[fp.file_id] = frozenset(after)
-        drops[fp.file_id] = () if keep else _step_drops(fp, plan.workdir, after)
+        if not keep:
+            drops[fp.file_id], joins[fp.file_id] = _step_drops(fp, plan.workdir, after)
         first = fp.chain[0].inputs.values() if fp.chain else ()
         native = bool(fp.chain) and fp.chain[0].engine == "native"
         if stage_inputs and not native and Path(fp.input) in map(Path, first):
             copy = plan.workdir / fp.file_id / "input" / Path(fp.input).name
             stage[fp.file_id] = (str(fp.input), str(copy))
-    return Cleanup(keep, drops, needed, stage, store)
+    return Cleanup(keep, drops, joins, needed, stage, store)
 
 
 def _read_after_chain(fp: FilePlan, merged: set[str], stored: set[str]) -> set[str]:
@@ -89,19 +131,31 @@ def _read_after_chain(fp: FilePlan, merged: set[str], stored: set[str]) -> set[s
     }
 
 
-def _step_drops(fp: FilePlan, workdir: Path, after: set[str]) -> tuple[tuple[str, ...], ...]:
-    """Each work-area file goes after the last step that reads it (or the one that makes
-    it, when none does)."""
+def _step_drops(
+    fp: FilePlan, workdir: Path, after: set[str]
+) -> tuple[tuple[tuple[str, ...], ...], tuple[Join, ...]]:
+    """Each work-area file goes once every step that reads it is over (the one that makes
+    it, when none reads it): with the reader that waits for all the others, when one does;
+    else as a join."""
     made_by = {Path(p): k for k, inv in enumerate(fp.chain) for p in inv.outputs.values()}
+    upstream = ancestors(fp.needs)
     per_step: list[list[str]] = [[] for _ in fp.chain]
+    joins: dict[frozenset[int], list[str]] = {}
     for path, k in made_by.items():
         if not path.is_relative_to(workdir) or str(path) in after:
             continue
-        readers = [
+        readers = frozenset(
             j for j in range(k + 1, len(fp.chain)) if path in map(Path, fp.chain[j].inputs.values())
-        ]
-        per_step[max(readers, default=k)].append(str(path))
-    return tuple(tuple(paths) for paths in per_step)
+        ) or frozenset({k})
+        last = [r for r in sorted(readers) if readers - {r} <= upstream[r]]
+        if last:
+            per_step[last[0]].append(str(path))
+        else:
+            joins.setdefault(readers, []).append(str(path))
+    return (
+        tuple(tuple(paths) for paths in per_step),
+        tuple((tuple(paths), steps) for steps, paths in joins.items()),
+    )
 
 
 def remove_files(paths: Iterable[str | Path]) -> None:

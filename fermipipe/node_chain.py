@@ -75,7 +75,8 @@ def run_chain_on_node(
 
             result = with_retries(
                 partial(
-                    run_file_step, inv, previous, run=run, order=order, step_index=k,
+                    run_file_step, inv, () if previous is None else (previous,), run=run,
+                    order=order, step_index=k,
                     logger=logger, cache=cache, drops=step_drops,
                 )
             )  # fmt: skip

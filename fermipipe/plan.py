@@ -69,6 +69,7 @@ import shlex
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,6 +89,7 @@ from fermipipe.fermitools_argv import fermitools_argv as _fermitools_argv
 from fermipipe.fits.sniff import looks_like_fits_name, not_a_fits_file
 from fermipipe.native import NATIVE_TOOLS, overwrites_by_default
 from fermipipe.native.param_checks import check_params
+from fermipipe.step_graph import step_needs
 from fermipipe.work_area import WorkArea, choose_work_area
 
 if TYPE_CHECKING:
@@ -200,6 +202,12 @@ class FilePlan:
     #: to the output directory after the merges (the workdir may be a RAM disk).
     keep: tuple[tuple[Path, Path], ...] = ()
     week: str | None = None  # the NNN of a `_wNNN_` in the input name
+
+    @cached_property
+    def needs(self) -> tuple[tuple[int, ...], ...]:
+        """Per step, the earlier steps it waits for (:func:`fermipipe.step_graph.step_needs`),
+        computed once per plan."""
+        return step_needs(self.chain)
 
 
 @dataclass(frozen=True)

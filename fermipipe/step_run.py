@@ -1,7 +1,7 @@
 """One step of one file, the one way both execution paths run it.
 
 The per-step Prefect task (``tasks/steps.py``) and the node-local chain (``tasks/chain.py``)
-both call :func:`run_file_step`: skip after an empty or failed previous step, take the
+both call :func:`run_file_step`: skip after an empty or failed upstream step, take the
 result from the cache store or run the tool (staging the raw input on a RAM disk first),
 store it, then delete the work-area files the cleanup policy says are done with.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def with_retries(attempt: Callable[[], StepResult]) -> StepResult:
 
 def run_file_step(
     inv: Invocation,
-    previous: StepResult | None,
+    upstream: Sequence[StepResult],
     *,
     run: runner.RunSpec | str,
     order: int,
@@ -66,7 +66,8 @@ def run_file_step(
     drops: tuple[str, ...] = (),
     stage: tuple[str, str] | None = None,
 ) -> StepResult:
-    """Run ``inv`` unless the file's previous step was not ok (then: ``skipped``).
+    """Run ``inv`` unless one of ``upstream`` (the results of the file's steps it waits
+    for, :mod:`fermipipe.step_graph`) was not ok (then: ``skipped``).
 
     A failed tool raises :class:`StepFailedError`; an empty product returns a result with
     status ``empty``. ``order``/``step_index`` set the priority of the concurrency slot
@@ -74,24 +75,24 @@ def run_file_step(
     :mod:`fermipipe.caching`; ``drops``: work-area files deleted after this step;
     ``stage``: (input, copy) — the input is copied there just before the tool runs.
     """
-    if previous is not None and previous.status != "ok":
+    if not_ok := next((r for r in upstream if r.status != "ok"), None):
         skipped = inherit(
             StepResult(
                 inv.step,
                 inv.file_id,
                 "skipped",
                 inv.render(),
-                error=f"previous step {previous.step} was {previous.status}"
-                + (f" ({previous.error})" if previous.error else ""),
+                error=f"upstream step {not_ok.step} was {not_ok.status}"
+                + (f" ({not_ok.error})" if not_ok.error else ""),
             ),
-            previous,
+            upstream,
         )
         if cache is not None and cache.stored:
             remember_skipped(inv, cache, skipped)
         return skipped
 
     def execute() -> StepResult:
-        return inherit(_execute(inv, run, order, step_index, logger, stage), previous)
+        return inherit(_execute(inv, run, order, step_index, logger, stage), upstream)
 
     if cache is None:
         result = execute()
@@ -107,11 +108,13 @@ def run_file_step(
     return result
 
 
-def inherit(result: StepResult, previous: StepResult | None) -> StepResult:
-    """``result`` with the data warnings of the file's earlier steps (see StepResult)."""
-    if previous is not None:
-        own = [f"{previous.step}: {w}" for w in previous.warnings]
-        result.upstream_warnings = [*previous.upstream_warnings, *own]
+def inherit(result: StepResult, upstream: Sequence[StepResult]) -> StepResult:
+    """``result`` with the data warnings of the file's steps upstream of it (see
+    StepResult), each once (two upstream steps may share theirs)."""
+    seen = [
+        w for r in upstream for w in (*r.upstream_warnings, *(f"{r.step}: {w}" for w in r.warnings))
+    ]
+    result.upstream_warnings = list(dict.fromkeys(seen))
     return result
 
 

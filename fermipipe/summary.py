@@ -63,7 +63,9 @@ class FileSummary:
 def summarize_file(file_id: str, input: str, results: Iterable[StepResult]) -> FileSummary:
     """The one summary of a file, from its steps' results in chain order, however they ran
     (per-step tasks, a node-local chain, a bulk cache hit). A result ``from_store`` ran no
-    tool; ``skipped`` ones (after an empty step) only carry that step's data warnings."""
+    tool; ``skipped`` ones (after an empty step) only carry that step's data warnings. Steps
+    that do not wait for each other may both fail: the file failed at the first in chain
+    order."""
     summary = FileSummary(file_id, input, "ok")
     for result in results:
         if result.status == "skipped":
@@ -75,7 +77,7 @@ def summarize_file(file_id: str, input: str, results: Iterable[StepResult]) -> F
         summary.steps.append(result)
         if result.from_store:  # no tool ran for it
             summary.cached_steps.append(result.step)
-        if result.status == "failed":
+        if result.status == "failed" and summary.failed_step is None:
             summary.status, summary.failed_step = "failed", result.step
             summary.error = result.error or "failed"
         elif result.status == "empty" and summary.status == "ok":

@@ -5,8 +5,10 @@ Three ways a file's chain is submitted, one step runner behind them all
 (:func:`fermipipe.summary.summarize_file`):
 
 * files whose whole chain is a verified cache hit: one bulk task run for all of them;
-* by default, each step is ``map``-ped over the files, each file's previous future passed
-  in, so a file's next step starts as soon as its own previous step is done (no barrier);
+* by default, each step of each file is a task submitted with the futures of the file's
+  steps it waits for (:mod:`fermipipe.step_graph`: those making what it reads), so it starts
+  as soon as they are done (no barrier between files; two steps reading the same upstream
+  output, like the mission chain's ccube and ltcube, run side by side);
 * with ``node``: one node-local chain task per file (Dask workers on other nodes).
 """
 
@@ -24,7 +26,7 @@ from prefect.logging import get_run_logger
 
 from fermipipe import native, runner
 from fermipipe.caching import CacheSetup, StepCache
-from fermipipe.cleanup import Cleanup
+from fermipipe.cleanup import Cleanup, Joins, remove_files
 from fermipipe.config import PipelineConfig
 from fermipipe.plan import FilePlan, Plan
 from fermipipe.runner import StepFailedError, StepResult
@@ -84,8 +86,11 @@ def cached_summaries(plan: Plan, cache: CacheSetup | None) -> dict[str, FileSumm
     hits = [fp for fp in plan.files if cache.fully_cached(fp.file_id)]
     if not hits:
         return {}
-    chains = [(fp.chain, tuple(sc for sc, _must in cache.steps[fp.file_id] or [])) for fp in hits]
-    digest = hashlib.sha256("".join(sc.key for _c, scs in chains for sc in scs).encode())
+    chains = [
+        (fp.chain, tuple(sc for sc, _must in cache.steps[fp.file_id] or []), fp.needs)
+        for fp in hits
+    ]
+    digest = hashlib.sha256("".join(sc.key for _c, scs, _n in chains for sc in scs).encode())
     with HIT_CHAINS.passing(chains) as handle:
         task = cached_chains.with_options(result_storage=cache.result_storage)
         state = task(digest.hexdigest(), len(hits), handle, return_state=True)
@@ -108,7 +113,7 @@ def process_steps(
     cache: CacheSetup | None,
     done_with: Callable[[FileSummary], None],
 ) -> dict[str, FileSummary]:
-    """Map each step over the files, chaining each file's steps through their futures.
+    """Submit every step of every file, each after the futures of the steps it waits for.
 
     On Dask, a step with ``worker_resources`` is submitted under ``dask.annotate`` so that a
     worker never runs more of it than its declared resources allow."""
@@ -120,8 +125,8 @@ def process_steps(
         if name:
             native.get_tool(name)
     depth = max((len(f.chain) for f in files), default=0)
-    # A task whose file's previous step is still running holds a thread while it waits, so
-    # the pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
+    # A task whose upstream steps are still running holds a thread while it waits, so the
+    # pool has room for `depth` waiting tasks per running tool (threads are cheap, slots
     # are not: the runner's semaphores decide what actually runs).
     threads = max(1, min(len(files) * depth, n_workers * (depth + 1)))
     futures: list[list[PrefectFuture[StepResult]]] = []  # per file, its steps in order
@@ -136,17 +141,24 @@ def process_steps(
                 for i, fp in enumerate(files):
                     chain: list[PrefectFuture[StepResult]] = []
                     for k, inv in enumerate(fp.chain):
+                        upstream = tuple(chain[j] for j in fp.needs[k])
                         with worker_resources(cfg.runner, resources.get(inv.step)):
                             chain.append(
-                                submit_step(pool, variants, fp, i, k, chain, run, cleanup, cache)
+                                submit_step(pool, variants, fp, i, k, upstream, run, cleanup, cache)
                             )
                     futures.append(chain)
-            index = {id(chain[-1]): i for i, chain in enumerate(futures) if chain}
+            where = {id(f): (i, k) for i, chain in enumerate(futures) for k, f in enumerate(chain)}
+            left = [len(chain) for chain in futures]
+            joins = Joins(cleanup)
             done: dict[str, FileSummary] = {}
-            for fut in as_completed([chain[-1] for chain in futures if chain]):
-                i = index[id(fut)]  # a file's last step is final: so are the others
-                done[files[i].file_id] = summarize_futures(files[i], futures[i])
-                done_with(done[files[i].file_id])
+            # A file is done when all its steps are: its last step may finish before another.
+            for fut in as_completed([fut for chain in futures for fut in chain]):
+                i, k = where[id(fut)]
+                remove_files(joins.over(files[i].file_id, k))
+                left[i] -= 1
+                if not left[i]:
+                    done[files[i].file_id] = summarize_futures(files[i], futures[i])
+                    done_with(done[files[i].file_id])
             for i, fp in enumerate(files):
                 if fp.file_id not in done:  # a file without steps
                     done[fp.file_id] = summarize_futures(fp, futures[i])
@@ -179,12 +191,12 @@ def submit_step(
     fp: FilePlan,
     i: int,
     k: int,
-    chain: list[Any],
+    upstream: tuple[Any, ...],
     run: runner.RunSpec,
     cleanup: Cleanup,
     cache: CacheSetup | None,
 ) -> Any:
-    """Submit step ``k`` of file ``fp`` (number ``i``), after its previous step's future."""
+    """Submit step ``k`` of file ``fp`` (number ``i``), after the futures of ``upstream``."""
     entries = cache.steps.get(fp.file_id) if cache is not None else None
     sc: StepCache | None = None
     kind = "uncached"
@@ -196,7 +208,7 @@ def submit_step(
     task = named_copy(variants[kind], task_label(fp, k))
     parameters = {
         "invocation": fp.chain[k],
-        "previous": chain[k - 1] if k else None,
+        "upstream": upstream,
         "run": run,
         "order": i,
         "step_index": k,
@@ -214,7 +226,8 @@ def task_label(fp: FilePlan, k: int) -> str:
 
 def summarize_futures(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]) -> FileSummary:
     """One file's summary from its step futures (a flow never fails by itself on failed
-    tasks: every state is read)."""
+    tasks: every state is read). Every step that ran is reported, also after a failed
+    sibling; a step that never ran (an upstream step failed) is not."""
     results: list[StepResult] = []
     for inv, fut in zip(fp.chain, futures, strict=True):
         fut.wait()  # else .state may be read from the API, which can lag (still RUNNING)
@@ -225,15 +238,14 @@ def summarize_futures(fp: FilePlan, futures: Sequence[PrefectFuture[StepResult]]
                 result.from_store = True
             results.append(result)
             continue
-        if state.is_pending():  # NotReady: its previous step failed, it never ran
-            break
+        if state.is_pending():  # NotReady: a step it waits for failed, it never ran
+            continue
         exc = state.result(raise_on_failure=False)
         results.append(
             exc.result
             if isinstance(exc, StepFailedError)
             else failed_result(fp, inv.step, inv.render(), state, exc)
         )
-        break
     return summarize_file(fp.file_id, str(fp.input), results)
 
 
@@ -293,7 +305,7 @@ def process_chains(
                             "file_id": [fp.file_id for fp in files],
                             "chain": [fp.chain for fp in files],
                             "caches": caches,
-                            "drops": [cleanup.drops.get(fp.file_id, ()) for fp in files],
+                            "drops": [cleanup.in_order(fp.file_id) for fp in files],
                             "exports": exports,
                             "run": unmapped(run),
                             "order": list(range(len(files))),

@@ -1,7 +1,8 @@
 """Prefect tasks for one file's steps: a thin layer over :mod:`fermipipe.step_run`.
 
-``run_step`` runs one step of one file. The flow maps it over the files, passing each file's
-previous result, so a file's next step starts as soon as its own previous step is done.
+``run_step`` runs one step of one file. The flow submits it with the futures of the file's
+steps it waits for (:mod:`fermipipe.step_graph`: those making what it reads), so it starts as
+soon as they are done — two steps reading the same upstream output run side by side.
 Concurrency is capped inside the runner (exact, no polling), not by Prefect.
 
 Caching (:mod:`fermipipe.caching`): the task's Prefect cache key *is* the step's content
@@ -58,7 +59,7 @@ def retry_transient(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) -> 
 )
 def run_step(
     invocation: Invocation,
-    previous: StepResult | None,
+    upstream: tuple[StepResult, ...],
     *,
     run: runner.RunSpec | str,
     order: int,
@@ -67,11 +68,12 @@ def run_step(
     drops: tuple[str, ...] = (),
     stage: tuple[str, str] | None = None,
 ) -> StepResult:
-    """One step of one file (:func:`fermipipe.step_run.run_file_step`); a failed tool
-    raises, so the task run is Failed and the file's later steps are not run."""
+    """One step of one file (:func:`fermipipe.step_run.run_file_step`) after ``upstream``;
+    a failed tool raises, so the task run is Failed and the steps waiting for it are not
+    run (Prefect leaves them NotReady)."""
     return run_file_step(
         invocation,
-        previous,
+        upstream,
         run=run,
         order=order,
         step_index=step_index,
@@ -102,17 +104,19 @@ def cached_chains(digest: str, n_files: int, handle: str) -> list[list[StepResul
     results are read from the store. Runs in the flow's process: ``handle`` names the
     chains there (:data:`HIT_CHAINS`)."""
     out: list[list[StepResult]] = []
-    for chain, caches in HIT_CHAINS.get(handle):
-        results: list[StepResult] = []
-        for inv, sc in zip(chain, caches, strict=True):
-            results.append(cached_result(inv, sc))
-            if results[-1].status != "ok":
-                break
-        out.append(results)
+    for chain, caches, needs in HIT_CHAINS.get(handle):
+        # As in a run: a step after a step that was not ok is not reported (a stored one
+        # was remembered as skipped); one that does not wait for that step is.
+        results: dict[int, StepResult] = {}
+        for k, (inv, sc) in enumerate(zip(chain, caches, strict=True)):
+            if all(j in results and results[j].status == "ok" for j in needs[k]):
+                results[k] = cached_result(inv, sc)
+        out.append([results[k] for k in sorted(results)])
     return out
 
 
-#: Chains handed to :func:`cached_chains` in this process, by handle.
-HIT_CHAINS: InProcess[list[tuple[tuple[Invocation, ...], tuple[StepCache, ...]]]] = InProcess(
-    "cache-hit chains"
-)
+#: Chains handed to :func:`cached_chains` in this process, by handle: each file's steps,
+#: their caches and the steps each waits for (FilePlan.needs).
+HIT_CHAINS: InProcess[
+    list[tuple[tuple[Invocation, ...], tuple[StepCache, ...], tuple[tuple[int, ...], ...]]]
+] = InProcess("cache-hit chains")

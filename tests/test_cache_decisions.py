@@ -16,7 +16,7 @@ import pytest
 
 from fermipipe import runner
 from fermipipe.caching import CacheSetup, open_cache, prefetch_hashes, stored_outputs
-from fermipipe.cleanup import cleanup_policy
+from fermipipe.cleanup import Joins, cleanup_policy
 from fermipipe.config import PipelineConfig
 from fermipipe.native import ENGINE_VERSION
 from fermipipe.plan import Plan, prepare
@@ -42,13 +42,14 @@ def run_chain(plan: Plan, cache: CacheSetup, tmp_path: Path) -> list[StepResult]
     fp = plan.files[0]
     entries = cache.steps[fp.file_id] or []
     results: list[StepResult] = []
-    previous = None
     try:
         for k, (inv, (sc, _must)) in enumerate(zip(fp.chain, entries, strict=True)):
-            previous = run_file_step(
-                inv, previous, run=ctx.name, order=0, step_index=k, logger=LOG, cache=sc
+            upstream = tuple(results[j] for j in fp.needs[k])
+            results.append(
+                run_file_step(
+                    inv, upstream, run=ctx.name, order=0, step_index=k, logger=LOG, cache=sc
+                )
             )
-            results.append(previous)
     finally:
         runner.close_run(ctx.name)
     return results
@@ -127,17 +128,31 @@ def test_cleanup_policy(project: tuple[PipelineConfig, Plan]) -> None:
     out = {name: str(p) for inv in fp.chain for name, p in inv.outputs.items()}
     select, mktime = out["chunk_sel"], out["chunk_gti"]
     ccube, ltcube = out["chunk_ccube"], out["chunk_ltcube"]
-    # Uncached: each intermediate goes after its last reader; merge inputs stay for the
-    # merges (they exist only in the work area).
+    # Uncached: each intermediate goes once its readers are over: the select output with
+    # mktime (its one reader), the mktime output when both ccube and ltcube are over (they
+    # run side by side: a join); merge inputs stay for the merges (only in the work area).
     plain = cleanup_policy(plan, keep=False)
-    assert plain.drops[fp.file_id] == ((), (select,), (), (mktime,))
+    assert plain.drops[fp.file_id] == ((), (select,), (), ())
+    assert plain.joins[fp.file_id] == (((mktime,), frozenset({2, 3})),)
     assert plain.needed[fp.file_id] == {ccube, ltcube}
+    # A node-local chain runs the steps in chain order: the join goes after ltcube.
+    assert plain.in_order(fp.file_id) == ((), (select,), (), (mktime,))
     # Cached: merge inputs are in the store, so their work-area copies go at once.
     cached = cleanup_policy(plan, keep=False, stored=stored_outputs(cfg), cached_files=[fp.file_id])
-    assert cached.drops[fp.file_id] == ((), (select,), (ccube,), (mktime, ltcube))
+    assert cached.drops[fp.file_id] == ((), (select,), (ccube,), (ltcube,))
+    assert cached.in_order(fp.file_id) == ((), (select,), (ccube,), (ltcube, mktime))
     assert cached.needed[fp.file_id] == frozenset()
+    # The flow's join: the mktime output goes when the second of ccube, ltcube is over,
+    # whichever order they finish in.
+    for first, second in ((2, 3), (3, 2)):
+        joins = Joins(plain)
+        assert joins.over(fp.file_id, 1) == ()
+        assert joins.over(fp.file_id, first) == ()
+        assert joins.over(fp.file_id, second) == (mktime,)
     # --keep-intermediate: nothing goes.
-    assert cleanup_policy(plan, keep=True).after_step(fp.file_id, 1) == ()
+    kept = cleanup_policy(plan, keep=True)
+    assert kept.after_step(fp.file_id, 1) == () and kept.in_order(fp.file_id) == ()
+    assert Joins(kept).over(fp.file_id, 3) == ()
     # A RAM disk: a native first step reads the raw input where it is (once, front to back)…
     assert cleanup_policy(plan, keep=False, stage_inputs=True).stage == {}
     # …a Fermitools one gets it staged into the file's folder.
