@@ -135,7 +135,7 @@ class SlotPool:
     Waiting requests are served by priority (lowest first), skipping a request whose step is
     at its cap so that it never blocks other steps. The flow passes ``(file order, step
     index)``: among the work that is ready, earlier files' next steps go first, so each
-    file's chain progresses as soon as its previous step is done and intermediates do not
+    file's chain progresses as soon as its upstream steps are done and intermediates do not
     pile up. Slots are handed over directly by the releasing thread (no polling, no
     thundering herd).
     """

@@ -8,9 +8,9 @@ The pipeline, as the flow below runs it::
                 │
     work subflow: staging area (RAM disk or disk) created; cache decisions; cleanup policy
     ┆ file 1 ─► step 1 ─► step 2 ─► … ─┐   each file's chain runs on its own: a step starts
-    ┆ file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as that file's previous step is done
-    ┆ …                                │   (no barrier between steps); a failing file never
-    ┆ file N ─► step 1 ─► step 2 ─► … ─┘   stops the others
+    ┆ file 2 ─► step 1 ─► step 2 ─► … ─┤   as soon as the steps making what it reads are
+    ┆ …                                │   done (no barrier between steps; siblings run side
+    ┆ file N ─► step 1 ─► step 2 ─► … ─┘   by side); a failing file never stops the others
     ┆           │   streaming merges: as files finish, counts maps are folded into running
     ┆           │   sums and gtltsum tree nodes start (flows/streams.py)
     ┆           ▼  every file done (merging waits for failures unless on_failure: skip)
@@ -23,7 +23,7 @@ The pipeline, as the flow below runs it::
 Concurrency: ``resources.cores`` (or ``--workers``) tools at once, fewer for a step with
 ``max_parallel``; the caps are semaphores inside the runner (exact, microseconds), not
 Prefect's polling concurrency limits. The Prefect thread pool is only sized so that tasks
-waiting for their file's previous step never starve the ready ones.
+waiting for their file's upstream steps never starve the ready ones.
 """
 
 # ruff: noqa: E402 — the CLI's fast path (below) must run before Prefect is imported.
