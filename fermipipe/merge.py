@@ -24,7 +24,7 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,8 @@ def _header_facts(hdul: fits.HDUList, path: Path) -> _HeaderFacts:
 
 
 Pixels = np.ndarray | dict[str, np.ndarray]  # a primary image, or SKYMAP CHANNELn columns
+#: (summed image, product's primary header, product's image type): see :func:`image_sum`.
+ImageHook = Callable[[np.ndarray, fits.Header, np.dtype[Any]], object]
 
 
 @dataclass
@@ -689,6 +691,7 @@ def image_sum(
     how: str = "image_sum",
     subtract: Sequence[Path] = (),
     presummed: RunningSum | None = None,
+    image_hook: ImageHook | None = None,
 ) -> MergeInfo:
     """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
 
@@ -712,6 +715,13 @@ def image_sum(
     with their header facts, read as they were added: those inputs are not opened again
     (but the first, the template), their facts are combined with the others' in input
     order; the other inputs are read and added here.
+
+    ``image_hook`` is called, just before a primary image is streamed to disk, with the
+    summed image (the accumulator, in its own type: to be read before the hook returns, the
+    write byteswaps it in place after), a copy of the product's primary header and the
+    product's image type: a quick-look is computed from it and drawn while the product is
+    written (the product exists only when this returns). It is not called for HEALPix tables
+    or images astropy writes (scaled), nor when the merge fails before its write.
 
     ``subtract`` (count maps, dense or compact) takes maps back out of the **first** input,
     the previous product they were summed into — a changed week: ``inputs=[previous, new
@@ -841,6 +851,8 @@ def image_sum(
         template[0].header["FILENAME"] = ascii_text(Path(output).name)
     if manifest is not None:  # before the first write: no rewrite to make room for them
         _stamp_header(template[0].header, manifest, how)
+    if streamed is not None and image_hook is not None:
+        image_hook(streamed[0], template[0].header.copy(), streamed[1])
     with _atomic(Path(output)) as tmp:
         if streamed is None:
             template.writeto(tmp, checksum=True, overwrite=True)
