@@ -164,7 +164,7 @@ def _sum_keys(
                 counts[(i, key)] = counts.get((i, key), 0) + 1
 
 
-Times = list[tuple[float, str | None]]  # (TSTART, DATE-OBS) or (TSTOP, DATE-END) per HDU
+_Times = list[tuple[float, str | None]]  # (TSTART, DATE-OBS) or (TSTOP, DATE-END) per HDU
 
 
 @dataclass
@@ -174,8 +174,8 @@ class _HeaderFacts:
 
     gti: Gti | None
     sums: dict[tuple[int, str], float]
-    starts: Times
-    stops: Times
+    starts: _Times
+    stops: _Times
 
 
 def _header_facts(hdul: fits.HDUList, path: Path) -> _HeaderFacts:
@@ -183,8 +183,8 @@ def _header_facts(hdul: fits.HDUList, path: Path) -> _HeaderFacts:
     gti = read_gti(gti_hdu, tool="image_sum", file=str(path)) if gti_hdu is not None else None
     sums: dict[tuple[int, str], float] = {}
     _sum_keys(hdul, sums, {})
-    starts: Times = []
-    stops: Times = []
+    starts: _Times = []
+    stops: _Times = []
     _times(hdul, starts, stops)
     return _HeaderFacts(gti, sums, starts, stops)
 
@@ -744,11 +744,11 @@ def image_sum(
     minus = [Path(p) for p in subtract]
     # The running sum's maps were verified, checked and read when they were added: their
     # pixels and header facts are taken from it, the files are not opened again (but the
-    # first input, whose HDUs are the product's template).
+    # first input, whose HDUs are the product's template: verified again, as it is read).
     done = _presummed_of(presummed, paths, output)
     if not partials:  # with partials, each part verified its inputs
-        for path in paths:
-            if str(path) not in done:
+        for index, path in enumerate(paths):
+            if not index or str(path) not in done:
                 _verified(path)
     for path in minus:
         _verified(path)
@@ -772,8 +772,8 @@ def image_sum(
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
-    tstarts: Times = []
-    tstops: Times = []
+    tstarts: _Times = []
+    tstops: _Times = []
     first_span = (0, 0)  # how many tstarts/tstops the first input gave
     for index, path in enumerate(paths):
         if not index:
