@@ -11,6 +11,11 @@ energy planes (for a flux cube: the flux integrated over the cube's energy range
 A big image is read memory-mapped and summed plane by plane (no float copy of the cube), then
 drawn at screen resolution: wider or taller than :data:`MAX_SIDE` pixels, it is drawn in k×k
 blocks (:func:`sky_image`) with a WCS describing the blocks, and the colour bar says so.
+
+The steps are apart so that a merge can draw its product before writing it: :func:`image_of`
+(the picture's values from an image in memory, e.g. an image sum's accumulator),
+:func:`render` (PNG bytes), :func:`write_png` (the file, atomically); :func:`make_quicklook`
+chains them for a file.
 """
 
 from __future__ import annotations
