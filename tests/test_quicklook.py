@@ -266,3 +266,27 @@ def test_no_hook_for_a_healpix_sum(shared_data: Path, tmp_path: Path) -> None:
     hook = _Hook()
     merge.image_sum([hpx, hpx], tmp_path / "hpx.fits", image_hook=hook)
     assert hook.calls == []
+
+
+@pytest.mark.parametrize("kind", ["i", "f"])
+def test_blocks_summed_band_by_band_are_those_of_the_whole_image(kind: str) -> None:
+    """A picture in blocks is summed a band of rows at a time: every block, float ones too
+    (NaN and blank pixels left out), is the one the whole image's plane sum gives, bit for
+    bit; the rows that do not fill a block are left out."""
+    from fermipipe import quicklook
+
+    rng = np.random.default_rng(2)
+    data = rng.uniform(0, 3, size=(3, 1301, 2500))
+    if kind == "i":
+        data = data.astype(np.int32)
+    else:
+        data = (data * 1e-9).astype(np.float32)
+        data.reshape(-1)[rng.integers(0, data.size, 2000)] = -999
+        data.reshape(-1)[rng.integers(0, data.size, 2000)] = np.nan
+    integer = kind == "i"
+    whole = quicklook._blocks(quicklook._plane_sum(data, integer), 3, integer)
+    banded = quicklook._block_sums(data, 3, integer, None)
+    assert whole.shape == banded.shape == (433, 833) and whole.dtype == banded.dtype
+    assert np.array_equal(whole, banded, equal_nan=True)
+    rows = 1301 // 3 * 3  # several bands, the last one partial
+    assert rows > quicklook._BAND_ROWS and rows % quicklook._BAND_ROWS
