@@ -24,7 +24,7 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,34 @@ def _sum_keys(
                 counts[(i, key)] = counts.get((i, key), 0) + 1
 
 
+_Times = list[tuple[float, str | None]]  # (TSTART, DATE-OBS) or (TSTOP, DATE-END) per HDU
+
+
+@dataclass
+class _HeaderFacts:
+    """What :func:`image_sum` takes from one input's headers besides its grid: its GTI, its
+    summed keywords (by HDU index and keyword) and its HDUs' start and stop times."""
+
+    gti: Gti | None
+    sums: dict[tuple[int, str], float]
+    starts: _Times
+    stops: _Times
+
+
+def _header_facts(hdul: fits.HDUList, path: Path) -> _HeaderFacts:
+    gti_hdu = find_gti_hdu(hdul)
+    gti = read_gti(gti_hdu, tool="image_sum", file=str(path)) if gti_hdu is not None else None
+    sums: dict[tuple[int, str], float] = {}
+    _sum_keys(hdul, sums, {})
+    starts: _Times = []
+    stops: _Times = []
+    _times(hdul, starts, stops)
+    return _HeaderFacts(gti, sums, starts, stops)
+
+
 Pixels = np.ndarray | dict[str, np.ndarray]  # a primary image, or SKYMAP CHANNELn columns
+#: (summed image, product's primary header, product's image type): see :func:`image_sum`.
+ImageHook = Callable[[np.ndarray, fits.Header, np.dtype[Any]], object]
 
 
 @dataclass
@@ -218,17 +245,31 @@ def _check(ref: _Reference, hdul: fits.HDUList, path: Path) -> None:
             )
         if ref.pix is not None and not np.array_equal(ref.pix, other.data["PIX"]):
             raise ToolError("image_sum", "its explicit PIX list differs", str(path))
-    ebounds = _ebounds(hdul)
-    same = (ebounds is None) == (ref.ebounds is None) and (
-        ebounds is None
-        or ref.ebounds is None
-        or (
-            len(ebounds) == len(ref.ebounds)
-            and all(np.array_equal(a, b) for a, b in zip(ebounds, ref.ebounds, strict=True))
-        )
-    )
-    if not same:
+    if not _same_ebounds(ref.ebounds, _ebounds(hdul)):
         raise ToolError("image_sum", "its EBOUNDS differ from the first input's", str(path))
+
+
+def _same_ebounds(a: tuple[np.ndarray, ...] | None, b: tuple[np.ndarray, ...] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _check_running(ref: _Reference, running: _Reference) -> None:
+    """Refuse a running sum whose maps do not share ``ref``'s grid and EBOUNDS: each of them
+    was checked (:func:`_check`) against ``running``, the reference of the running sum's
+    first map, so this one comparison checks them all against the merge's first input."""
+    where = str(running.first)
+    kind = "HEALPix grid" if ref.sky else "WCS"
+    if ref.sky != running.sky:
+        raise ToolError("image_sum", f"the running sum's maps are not of the {kind} kind", where)
+    _compare(kind, ref.grid, running.grid, running.first)
+    if ref.channels != running.channels:
+        raise ToolError("image_sum", "its SKYMAP channels differ from the first input", where)
+    if ref.pix is not None and (running.pix is None or not np.array_equal(ref.pix, running.pix)):
+        raise ToolError("image_sum", "its explicit PIX list differs", where)
+    if not _same_ebounds(ref.ebounds, running.ebounds):
+        raise ToolError("image_sum", "its EBOUNDS differ from the first input's", where)
 
 
 def _pixels(ref: _Reference, hdul: fits.HDUList) -> Pixels:
@@ -580,8 +621,11 @@ class RunningSum:
     each map is added as soon as its file is done: the product equals a one-pass merge. A
     map with a fractional pixel is refused (:class:`NotWholeCounts`): the merge then sums
     the maps in plan order. Adders are serialized (one accumulator: a compact weekly map
-    adds in ~0.1 s). :func:`image_sum` takes it as ``presummed``; headers, GTIs and summed
-    keywords are still read from every input, in order."""
+    adds in ~0.1 s). :func:`image_sum` takes it as ``presummed``. What the product's headers
+    need from each map (GTI, summed keywords, start and stop times) is read here too, while
+    the map is open, and kept by map: :func:`image_sum` does not open the maps it holds, and
+    combines these in the merge's input order (summed keywords in the order of additions of
+    a one-pass merge: bit for bit the same)."""
 
     def __init__(self, first: Path) -> None:
         template, compact = _load(Path(first))
@@ -589,6 +633,8 @@ class RunningSum:
             self.ref = _reference(template, Path(first), compact)
         self.pixels: Pixels | None = None
         self.paths: list[Path] = []
+        #: Each added map's header facts, by ``str(path)`` (a few intervals and numbers).
+        self.facts: dict[str, _HeaderFacts] = {}
         self._lock = threading.Lock()
 
     def add(self, path: Path) -> None:
@@ -599,6 +645,7 @@ class RunningSum:
             values = compact.values if compact is not None else _pixels(self.ref, hdul)
             if not _whole(values):
                 raise NotWholeCounts("image_sum", "a map with fractional counts", str(path))
+            facts = _header_facts(hdul, path)
             with self._lock:
                 if self.pixels is None:
                     self.pixels = (
@@ -609,6 +656,7 @@ class RunningSum:
                 else:
                     _add_input(self.ref, self.pixels, hdul, compact, path)
                 self.paths.append(path)
+                self.facts[str(path)] = facts
 
 
 def _combine(
@@ -643,6 +691,7 @@ def image_sum(
     how: str = "image_sum",
     subtract: Sequence[Path] = (),
     presummed: RunningSum | None = None,
+    image_hook: ImageHook | None = None,
 ) -> MergeInfo:
     """Sum counts maps/cubes (or HEALPix SKYMAP tables) pixel by pixel into ``output``.
 
@@ -662,8 +711,17 @@ def image_sum(
     the same order of additions: an incremental merge stays equal to a full one).
     With ``manifest`` the product appears with its manifest cards and sidecar, together
     (:func:`_commit_manifest`). ``presummed``: the pixels of some of the inputs, already
-    summed while they were made (a :class:`RunningSum`, whole counts: exact in any order);
-    the others are added here.
+    summed while they were made (a :class:`RunningSum`, whole counts: exact in any order),
+    with their header facts, read as they were added: those inputs are not opened again
+    (but the first, the template), their facts are combined with the others' in input
+    order; the other inputs are read and added here.
+
+    ``image_hook`` is called, just before a primary image is streamed to disk, with the
+    summed image (the accumulator, in its own type: to be read before the hook returns, the
+    write byteswaps it in place after), a copy of the product's primary header and the
+    product's image type: a quick-look is computed from it and drawn while the product is
+    written (the product exists only when this returns). It is not called for HEALPix tables
+    or images astropy writes (scaled), nor when the merge fails before its write.
 
     ``subtract`` (count maps, dense or compact) takes maps back out of the **first** input,
     the previous product they were summed into — a changed week: ``inputs=[previous, new
@@ -684,17 +742,23 @@ def image_sum(
         raise ToolError("image_sum", "no input files to merge", str(output))
     paths = [Path(p) for p in inputs]
     minus = [Path(p) for p in subtract]
+    # The running sum's maps were verified, checked and read when they were added: their
+    # pixels and header facts are taken from it, the files are not opened again (but the
+    # first input, whose HDUs are the product's template: verified again, as it is read).
+    done = _presummed_of(presummed, paths, output)
     if not partials:  # with partials, each part verified its inputs
-        for path in paths:
-            _verified(path)
+        for index, path in enumerate(paths):
+            if not index or str(path) not in done:
+                _verified(path)
     for path in minus:
         _verified(path)
     first = paths[0]
-    done = _presummed_of(presummed, paths, output)  # their pixels are summed: headers only
     hdul, compact = _load(first, voxels=str(first) not in done)
     with hdul:  # the first input's pixels are read from it, the template holds none
         template = _template(hdul, compact)
         ref = _reference(template, first, compact)
+        if presummed is not None and done:
+            _check_running(ref, presummed.ref)
         if partials:
             acc = _combine(ref, paths, partials, Path(output))
         elif presummed is not None and presummed.pixels is not None:
@@ -708,26 +772,30 @@ def image_sum(
     gtis = []
     sums: dict[tuple[int, str], float] = {}
     counts: dict[tuple[int, str], int] = {}
-    tstarts: list[tuple[float, str | None]] = []
-    tstops: list[tuple[float, str | None]] = []
-    first_span: tuple[int, int] = (0, 0)  # how many tstarts/tstops the first input gave
+    tstarts: _Times = []
+    tstops: _Times = []
+    first_span = (0, 0)  # how many tstarts/tstops the first input gave
     for index, path in enumerate(paths):
-        hdul, compact = _load(path, voxels=str(path) not in done) if index else (template, None)
-        try:
-            if index:
+        if not index:
+            facts = _header_facts(template, path)
+        elif presummed is not None and str(path) in done:
+            facts = presummed.facts[str(path)]
+        else:
+            hdul, compact = _load(path)
+            with hdul:
                 _check(ref, hdul, path)
-                if not partials and str(path) not in done:
+                if not partials:
                     _add_input(ref, acc, hdul, compact, Path(output))
-            gti_hdu = find_gti_hdu(hdul)
-            if gti_hdu is not None:
-                gtis.append(read_gti(gti_hdu, tool="image_sum", file=str(path)))
-            _sum_keys(hdul, sums, counts)
-            _times(hdul, tstarts, tstops)
-            if not index:
-                first_span = (len(tstarts), len(tstops))
-        finally:
-            if index:
-                hdul.close()
+                facts = _header_facts(hdul, path)
+        if facts.gti is not None:
+            gtis.append(facts.gti)
+        for key, value in facts.sums.items():  # in input order: the same float sums
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+        tstarts += facts.starts
+        tstops += facts.stops
+        if not index:
+            first_span = (len(tstarts), len(tstops))
     # A keyword is a sum only when every input has it: an incremental merge starts from a
     # previous product whose GTI carries ONTIME while fresh per-file maps may not, and the
     # union GTI's own ONTIME is then the right value.
@@ -783,6 +851,8 @@ def image_sum(
         template[0].header["FILENAME"] = ascii_text(Path(output).name)
     if manifest is not None:  # before the first write: no rewrite to make room for them
         _stamp_header(template[0].header, manifest, how)
+    if streamed is not None and image_hook is not None:
+        image_hook(streamed[0], template[0].header.copy(), streamed[1])
     with _atomic(Path(output)) as tmp:
         if streamed is None:
             template.writeto(tmp, checksum=True, overwrite=True)

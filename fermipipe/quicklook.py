@@ -11,10 +11,16 @@ energy planes (for a flux cube: the flux integrated over the cube's energy range
 A big image is read memory-mapped and summed plane by plane (no float copy of the cube), then
 drawn at screen resolution: wider or taller than :data:`MAX_SIDE` pixels, it is drawn in k×k
 blocks (:func:`sky_image`) with a WCS describing the blocks, and the colour bar says so.
+
+The steps are apart so that a merge can draw its product before writing it: :func:`image_of`
+(the picture's values from an image in memory, e.g. an image sum's accumulator),
+:func:`render` (PNG bytes), :func:`write_png` (the file, atomically); :func:`make_quicklook`
+chains them for a file.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -63,13 +69,17 @@ class SkyImage:
     label: str
 
 
-def _plane_sum(data: np.ndarray, integer: bool) -> np.ndarray:
+def _plane_sum(data: np.ndarray, integer: bool, stored: np.dtype[Any] | None = None) -> np.ndarray:
     """The image summed over its leading (energy) axes, plane by plane into int64 (counts) or
-    float64: a memory-mapped cube is read once, without a float copy of the whole of it."""
+    float64: a memory-mapped cube is read once, without a float copy of the whole of it.
+    ``stored``: the type the image is written in, when ``data`` is another (a merge's float64
+    sum of a float32 map): each plane is first converted to it, as the written image is."""
     planes = data.reshape(-1, *data.shape[-2:])
     total = np.zeros(data.shape[-2:], np.int64 if integer else np.float64)
+    native = stored.newbyteorder("=") if stored is not None else None
+    convert = native is not None and data.dtype.newbyteorder("=") != native
     for plane in planes:
-        total += plane
+        total += plane.astype(native) if convert else plane
     return total
 
 
@@ -119,22 +129,57 @@ def sky_image(product: Path, max_side: int = MAX_SIDE) -> SkyImage | None:
 
 def _sky_image(hdul: Any, max_side: int = MAX_SIDE) -> SkyImage | None:
     """:func:`sky_image` of an open (memory-mapped) HDU list."""
-    from astropy.wcs import WCS, FITSFixedWarning
-
     primary = hdul[0]
     if primary.header.get("NAXIS", 0) < 2 or primary.data is None:
         return None
-    integer = bool(np.issubdtype(primary.data.dtype, np.integer))
-    total = _plane_sum(primary.data, integer)
+    return image_of(primary.data, primary.header, max_side=max_side)
+
+
+def image_of(
+    data: np.ndarray,
+    header: Any,
+    stored: np.dtype[Any] | None = None,
+    *,
+    max_side: int = MAX_SIDE,
+) -> SkyImage:
+    """:func:`sky_image` of a primary image given as ``data`` (≥ 2 axes, unscaled) with its
+    ``header``; ``stored``: the type it is written in when ``data`` is of another (see
+    :func:`_plane_sum`). A merge draws its product from its sum before writing it: the same
+    picture as from the file."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    kind = stored if stored is not None else data.dtype
+    integer = bool(np.issubdtype(kind, np.integer))
     with warnings.catch_warnings():  # DATE-OBS → MJD-OBS notes are noise here
         warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(primary.header).celestial
-    k = math.ceil(max(total.shape) / max_side)
-    k = max(1, min(k, *total.shape))  # a sliver of an image stays at least one block wide
+        wcs = WCS(header).celestial
+    shape = data.shape[-2:]
+    k = math.ceil(max(shape) / max_side)
+    k = max(1, min(k, *shape))  # a sliver of an image stays at least one block wide
     if k > 1:
-        return SkyImage(_blocks(total, k, integer), _block_wcs(wcs, k), k, integer,
+        return SkyImage(_block_sums(data, k, integer, stored), _block_wcs(wcs, k), k, integer,
                         _label(integer, k))  # fmt: skip
-    return SkyImage(total, wcs, 1, integer, _label(integer))
+    return SkyImage(_plane_sum(data, integer, stored), wcs, 1, integer, _label(integer))
+
+
+#: Image rows summed at a time for a picture in blocks: a band's sums (3600 × 60 × 8 bytes,
+#: 1.7 MB) are made again and again in the same memory; a whole 3600×1800 sum (52 MB) cost
+#: about as much in first-touch page faults as in the adding.
+_BAND_ROWS = 60
+
+
+def _block_sums(
+    data: np.ndarray, k: int, integer: bool, stored: np.dtype[Any] | None
+) -> np.ndarray:
+    """:func:`_blocks` of :func:`_plane_sum`, band by band of rows (whole rows of blocks:
+    each block's value is the one the whole image gives)."""
+    planes = data.reshape(-1, *data.shape[-2:])
+    rows = planes.shape[1] // k * k  # the rows that fill blocks (_blocks leaves out the rest)
+    step = k * max(1, _BAND_ROWS // k)
+    return np.concatenate([
+        _blocks(_plane_sum(planes[:, lo : min(lo + step, rows)], integer, stored), k, integer)
+        for lo in range(0, rows, step)
+    ])  # fmt: skip
 
 
 def _healpix_image(path: Path) -> tuple[np.ndarray, str, bool]:
@@ -160,12 +205,7 @@ def _healpix_image(path: Path) -> tuple[np.ndarray, str, bool]:
 
 def make_quicklook(product: Path, png: Path, *, title: str | None = None) -> Path:
     """Render ``product`` to ``png`` (written atomically) and return the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from astropy.io import fits
-    from matplotlib.colors import LogNorm
 
     product, png = Path(product), Path(png)
     try:
@@ -175,47 +215,81 @@ def make_quicklook(product: Path, png: Path, *, title: str | None = None) -> Pat
             image = _sky_image(hdul)
     except OSError as exc:
         raise ToolError("quicklook", f"cannot read the map: {exc}", file=str(product)) from None
-
-    fig = plt.figure(figsize=(10, 5.6))
     if image is not None:
-        total = image.values
-        ax = fig.add_subplot(projection=image.wcs)
-        positive = total[total > 0]  # NaN and farith's blank (−999) fail this
-        # Counts are ≥ 1 where positive; a flux map's smallest positive value sets its scale.
-        norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
-        shown = np.where(total > 0, total, np.nan)
-        im = ax.imshow(shown, origin="lower", norm=norm, cmap="magma", interpolation="nearest")
-        ax.set_facecolor("black")
-        lon, lat = ax.coords[0], ax.coords[1]
-        lon.set_axislabel(str(header.get("CTYPE1", "lon")).split("-")[0])
-        lat.set_axislabel(str(header.get("CTYPE2", "lat")).split("-")[0])
-        ax.coords.grid(color="white", alpha=0.25, linestyle=":")
-        fig.colorbar(im, ax=ax, label=image.label, shrink=0.8)
+        picture = render(image, header, title or product.name)
     elif "SKYMAP" in names:
-        counts, coordsys, integer = _healpix_image(product)
-        import healpy as hp
-
-        plt.close(fig)
-        shown = np.where(counts > 0, counts, hp.UNSEEN)
-        hp.mollview(
-            shown,
-            norm="log",
-            cmap="magma",
-            unit=_label(integer),
-            title=title or f"{product.name} ({coordsys})",
-        )
-        fig = plt.gcf()
+        picture = _render_healpix(product, title)
     else:
-        plt.close(fig)
         raise ToolError("quicklook", "neither an image nor a SKYMAP table", file=str(product))
-    if image is not None:
-        fig.suptitle(title or product.name)
+    return write_png(picture, png)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png_bytes(fig: Any) -> bytes:
+    """``fig`` as PNG bytes (closed after)."""
+    out = io.BytesIO()
+    try:
+        fig.savefig(out, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
+    return out.getvalue()
+
+
+def render(image: SkyImage, header: Any, title: str) -> bytes:
+    """The PNG of a primary image (:func:`sky_image`, :func:`image_of`) whose primary header
+    is ``header`` (its axis names label the axes). pyplot is not thread-safe: one thread
+    renders at a time."""
+    from matplotlib.colors import LogNorm
+
+    fig = _pyplot().figure(figsize=(10, 5.6))
+    total = image.values
+    ax = fig.add_subplot(projection=image.wcs)
+    positive = total[total > 0]  # NaN and farith's blank (−999) fail this
+    # Counts are ≥ 1 where positive; a flux map's smallest positive value sets its scale.
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    shown = np.where(total > 0, total, np.nan)
+    im = ax.imshow(shown, origin="lower", norm=norm, cmap="magma", interpolation="nearest")
+    ax.set_facecolor("black")
+    lon, lat = ax.coords[0], ax.coords[1]
+    lon.set_axislabel(str(header.get("CTYPE1", "lon")).split("-")[0])
+    lat.set_axislabel(str(header.get("CTYPE2", "lat")).split("-")[0])
+    ax.coords.grid(color="white", alpha=0.25, linestyle=":")
+    fig.colorbar(im, ax=ax, label=image.label, shrink=0.8)
+    fig.suptitle(title)
+    return _png_bytes(fig)
+
+
+def _render_healpix(product: Path, title: str | None) -> bytes:
+    import healpy as hp
+
+    counts, coordsys, integer = _healpix_image(product)
+    shown = np.where(counts > 0, counts, hp.UNSEEN)
+    hp.mollview(
+        shown,
+        norm="log",
+        cmap="magma",
+        unit=_label(integer),
+        title=title or f"{product.name} ({coordsys})",
+    )
+    return _png_bytes(_pyplot().gcf())
+
+
+def write_png(picture: bytes, png: Path) -> Path:
+    """``picture`` (PNG bytes) written to ``png`` under a temporary name and renamed."""
+    png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        tmp.write_bytes(picture)
         os.replace(tmp, png)
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
     return png

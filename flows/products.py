@@ -10,6 +10,7 @@ every merge succeeded, in order, each keyed by the content of what it reads.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import shutil
 import time
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from astropy.io import fits
 from prefect import unmapped
 from prefect.artifacts import create_image_artifact
 from prefect.cache_policies import NO_CACHE
@@ -37,13 +41,13 @@ from fermipipe.product_cache import (
     post_cache,
     stored_map,
 )
-from fermipipe.quicklook import make_quicklook
+from fermipipe.quicklook import image_of, make_quicklook, render, write_png
 from fermipipe.quicklook import preload as quicklook_modules
 from fermipipe.runner import StepFailedError, StepResult
 from fermipipe.summary import FileSummary, MergeSummary, inline_png
 from flows.shutdown import on_interrupt
 from flows.streams import MergeStreams
-from tasks.merge import merge_all, merge_part
+from tasks.merge import LOOKS, merge_all, merge_part
 from tasks.post import plane_parallel, quicklook_outputs, run_post, run_post_planes
 
 
@@ -107,6 +111,37 @@ def run_merge(
     opts: ProductOptions,
     looks: Quicklooks,
 ) -> MergeSummary:
+    """One merge; an image_sum's quick-look is rendered from its sum while its product is
+    written (:class:`EarlyLook`) and published once the product is in place, or, when it
+    could not be, drawn from the product after."""
+    early = looks.early(merge.name, merge.output) if merge.strategy == "image_sum" else None
+    with contextlib.ExitStack() as stack:
+        look = stack.enter_context(LOOKS.passing(early)) if early is not None else None
+        out = _run_merge(merge, plan, files, opts, look)
+    if out.status == "ok" and merge.strategy == "image_sum":  # image_sum: counts maps only
+        png = Path(merge.output).with_suffix(".png")
+
+        def then(png: str | None) -> None:
+            out.quicklook = png
+
+        if out.mode == "up_to_date" and png.exists():  # the product did not change
+            out.quicklook = str(png)
+        elif early is not None and early.rendered is not None:
+            looks.publish(early, then)
+        else:
+            looks.draw(merge.name, merge.output, then)
+    elif early is not None:  # no product: its picture is not published
+        early.discard()
+    return out
+
+
+def _run_merge(
+    merge: MergePlan,
+    plan: Plan,
+    files: list[FileSummary],
+    opts: ProductOptions,
+    look: str | None,
+) -> MergeSummary:
     sources, left_out = merge_sources(merge, plan, files)
     inputs = [path for _id, path in sources]
     out = MergeSummary(merge.name, str(merge.output), merge.strategy, "ok", len(inputs), left_out)
@@ -139,7 +174,7 @@ def run_merge(
         elif merge.strategy == "hierarchical":
             out.mode, out.cpu_seconds = tree_merge(merge, sources, left_out, opts, manifest)
         elif merge.strategy == "image_sum":
-            out.cpu_seconds = summed_merge(merge, sources, left_out, opts, decision)
+            out.cpu_seconds = summed_merge(merge, sources, left_out, opts, decision, look)
         else:
             _info, _wall, out.cpu_seconds = merge_all(
                 merge, inputs, left_out, run=opts.run, manifest=manifest
@@ -154,12 +189,6 @@ def run_merge(
     out.wall_seconds = span + streamed_wall
     if merge.strategy == "image_sum":  # a tree's CPU already counts its nodes
         out.cpu_seconds += streamed_cpu
-    if out.status == "ok" and merge.strategy == "image_sum":  # image_sum: counts maps only
-        png = Path(merge.output).with_suffix(".png")
-        if out.mode == "up_to_date" and png.exists():  # the product did not change
-            out.quicklook = str(png)
-        else:
-            looks.draw(merge.name, merge.output, lambda png: setattr(out, "quicklook", png))
     return out
 
 
@@ -185,10 +214,11 @@ def summed_merge(
     left_out: dict[str, str],
     opts: ProductOptions,
     decision: MergeDecision | None,
+    look: str | None = None,
 ) -> float:
     """An image_sum: the running sum of the maps folded while files ran, plus what it does
     not hold; incremental: the previous product + the new weeks − the changed or gone ones.
-    Returns CPU seconds."""
+    ``look``: the handle of its image hook (tasks.merge.LOOKS). Returns CPU seconds."""
     paths = dict(sources)
     todo, subtract = [path for _id, path in sources], []
     if decision is not None and decision.mode == "incremental":
@@ -208,9 +238,16 @@ def summed_merge(
     handle = opts.streams.running_sum(merge, todo)
     manifest = decision.manifest if decision is not None else None
     if handle is None and not subtract:  # nothing streamed: parallel partial sums
-        return parallel_image_sum(merge, todo, left_out, opts.run, manifest)
+        return parallel_image_sum(merge, todo, left_out, opts.run, manifest, look)
     _info, _wall, cpu = merge_all(
-        merge, todo, left_out, run=opts.run, manifest=manifest, subtract=subtract, running=handle
+        merge,
+        todo,
+        left_out,
+        run=opts.run,
+        manifest=manifest,
+        subtract=subtract,
+        running=handle,
+        look=look,
     )
     return cpu
 
@@ -218,7 +255,8 @@ def summed_merge(
 class Quicklooks:
     """Quick-look PNGs drawn in the background, one after the other (pyplot is not
     thread-safe), while the next merges and post-processing steps run: each reads a
-    finished product. :meth:`finish` waits for them (the run ends after its PNGs)."""
+    finished product, or, for an image sum, its sum before it is written (:meth:`early`).
+    :meth:`finish` waits for them (the run ends after its PNGs)."""
 
     def __init__(self, preload: bool = False) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fermipipe-quicklook")
@@ -236,6 +274,19 @@ class Quicklooks:
             (self._pool.submit(context.run, publish_quicklook, name, product), then)
         )
 
+    def early(self, name: str, product: Path) -> EarlyLook:
+        """The image hook of an image sum writing ``product`` (:class:`EarlyLook`)."""
+        return EarlyLook(self._pool, name, Path(product))
+
+    def publish(self, early: EarlyLook, then: Callable[[str | None], object] | None = None) -> None:
+        """``early``'s product is in place: its PNG and artifact are made from the picture
+        rendered while it was written (after it: one thread, in order), as :meth:`draw`."""
+        context = contextvars.copy_context()
+        future = self._pool.submit(
+            context.run, publish_quicklook, early.name, early.product, early.rendered
+        )
+        self._pending.append((future, then))
+
     def finish(self) -> None:
         for future, then in self._pending:
             png = future.result()
@@ -248,8 +299,42 @@ class Quicklooks:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def publish_quicklook(name: str, product: Path) -> str | None:
-    """``<product stem>.png`` beside the merged counts map, shown in the UI.
+class EarlyLook:
+    """An image sum's quick-look, rendered from its summed image while the product is
+    written (the ``image_hook`` of :func:`fermipipe.merge.image_sum`): the merge sums the
+    energy planes (before its write byteswaps the sum), the quick-look thread renders the
+    PNG in memory meanwhile; the PNG file and artifact are made only once the product is
+    in place (:meth:`Quicklooks.publish`), and never for a merge that failed
+    (:meth:`discard`): no picture of a product that does not exist."""
+
+    def __init__(self, pool: ThreadPoolExecutor, name: str, product: Path) -> None:
+        self._pool = pool
+        self.name, self.product = name, product
+        self.rendered: Future[bytes] | None = None  # None: draw from the product
+
+    def __call__(self, pixels: np.ndarray, header: fits.Header, dtype: np.dtype[Any]) -> None:
+        try:
+            image = image_of(pixels, header, dtype)
+        except Exception:  # noqa: BLE001 - drawn from the product then, which says what fails
+            return
+        title = quicklook_title(self.name, self.product)
+        self.rendered = self._pool.submit(render, image, header, title)
+
+    def discard(self) -> None:
+        if self.rendered is not None:
+            self.rendered.cancel()  # not started: dropped; else its bytes are not used
+            self.rendered = None
+
+
+def quicklook_title(name: str, product: Path) -> str:
+    return f"{name}: {Path(product).name}"
+
+
+def publish_quicklook(
+    name: str, product: Path, rendered: Future[bytes] | None = None
+) -> str | None:
+    """``<product stem>.png`` beside the merged counts map, shown in the UI: drawn from the
+    product, or written from ``rendered`` (an :class:`EarlyLook`'s picture).
 
     A browser refuses ``file://`` images in an http page and the Prefect server serves no
     files, so the image goes into the run summary's markdown as a ``data:`` URL
@@ -258,7 +343,10 @@ def publish_quicklook(name: str, product: Path) -> str | None:
     """
     png = Path(product).with_suffix(".png")
     try:
-        make_quicklook(Path(product), png, title=f"{name}: {Path(product).name}")
+        if rendered is None:
+            make_quicklook(Path(product), png, title=quicklook_title(name, product))
+        else:
+            write_png(rendered.result(), png)
         if image := inline_png(png):
             create_image_artifact(
                 image_url=image,
@@ -286,6 +374,7 @@ def parallel_image_sum(
     left_out: dict[str, str],
     run: runner.RunSpec,
     manifest: Manifest | None = None,
+    look: str | None = None,
 ) -> float:
     """image_sum in parallel partial sums (one per worker, consecutive inputs each), then
     one task that adds the parts and writes the product. Few inputs, one worker or
@@ -293,7 +382,9 @@ def parallel_image_sum(
     workers = runner.get_run(run).pool.total if merge.parallel else 1
     parts = merging.split_parts(inputs, min(workers, len(inputs) // MIN_PER_PART))
     if len(parts) < 2:
-        _info, _wall, cpu = merge_all(merge, inputs, left_out, run=run, manifest=manifest)
+        _info, _wall, cpu = merge_all(
+            merge, inputs, left_out, run=run, manifest=manifest, look=look
+        )
         return cpu
     scratch = runner.get_run(run).scratch / f"merge-{merge.name}"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -314,6 +405,7 @@ def parallel_image_sum(
             run=run,
             partials=[path for path, _cpu in done],
             manifest=manifest,
+            look=look,
         )
         return cpu + sum(part_cpu for _path, part_cpu in done)
     finally:

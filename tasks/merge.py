@@ -15,7 +15,7 @@ from fermipipe import runner
 from fermipipe.caching import get_store
 from fermipipe.cleanup import remove_files
 from fermipipe.manifest import Manifest
-from fermipipe.merge import MergeInfo, PairJob, RunningSum
+from fermipipe.merge import ImageHook, MergeInfo, PairJob, RunningSum
 from fermipipe.plan import Invocation, MergePlan
 from fermipipe.runner import StepFailedError, StepResult
 from flows.prefect_compat import InProcess
@@ -23,6 +23,9 @@ from flows.prefect_compat import InProcess
 #: Running sums the fold tasks add to, by handle: they live in the flow's process (counts
 #: summed in memory, never a file per week).
 RUNNING: InProcess[RunningSum] = InProcess("running sum")
+#: What an image sum calls with its summed image before writing it (a quick-look drawn
+#: while the product is written: flows.products.EarlyLook), by handle.
+LOOKS: InProcess[ImageHook] = InProcess("quick-look hook")
 
 
 @task(name="merge", task_run_name="merge-{plan.name}", cache_policy=NO_CACHE)
@@ -36,6 +39,7 @@ def merge_all(
     manifest: Manifest | None = None,
     subtract: list[Path] | None = None,
     running: str | None = None,
+    look: str | None = None,
 ) -> tuple[MergeInfo, float, float]:
     """image_sum or event concatenation of ``inputs`` into ``plan.output``.
 
@@ -44,7 +48,8 @@ def merge_all(
     pixels, already summed in parts by :func:`merge_part` tasks; ``running``: the handle of
     a running sum (:data:`RUNNING`) holding some inputs' pixels; ``subtract``: maps taken
     out of the first input (the previous product). ``manifest``: written with the product
-    (both appear together or not at all).
+    (both appear together or not at all). ``look``: the handle of an image sum's
+    ``image_hook`` (:data:`LOOKS`).
     """
     logger = get_run_logger()
     ctx = runner.get_run(run)
@@ -60,6 +65,7 @@ def merge_all(
                 manifest=manifest,
                 subtract=subtract or (),
                 presummed=RUNNING.get(running) if running else None,
+                image_hook=LOOKS.get(look) if look else None,
             )
         elif merging.use_ftmerge(plan.engine):
             info = _ftmerge(plan, inputs, left_out, run, manifest)

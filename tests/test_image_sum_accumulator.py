@@ -272,3 +272,79 @@ def test_incremental_merge_equals_the_full_merge(
     for product in (plain, pre):
         assert np.array_equal(fits.getdata(product), full)
         assert_checksums(product)
+
+
+# ------------------------------------------------- a running sum's header facts
+
+
+def _week_with(path: Path, week: Path, exposure: float) -> Path:
+    """``week`` with its GTI EXPOSURE set to ``exposure``, in compact form (as the store
+    holds weekly maps)."""
+    with fits.open(week) as hdul:
+        hdul["GTI"].header["EXPOSURE"] = exposure
+        hdul.writeto(path, checksum=True)
+    return compact(path, path.with_name(path.stem + ".compact.fits"))
+
+
+def test_a_running_sum_gives_the_one_pass_product_without_reopening_its_maps(
+    tmp_path: Path,
+) -> None:
+    """Maps folded in another order than the merge's (as files finish): the product equals a
+    one-pass merge, data and cards — EXPOSURE summed in input order, although these values
+    sum to another float in fold order — and the folded maps are not opened again: they are
+    gone when the product is made (the first input, the template, stays)."""
+    cubes = [weekly_cube(tmp_path, w) for w in (700, 701, 702, 703)]
+    exposures = [1.0, 1e16, 1.0, 1.0]
+    weeks = [_week_with(tmp_path / f"e{i}.fits", c, e) for i, (c, e) in enumerate(zip(cubes, exposures, strict=True))]  # fmt: skip
+    one = merge.image_sum(weeks, tmp_path / "one" / "sum.fits").output
+    folds = [2, 3, 0, 1]
+    in_order = in_folds = 0.0
+    for i, j in zip(range(4), folds, strict=True):
+        in_order, in_folds = in_order + exposures[i], in_folds + exposures[j]
+    assert in_order != in_folds  # the order of additions shows in the sum
+    assert fits.getheader(one, "GTI")["EXPOSURE"] == in_order
+
+    running = merge.RunningSum(weeks[folds[0]])
+    for j in folds:
+        running.add(weeks[j])
+    for path in weeks[1:]:
+        path.unlink()
+    pre = merge.image_sum(weeks, tmp_path / "pre" / "sum.fits", presummed=running).output
+    assert _data_units(pre) == _data_units(one)
+    assert _cards(pre) == _cards(one)
+    assert_checksums(pre)
+
+
+def test_a_running_sum_beside_maps_read_at_the_end(tmp_path: Path) -> None:
+    """An incremental merge: the previous product (first input, not folded), two new weeks
+    folded (then removed) and one read at the end: the product of the same merge without a
+    running sum, data and cards."""
+    cubes = [weekly_cube(tmp_path, w) for w in (700, 701, 702, 703, 704)]
+    weeks = [_week_with(tmp_path / f"e{i}.fits", c, 1000.0 + i / 3) for i, c in enumerate(cubes)]
+    previous = merge.image_sum(weeks[:2], tmp_path / "prev.fits").output
+    inputs = [previous, *weeks[2:]]
+    plain = merge.image_sum(inputs, tmp_path / "plain" / "sum.fits").output
+    running = merge.RunningSum(weeks[4])
+    running.add(weeks[4])
+    running.add(weeks[2])
+    weeks[4].unlink()
+    weeks[2].unlink()
+    pre = merge.image_sum(inputs, tmp_path / "pre" / "sum.fits", presummed=running).output
+    assert _data_units(pre) == _data_units(plain)
+    assert _cards(pre) == _cards(plain)
+
+
+def test_a_running_sum_on_another_grid_is_refused(week: Path, tmp_path: Path) -> None:
+    """Maps folded against a first map of another grid (each checked against it) do not go
+    into a merge whose first input differs: one line, no product."""
+    other = tmp_path / "other.fits"
+    with fits.open(week) as hdul:
+        hdul[0].header["CRVAL1"] = 10.0
+        hdul.writeto(other, checksum=True)
+    running = merge.RunningSum(other)
+    running.add(other)
+    out = tmp_path / "out" / "sum.fits"
+    with pytest.raises(ToolError, match="WCS differs from the first input: CRVAL1") as err:
+        merge.image_sum([week, other], out, presummed=running)
+    assert str(other) in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()

@@ -182,3 +182,111 @@ def test_a_small_map_is_drawn_pixel_for_pixel(shared_data: Path) -> None:
     assert image.label == "counts / pixel (all energies)"
     expected = fits.getdata(path).astype(np.int64).sum(axis=0)
     assert np.array_equal(image.values, expected) and expected.sum() > 0
+
+
+# ------------------------------------- an image sum's quick-look, drawn from its sum
+
+
+class _Hook:
+    """An image sum's ``image_hook`` keeping what a quick-look is drawn from: the sky image
+    of the sum (computed in the call: the write byteswaps the sum after) and its header."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any]] = []
+
+    def __call__(self, pixels: np.ndarray, header: Any, dtype: np.dtype[Any]) -> None:
+        from fermipipe.quicklook import image_of
+
+        self.calls.append((image_of(pixels, header, dtype), header))
+
+
+def _same_picture(hook: _Hook, product: Path, tmp_path: Path) -> None:
+    """The hook's picture is the one drawn from the written product: the same sky image
+    (values, block WCS, label) and the same PNG bytes."""
+    from fermipipe.quicklook import render
+
+    (image, header), = hook.calls  # fmt: skip
+    written = sky_image(product)
+    assert written is not None
+    assert image.values.dtype == written.values.dtype
+    assert np.array_equal(image.values, written.values, equal_nan=True)
+    assert (image.block, image.integer, image.label) == (
+        written.block, written.integer, written.label,
+    )  # fmt: skip
+    assert image.wcs.to_header() == written.wcs.to_header()
+    title = f"ccube: {product.name}"
+    drawn = make_quicklook(product, tmp_path / "drawn.png", title=title).read_bytes()
+    assert render(image, header, title) == drawn
+
+
+def test_an_image_sum_gives_its_quick_look_before_it_is_written(tmp_path: Path) -> None:
+    """Real weekly cubes (native gtbin, int32), compact, summed with a running sum: the
+    picture computed from the sum before the write is the one drawn from the product."""
+    from weekly_cubes import weekly_cube
+
+    from fermipipe import merge
+    from fermipipe.compact_counts import compact
+
+    weeks = [weekly_cube(tmp_path, w) for w in (700, 701)]
+    weeks = [compact(w, w.with_name(w.stem + ".compact.fits")) for w in weeks]
+    running = merge.RunningSum(weeks[1])
+    for week in reversed(weeks):
+        running.add(week)
+    hook = _Hook()
+    product = merge.image_sum(weeks, tmp_path / "sum.fits", presummed=running, image_hook=hook)
+    _same_picture(hook, product.output, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["i", "f"])
+def test_a_big_image_sum_gives_its_quick_look_in_blocks_before_it_is_written(
+    tmp_path: Path, kind: str
+) -> None:
+    """2400×1200×2 cubes (drawn in 2×2 blocks): int32 counts, and float32 maps whose sum is
+    kept in float64 and written as float32 (the picture is of the float32 product)."""
+    from fermipipe import merge
+
+    rng = np.random.default_rng(11)
+    cubes = []
+    for i in range(2):
+        data = rng.poisson(0.6, size=(2, 1200, 2400))
+        data[:, 600:640, 1190:1210] += 50
+        if kind == "f":  # values whose float64 sum is not a float32
+            data = data * np.float32(1.1) + np.float32(1e-3)
+        cubes.append(_cube(tmp_path / f"c{i}.fits", data.astype(f"{kind}4")))
+    hook = _Hook()
+    product = merge.image_sum(cubes, tmp_path / "sum.fits", image_hook=hook).output
+    assert hook.calls[0][0].block == 2
+    _same_picture(hook, product, tmp_path)
+
+
+def test_no_hook_for_a_healpix_sum(shared_data: Path, tmp_path: Path) -> None:
+    from fermipipe import merge
+
+    hpx = shared_data / "fermitools-2.4" / "p8v2_hpx_nest.fits"
+    hook = _Hook()
+    merge.image_sum([hpx, hpx], tmp_path / "hpx.fits", image_hook=hook)
+    assert hook.calls == []
+
+
+@pytest.mark.parametrize("kind", ["i", "f"])
+def test_blocks_summed_band_by_band_are_those_of_the_whole_image(kind: str) -> None:
+    """A picture in blocks is summed a band of rows at a time: every block, float ones too
+    (NaN and blank pixels left out), is the one the whole image's plane sum gives, bit for
+    bit; the rows that do not fill a block are left out."""
+    from fermipipe import quicklook
+
+    rng = np.random.default_rng(2)
+    data = rng.uniform(0, 3, size=(3, 1301, 2500))
+    if kind == "i":
+        data = data.astype(np.int32)
+    else:
+        data = (data * 1e-9).astype(np.float32)
+        data.reshape(-1)[rng.integers(0, data.size, 2000)] = -999
+        data.reshape(-1)[rng.integers(0, data.size, 2000)] = np.nan
+    integer = kind == "i"
+    whole = quicklook._blocks(quicklook._plane_sum(data, integer), 3, integer)
+    banded = quicklook._block_sums(data, 3, integer, None)
+    assert whole.shape == banded.shape == (433, 833) and whole.dtype == banded.dtype
+    assert np.array_equal(whole, banded, equal_nan=True)
+    rows = 1301 // 3 * 3  # several bands, the last one partial
+    assert rows > quicklook._BAND_ROWS and rows % quicklook._BAND_ROWS
