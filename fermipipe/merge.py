@@ -914,7 +914,8 @@ def _write_streamed(
     primary.update_header()  # the stand-in image has the product's type and shape
     steps = _big_endian_steps(acc, dtype)
     # FILENAME is already the product's name (image_sum): not added here.
-    write_fits(tmp, [(primary.header, steps), *template[1:]], add_filename=False)
+    # Each step is a fresh view of the accumulator: written while the next is byteswapped.
+    write_fits(tmp, [(primary.header, steps), *template[1:]], add_filename=False, write_behind=True)
 
 
 def _presummed_of(presummed: RunningSum | None, paths: Sequence[Path], output: Path) -> set[str]:

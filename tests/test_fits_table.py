@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,47 @@ def test_an_astropy_table_with_a_heap_keeps_its_rows(tmp_path: Path) -> None:
     with fits.open(out, checksum=True) as hdul:
         assert hdul["VLA"].header["NAXIS2"] == 2 and hdul["VLA"].header["PCOUNT"] == 16
         assert [list(v) for v in hdul["VLA"].data["V"]] == [[1, 2, 3], [4]]
+
+
+def _cube_steps(cube: np.ndarray, step: int) -> Iterator[np.ndarray]:
+    flat = cube.reshape(-1)
+    for start in range(0, flat.size, step):
+        yield flat[start : start + step].astype(">i4")
+
+
+def test_write_behind_writes_the_same_bytes(tmp_path: Path) -> None:
+    """An image streamed in chunks (one of them shorter than a word boundary would like)
+    gives the same file, checksums included, with or without the writer thread."""
+    cube = np.arange(5 * 37 * 41, dtype=np.int32).reshape(5, 37, 41) - 3000
+    header = fits.PrimaryHDU(cube).header
+    plain, behind = tmp_path / "a" / "cube.fits", tmp_path / "b" / "cube.fits"
+    plain.parent.mkdir()
+    behind.parent.mkdir()
+    stamp = "2026-12-06T00:00:00"
+    write_fits(plain, [(header, _cube_steps(cube, 1001))], checksum_stamp=stamp)
+    write_fits(behind, [(header, _cube_steps(cube, 1001))], checksum_stamp=stamp, write_behind=True)
+    assert behind.read_bytes() == plain.read_bytes()
+    with fits.open(behind, checksum=True) as f:
+        assert np.array_equal(f[0].data, cube)
+    _fitsverify(behind)
+
+
+def test_write_behind_raises_a_failed_write_and_stops(tmp_path: Path) -> None:
+    """A write that fails in the writer thread (a full disk: /dev/full) is raised to the
+    caller, the stream is not read to its end, and no writer thread is left."""
+    import threading
+
+    from fermipipe.fits import table
+
+    made: list[int] = []
+
+    def chunks() -> Iterator[memoryview]:
+        for i in range(1000):
+            made.append(i)
+            yield memoryview(np.full(1 << 16, i, dtype=np.uint8))
+
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as info:
+        table._write_behind(full, chunks(), table._Summer())
+    assert info.value.errno == errno.ENOSPC
+    assert len(made) < 1000
+    assert not [t for t in threading.enumerate() if t.name == "fermipipe-fits-writer"]

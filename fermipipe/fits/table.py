@@ -22,7 +22,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -602,6 +604,7 @@ def _write_hdu(
     checksum: bool,
     is_table_rows: bool,
     stamp: str | None = None,
+    write_behind: bool = False,
 ) -> None:
     """Header placeholder, data stream, padding; then the final header with NAXIS2 and sums."""
     header = header.copy()
@@ -613,9 +616,12 @@ def _write_hdu(
     head = _header_bytes(header)
     f.write(head)
     summer = _Summer()
-    for chunk in _chunks(data):
-        f.write(chunk)
-        summer.add(chunk)
+    if write_behind:
+        _write_behind(f, _chunks(data), summer)
+    else:
+        for chunk in _chunks(data):
+            f.write(chunk)
+            summer.add(chunk)
     nbytes = summer.nbytes
     pad = -nbytes % BLOCK
     if pad:
@@ -640,6 +646,37 @@ def _write_hdu(
     f.seek(end)
 
 
+def _write_behind(f: BinaryIO, chunks: Iterator[memoryview], summer: _Summer) -> None:
+    """Write ``chunks`` from a second thread while this one makes and sums the next ones
+    (e.g. byteswaps them): the write of a large data unit is mostly kernel time with the
+    interpreter lock released, so the two overlap. At most two chunks wait; a failed write
+    stops the stream and is raised here."""
+    pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        while (chunk := pending.get()) is not None:
+            if not failed:
+                try:
+                    f.write(chunk)
+                except BaseException as exc:  # noqa: BLE001 - raised by the producer
+                    failed.append(exc)
+
+    thread = threading.Thread(target=writer, name="fermipipe-fits-writer", daemon=True)
+    thread.start()
+    try:
+        for chunk in chunks:
+            if failed:
+                break
+            summer.add(chunk)
+            pending.put(chunk)
+    finally:
+        pending.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def write_fits(
     path: str | os.PathLike[str],
     hdus: Sequence[HduSpec],
@@ -649,6 +686,7 @@ def write_fits(
     overwrite: bool = True,
     checksum_stamp: str | None = None,
     add_filename: bool = True,
+    write_behind: bool = False,
 ) -> Path:
     """Write a FITS file from astropy HDUs and/or ``(header, data)`` pairs, atomically.
 
@@ -661,6 +699,9 @@ def write_fits(
     CHECKSUM/DATASUM comments, for files whose bytes must be a function of their content
     (cached intermediates such as spacecraft slices). ``add_filename=False`` leaves the
     primary without FILENAME (tools whose real outputs have none, e.g. gtexpcube2).
+    ``write_behind``: data chunks are written from a second thread while the next ones are
+    made (:func:`_write_behind`) — only for data iterables that never reuse a chunk's
+    buffer for the next one.
     """
     final = Path(path)
     if not overwrite and final.exists():
@@ -671,7 +712,13 @@ def write_fits(
         for i, spec in enumerate(hdus):
             header, data, is_rows = _prepared(i, spec, filename or final.name, add_filename)
             _write_hdu(
-                f, header, data, checksum=checksum, is_table_rows=is_rows, stamp=checksum_stamp
+                f,
+                header,
+                data,
+                checksum=checksum,
+                is_table_rows=is_rows,
+                stamp=checksum_stamp,
+                write_behind=write_behind,
             )
     return final
 
