@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sqlite3
@@ -40,9 +41,8 @@ from fermipipe.errors import FermipipeError
 from fermipipe.fits.writing import atomic_output, remove_dead_temporaries
 
 _CHUNK = 8 * 1024 * 1024
-#: Read size of :func:`content_hash` (measured: 1 MiB reads into one buffer hash as fast as
-#: larger ones, with less memory per hashing thread).
-_HASH_READ = 1024 * 1024
+#: The window :func:`content_hash` maps and hashes at a time (a multiple of any page size).
+_HASH_WINDOW = 256 * 1024 * 1024
 
 
 class StoreObjectDamagedError(FermipipeError):
@@ -80,17 +80,20 @@ def content_hash(path: Path) -> str:
     and manifest.
 
     BLAKE3, not sha256: a first run hashes every input (GBs), and even with the CPU's SHA
-    instructions sha256 is well under half as fast (benchmarks/hashing.py).
-    The file is read into one buffer, not memory-mapped: a mapped file truncated by another
-    process while it is hashed would kill this process (SIGBUS). The hasher releases the
-    GIL, so threads hash files side by side.
+    instructions sha256 is well under half as fast (benchmarks/hashing.py). The file is
+    hashed through a memory map (as the FITS readers here read), 256 MB at a time: the
+    hasher releases the interpreter lock for each window, and a thread hashing beside
+    busy Python threads must not queue for the lock after every small read (measured: 1 MB
+    reads beside one busy thread made hashing many times slower; benchmarks/hashing.py
+    runs that case too). The windows bound the mapped pages counted in the RSS.
     """
-    buf = bytearray(_HASH_READ)
-    view = memoryview(buf)
     hasher = blake3.blake3()
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            hasher.update(view[:n])
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for offset in range(0, size, _HASH_WINDOW):
+            length = min(_HASH_WINDOW, size - offset)
+            with mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as view:
+                hasher.update(view)
     return hasher.hexdigest()
 
 

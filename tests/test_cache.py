@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from fermipipe import cache
 from fermipipe.cache import HashIndex, ProductStore, content_hash, step_key
 
 
@@ -34,7 +36,9 @@ def test_hash_index_reads_file_once_until_signature_changes(tmp_path: Path) -> N
 BLAKE3_ABC = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
 
 
-def test_content_hash_is_blake3_of_the_whole_file(tmp_path: Path) -> None:
+def test_content_hash_is_blake3_of_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BLAKE3's published test value for "abc", an empty file, and a file spanning several
     reads (its last one partial) hashed as one piece."""
     abc, empty, big = tmp_path / "abc", tmp_path / "empty", tmp_path / "big"
@@ -44,6 +48,9 @@ def test_content_hash_is_blake3_of_the_whole_file(tmp_path: Path) -> None:
     big.write_bytes(data)
     assert content_hash(abc) == BLAKE3_ABC
     assert content_hash(empty) == blake3.blake3(b"").hexdigest()
+    assert content_hash(big) == blake3.blake3(data).hexdigest()
+    # Windows smaller than the file: several, the last one partial.
+    monkeypatch.setattr(cache, "_HASH_WINDOW", 16 * mmap.ALLOCATIONGRANULARITY)
     assert content_hash(big) == blake3.blake3(data).hexdigest()
     with pytest.raises(FileNotFoundError) as info:
         content_hash(tmp_path / "gone")
