@@ -77,7 +77,7 @@ from flows.files import process_files
 from flows.prefect_compat import InProcess, no_subflow_heartbeat, show_cancelling
 from flows.products import ProductOptions, Quicklooks, run_products
 from flows.progress import Progress
-from flows.shutdown import on_interrupt
+from flows.shutdown import on_interrupt, quiet_teardown_tracebacks
 from flows.stagectl import close_staging, node_staging, open_staging
 from flows.streams import MergeStreams
 from flows.task_runners import check_server_for_dask, is_dask
@@ -182,6 +182,7 @@ def work_subflow(handle: str) -> State | None:
     work = WORK.get(handle)
     cfg, plan, choices, summary = work.cfg, work.plan, work.choices, work.summary
     logger = get_run_logger()
+    quiet_teardown_tracebacks()
     keep = choices.keep_intermediate
     install = locate(cfg.fermitools.prefix)
     # Started first, all at once: the inputs' hashing, the native workers, the slices.

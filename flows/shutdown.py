@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import faulthandler
 import itertools
+import logging
 import os
 import signal
 import sys
@@ -121,6 +122,27 @@ def _watchdog(signum: int, grace: float) -> None:
     run_cleanups()  # a task thread may have recreated a folder in the meantime
     prefect_compat.stop_temporary_servers()
     os._exit(128 + signum)
+
+
+class _TeardownInOneLine(logging.Filter):
+    """A task stopped by the run's teardown (:class:`fermipipe.runner.RunnerShutdown`: a
+    fold or a tree node waiting for a slot when the run was stopped) is logged without its
+    traceback: the line says what happened, the stack says nothing more. Prefect logs a
+    failed task's traceback unless it has retries left to decline, so step tasks never
+    showed one and merge tasks did."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], runner.RunnerShutdown):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_teardown_tracebacks() -> None:
+    """Install :class:`_TeardownInOneLine` on Prefect's task-run logger (once)."""
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _TeardownInOneLine) for f in task_runs.filters):
+        task_runs.addFilter(_TeardownInOneLine())
 
 
 def on_interrupt(exc: BaseException, grace: float = GRACE) -> None:

@@ -199,3 +199,42 @@ def test_cli_stop_while_a_native_step_computes(
     assert "Traceback" not in text
     assert not any((tmp_path / "shm").glob("fermipipe-run-*"))
     assert not (tmp_path / "products" / "example_ltcube.fits").exists()
+
+
+TEARDOWN_SCRIPT = """
+import sys
+from prefect import flow, task
+from fermipipe import runner
+from flows.shutdown import quiet_teardown_tracebacks
+
+@task(name="fold")
+def waits_for_a_slot() -> None:
+    raise runner.RunnerShutdown("the runner is shutting down")
+
+@flow(name="teardown")
+def stopped() -> None:
+    if sys.argv[1] == "quiet":
+        quiet_teardown_tracebacks()
+    waits_for_a_slot(return_state=True)
+
+stopped()
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_task_stopped_by_the_teardown_is_one_line(
+    prefect_server: dict[str, str], tmp_path: Path, quiet: bool
+) -> None:
+    """A merge task (no retries) refused its slot by a run being torn down is logged in one
+    line, as step tasks are; without the filter Prefect prints the traceback (the control)."""
+    res = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_SCRIPT, "quiet" if quiet else "loud"],
+        cwd=REPO,
+        env={**os.environ, **prefect_server},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = res.stdout + res.stderr
+    assert "RunnerShutdown" in out and "the runner is shutting down" in out, out
+    assert ("Traceback" in out) is not quiet, out
