@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import mmap
 import os
 import tempfile
 import threading
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import blake3
 
-from fermipipe.cache import _HASH_WINDOW, content_hash
+from fermipipe.cache import content_hash, mapped_windows
 
 _READ = 1024 * 1024
 
@@ -43,12 +42,8 @@ _READ = 1024 * 1024
 def sha256_hash(path: Path) -> str:
     """sha256 of ``path`` over the windows :func:`content_hash` maps."""
     hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        for offset in range(0, size, _HASH_WINDOW):
-            length = min(_HASH_WINDOW, size - offset)
-            with mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as view:
-                hasher.update(view)
+    for window in mapped_windows(path):
+        hasher.update(window)
     return hasher.hexdigest()
 
 

@@ -88,13 +88,20 @@ def content_hash(path: Path) -> str:
     runs that case too). The windows bound the mapped pages counted in the RSS.
     """
     hasher = blake3.blake3()
+    for window in mapped_windows(path):
+        hasher.update(window)
+    return hasher.hexdigest()
+
+
+def mapped_windows(path: Path) -> Iterator[mmap.mmap]:
+    """``path``'s content as read-only memory maps of :data:`_HASH_WINDOW` bytes (the last
+    one shorter), each unmapped when the next is made; nothing for an empty file."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         for offset in range(0, size, _HASH_WINDOW):
             length = min(_HASH_WINDOW, size - offset)
             with mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=offset) as view:
-                hasher.update(view)
-    return hasher.hexdigest()
+                yield view
 
 
 @contextlib.contextmanager
